@@ -1,0 +1,446 @@
+"""From a validated config model (either dialect) to ServiceDescription, with the cross-field rules.
+
+The rules that involve several fields (the memory floor of runc, resource limits that only
+pre-release versions may skip, signing credentials, layer ranges) are checked here, so every
+issue still carries the path of the field it is about.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from aos_operator.service import config_v1 as v1
+from aos_operator.service import config_v2 as v2
+from aos_operator.service import description as d
+from aos_operator.service import units
+from aos_operator.service.report import Reporter
+from aos_operator.service.yamlfile import Path
+
+# aos-signer's floor for RAM quotas under runc and crun (moby/moby#41168), in bytes.
+MEMORY_LIMIT_MIN = 6_000_000
+
+# config.yaml architecture names -> OCI (GOARCH) names and variants.
+ARCHITECTURES: dict[str, tuple[str, str | None]] = {
+    "amd64": ("amd64", None),
+    "x86_64": ("amd64", None),
+    "x86": ("amd64", None),  # AosEdge's demo services say x86 for 64-bit x86 units
+    "arm64": ("arm64", None),
+    "aarch64": ("arm64", None),
+    "arm": ("arm", None),
+    "armhf": ("arm", "v7"),
+    "armv7": ("arm", "v7"),
+    "armv7l": ("arm", "v7"),
+    "386": ("386", None),
+    "i386": ("386", None),
+    "i686": ("386", None),
+    "riscv64": ("riscv64", None),
+    "ppc64le": ("ppc64le", None),
+    "s390x": ("s390x", None),
+}
+
+
+def platform_of(os_name: str, architecture: str, variant: str | None, report: Reporter, path: Path) -> d.Platform:
+    if os_name.lower() != "linux":
+        report.error(path + ("os",), f"{os_name!r} is not supported: AosEdge devices run linux services only")
+    known = ARCHITECTURES.get(architecture.lower())
+    if known is None:
+        report.warning(
+            path + ("arch",), f"unknown architecture {architecture!r}; known: {', '.join(sorted(ARCHITECTURES))}"
+        )
+        return d.Platform(architecture=architecture.lower(), variant=variant)
+    return d.Platform(architecture=known[0], variant=variant or known[1])
+
+
+def split_command(command: str | Sequence[str] | None, report: Reporter, path: Path) -> tuple[str, ...]:
+    if command is None:
+        report.warning(path, "no cmd: the service has nothing to run")
+        return ()
+    if isinstance(command, str):
+        try:
+            argv = shlex.split(command)
+        except ValueError as error:
+            report.error(path, f"cannot split the command like a shell does ({error}); check the quotes")
+            return ()
+    else:
+        argv = list(command)
+    if not argv:
+        report.warning(path, "the command is empty: the service has nothing to run")
+    return tuple(argv)
+
+
+def check_env(env: Sequence[str], report: Reporter, path: Path) -> tuple[str, ...]:
+    for index, entry in enumerate(env):
+        if "=" not in entry or not entry.split("=", 1)[0].strip():
+            report.warning(path + (index,), f"{entry!r} is not NAME=value; the device will set it as given")
+    return tuple(env)
+
+
+def iso(text: str | None, report: Reporter, path: Path) -> str | None:
+    if not text:
+        return None
+    duration, rounded = units.parse_iso_duration(text)
+    if rounded:
+        report.warning(path, f"{text!r}: AosEdge devices count whole seconds; rounded up to {duration.iso()}")
+    return duration.iso()
+
+
+def iso_from_timedelta(value: timedelta | None, report: Reporter, path: Path) -> str | None:
+    if value is None:
+        return None
+    try:
+        duration, rounded = units.duration_from_timedelta(value)
+    except ValueError as error:
+        report.error(path, str(error))
+        return None
+    if rounded:
+        report.warning(path, f"AosEdge devices count whole seconds; rounded up to {duration.iso()}")
+    return duration.iso()
+
+
+def _size(value: Any, dialect: int, report: Reporter, path: Path) -> int | None:
+    if value is None:
+        return None
+    if units.is_blank_size(value):
+        report.warning(path, "an empty size means no value; remove the key or give a size")
+        return None
+    return units.parse_size(value, dialect=dialect)
+
+
+def _speed_kbits(value: Any, dialect: int, report: Reporter, path: Path) -> int | None:
+    if value is None:
+        return None
+    if units.is_blank_size(value):
+        report.warning(path, "an empty speed means no value; remove the key or give a speed")
+        return None
+    return units.bits_to_kbits(units.parse_speed(value, dialect=dialect))
+
+
+def check_prerelease_for_skip(version: str, report: Reporter, path: Path, key: str) -> None:
+    if not units.parse_semver(version).prerelease:
+        report.error(
+            path,
+            f"{key} needs a pre-release version (such as 1.0.0-dev), because released versions must run "
+            f"with their limits; the version is {version!r}",
+        )
+
+
+def check_memory_floor(ram: int | None, runner: str | None, report: Reporter, path: Path) -> None:
+    # aos-signer applies the floor when the legacy `runner` is unset, runc or crun.
+    if ram is not None and runner in (None, "", "runc", "crun") and ram < MEMORY_LIMIT_MIN:
+        report.error(path, f"{ram} bytes is below the {MEMORY_LIMIT_MIN} bytes (6M) that runc and crun need")
+
+
+def layer_requirements(layers: Sequence[Any], report: Reporter, path: Path) -> tuple[d.LayerRequirement, ...]:
+    result: list[d.LayerRequirement] = []
+    seen: set[str] = set()
+    for index, layer in enumerate(layers):
+        where = path + (index,)
+        if isinstance(layer, str):
+            report.warning(where, f"legacy form: write `- uid: {layer}` (aos-signer 1.17 and later refuse plain strings)")
+            requirement = d.LayerRequirement(uid=layer)
+        else:
+            requirement = d.LayerRequirement(uid=layer.uid, min_version=layer.minVersion, max_version=layer.maxVersion)
+        if requirement.uid in seen:
+            report.error(where, f"layer {requirement.uid!r} is listed twice; list each layer once")
+        seen.add(requirement.uid)
+        low, high = requirement.min_version, requirement.max_version
+        if low and high and units.parse_semver(low).sort_key() > units.parse_semver(high).sort_key():
+            report.error(where, f"minVersion {low} is above maxVersion {high}")
+        result.append(requirement)
+    return tuple(result)
+
+
+# --- schema version 1 ---------------------------------------------------------------------------
+
+_V1_ALERTS = {
+    "ram": "ram",
+    "mem": "ram",
+    "cpu": "cpu",
+    "storage": "storage",
+    "state": "state",
+    "upload": "upload",
+    "upload_speed": "upload",
+    "download": "download",
+    "download_speed": "download",
+}
+
+
+def _v1_alerts(alerts: v1.Alerts | None, report: Reporter) -> dict[str, d.AlertRule]:
+    rules: dict[str, d.AlertRule] = {}
+    if alerts is None:
+        return rules
+    for key, rule in alerts:
+        if rule is None:
+            continue
+        path = ("configuration", "alerts", key)
+        target = _V1_ALERTS.get(key)
+        if target is None:
+            report.warning(path, f"AosEdge devices have no {key!r} alert; it is ignored")
+            continue
+        if target in rules:
+            report.warning(path, f"a second rule for {target!r}; the first one is kept")
+            continue
+        rules[target] = d.AlertRule(
+            min_timeout=iso(rule.minTime, report, path + ("minTime",)),
+            min_threshold=rule.minThreshold,
+            max_threshold=rule.maxThreshold,
+        )
+    return rules
+
+
+def _v1_credentials(config: v1.ConfigV1, report: Reporter) -> None:
+    build, publish = config.build, config.publish
+    if not build.sign_pkcs12 and not (build.sign_key and build.sign_certificate):
+        report.error(
+            ("build",),
+            "no signing credentials: set sign_pkcs12, or sign_key and sign_certificate "
+            "(aos-signer needs them to sign the bundle; `aosctl validate --local` skips this check)",
+        )
+    if not publish.tls_pkcs12 and not (publish.tls_key and publish.tls_certificate):
+        report.error(
+            ("publish",),
+            "no upload credentials: set tls_pkcs12, or tls_key and tls_certificate "
+            "(aos-signer needs them to upload; `aosctl validate --local` skips this check)",
+        )
+
+
+def from_v1(config: v1.ConfigV1, report: Reporter, *, check_upload: bool) -> d.ServiceDescription:
+    if check_upload:
+        _v1_credentials(config, report)
+    conf = config.configuration
+    c = ("configuration",)
+    if conf.isResourceLimits is False:
+        check_prerelease_for_skip(config.publish.version, report, c + ("isResourceLimits",), "isResourceLimits: false")
+    quotas = conf.quotas
+    ram = _size(quotas.mem, 1, report, c + ("quotas", "mem")) if quotas else None
+    check_memory_floor(ram, conf.runner, report, c + ("quotas", "mem"))
+    requested = conf.requestedResources
+    requested_ram = _size(requested.ram, 1, report, c + ("requestedResources", "ram")) if requested else None
+    check_memory_floor(requested_ram, conf.runner, report, c + ("requestedResources", "ram"))
+    if quotas and quotas.cpu is not None and quotas.cpu <= 100:
+        report.warning(
+            c + ("quotas", "cpu"),
+            f"quotas.cpu is in DMIPS; {quotas.cpu} DMIPS is a sliver of a CPU. "
+            "Old configs meant percent: for N percent of a node write N x node DMIPS / 100",
+        )
+    if conf.runners is not None:
+        runners = tuple(str(runner) for runner in conf.runners)
+        if conf.runner and conf.runner not in runners:
+            report.warning(c + ("runner",), "ignored: `runners` is set and takes precedence")
+    elif conf.runner:
+        runners = (conf.runner,)
+    else:
+        runners = ("runc", "crun")
+
+    image = d.Image(
+        platform=platform_of(config.build.os, config.build.arch, None, report, ("build",)),
+        source_folder=config.build.source_folder,
+        command=split_command(conf.cmd, report, c + ("cmd",)),
+        working_dir=conf.workingDir or None,
+        env=check_env(conf.env or [], report, c + ("env",)),
+    )
+    run = conf.runParameters
+    instances = conf.instances
+    return d.ServiceDescription(
+        dialect=1,
+        service_id=config.publish.service_uid,
+        version=config.publish.version,
+        author=config.publisher.author if config.publisher else None,
+        company=config.publisher.company if config.publisher else None,
+        images=(image,),
+        symlinks=config.build.symlinks,
+        hostname=conf.hostname or None,
+        exposed_ports=tuple(units.parse_exposed_port(port).key() for port in conf.exposedPorts or ()),
+        state=d.StateFile(filename=conf.state.filename, required=conf.state.required) if conf.state else None,
+        instances=d.Instances(
+            min_instances=instances.minInstances if instances and instances.minInstances is not None else 1,
+            priority=instances.priority if instances and instances.priority is not None else 0,
+            labels=tuple(instances.labels or ()) if instances else (),
+        ),
+        run_parameters=d.RunParameters(
+            start_interval=iso(run.startInterval, report, c + ("runParameters", "startInterval")),
+            start_burst=run.startBurst,
+            restart_interval=iso(run.restartInterval, report, c + ("runParameters", "restartInterval")),
+        )
+        if run
+        else None,
+        runners=runners,
+        offline_ttl=iso(conf.offlineTTL, report, c + ("offlineTTL",)),
+        download_ttl=iso(conf.downloadTTL, report, c + ("downloadTTL",)),
+        skip_resource_limits=conf.isResourceLimits is False,
+        balancing_policy=conf.balancingPolicy or "enabled",
+        quotas=d.Quotas(
+            cpu_dmips=quotas.cpu,
+            ram=ram,
+            tmp=_size(quotas.temp, 1, report, c + ("quotas", "temp")),
+            state=_size(quotas.state, 1, report, c + ("quotas", "state")),
+            storage=_size(quotas.storage, 1, report, c + ("quotas", "storage")),
+            upload_speed_kbits=_speed_kbits(quotas.upload_speed, 1, report, c + ("quotas", "upload_speed")),
+            download_speed_kbits=_speed_kbits(quotas.download_speed, 1, report, c + ("quotas", "download_speed")),
+            upload_bytes=_size(quotas.upload, 1, report, c + ("quotas", "upload")),
+            download_bytes=_size(quotas.download, 1, report, c + ("quotas", "download")),
+        )
+        if quotas
+        else d.Quotas(),
+        requested_resources=d.RequestedResources(
+            cpu_dmips=requested.cpu,
+            ram=requested_ram,
+            storage=_size(requested.storage, 1, report, c + ("requestedResources", "storage")),
+            state=_size(requested.state, 1, report, c + ("requestedResources", "state")),
+        )
+        if requested
+        else None,
+        alert_rules=_v1_alerts(conf.alerts, report),
+        allowed_connections=tuple(conf.allowedConnections or ()),
+        devices=tuple(d.DeviceAccess(name=device.name, permissions=device.mode) for device in conf.devices or ()),
+        resources=tuple(conf.resources or ()),
+        permissions={server: dict(functions) for server, functions in (conf.permissions or {}).items()},
+        layers=layer_requirements(conf.layers or (), report, c + ("layers",)),
+    )
+
+
+# --- schema version 2 ---------------------------------------------------------------------------
+
+
+def item_source_folder(item: v2.Item, image: v2.Image) -> str | None:
+    """aos-signer's rule for where an image's files are, relative to the bundle root."""
+    architecture = image.archInfo.architecture
+    if not any((item.sourceFolder, image.path, image.sourceFolder)):
+        if not item.identity.codename:
+            return None
+        return f"{item.identity.codename}/{architecture}"
+    inner = image.path or image.sourceFolder or architecture
+    return f"{item.sourceFolder}/{inner}" if item.sourceFolder else inner
+
+
+def is_service_item(item: v2.Item) -> bool:
+    return item.identity.type in (None, "service")
+
+
+def _v2_alerts(rules: v2.AlertRules | None, report: Reporter, path: Path) -> dict[str, d.AlertRule]:
+    result: dict[str, d.AlertRule] = {}
+    if rules is None:
+        return result
+    for key in ("ram", "cpu", "storage", "upload", "download"):
+        rule = getattr(rules, key)
+        if rule is None:
+            continue
+        result[key] = d.AlertRule(
+            min_timeout=iso_from_timedelta(rule.minTimeout, report, path + (key, "minTimeout")),
+            min_threshold=rule.minThreshold,
+            max_threshold=rule.maxThreshold,
+        )
+    return result
+
+
+def from_v2_item(config: v2.ConfigV2, index: int, report: Reporter) -> d.ServiceDescription:
+    item = config.items[index]
+    base: Path = ("items", index)
+    conf = item.configuration or v2.Configuration()
+    c = base + ("configuration",)
+    if conf.skipResourceLimits:
+        check_prerelease_for_skip(item.version, report, c + ("skipResourceLimits",), "skipResourceLimits: true")
+    images: list[d.Image] = []
+    seen_architectures: set[str] = set()
+    for image_index, image in enumerate(item.images):
+        where = base + ("images", image_index)
+        folder = item_source_folder(item, image)
+        if folder is None:
+            report.error(where, "cannot tell where the image's files are: set sourceFolder, or identity.codename")
+            folder = ""
+        platform = platform_of(image.osInfo.os, image.archInfo.architecture, image.archInfo.variant, report, where + ("osInfo",))
+        if platform.label() in seen_architectures:
+            report.error(where + ("archInfo",), f"a second image for {platform.label()}; one image per platform")
+        seen_architectures.add(platform.label())
+        env = list(conf.env or []) + list(image.env or [])
+        images.append(
+            d.Image(
+                platform=platform,
+                source_folder=folder,
+                command=split_command(image.cmd if image.cmd is not None else conf.cmd, report, where + ("cmd",)),
+                working_dir=image.workingDir or conf.workingDir or None,
+                env=check_env(env, report, where + ("env",)),
+            )
+        )
+    quotas = conf.quotas or v2.Quotas()
+    q = c + ("quotas",)
+    ram = _size(quotas.ramLimit, 2, report, q + ("ramLimit",))
+    if ram is not None and ram < MEMORY_LIMIT_MIN:
+        report.warning(q + ("ramLimit",), f"{ram} bytes is below the {MEMORY_LIMIT_MIN} bytes runc needs to start")
+    requested = conf.requestedResources
+    run = conf.runParameters
+    instances = conf.instances or v2.Instances()
+    runners = conf.runners
+    if runners is None:
+        runners = [runtime.codename for runtime in conf.runtimes if runtime.codename]
+    return d.ServiceDescription(
+        dialect=2,
+        service_id=str(item.identity.id) if item.identity.id else None,
+        name=item.identity.codename,
+        title=item.identity.title,
+        version=item.version,
+        author=config.publisher.author if config.publisher else None,
+        company=config.publisher.company if config.publisher else None,
+        images=tuple(images),
+        hostname=conf.hostname or None,
+        exposed_ports=tuple(units.parse_exposed_port(port).key() for port in conf.exposedPorts or ()),
+        state=d.StateFile(filename=conf.state.filename, required=conf.state.required) if conf.state else None,
+        instances=d.Instances(
+            min_instances=instances.minInstances, priority=instances.priority, labels=tuple(instances.labels or ())
+        ),
+        run_parameters=d.RunParameters(
+            start_interval=iso_from_timedelta(run.startInterval, report, c + ("runParameters", "startInterval")),
+            start_burst=run.startBurst,
+            restart_interval=iso_from_timedelta(run.restartInterval, report, c + ("runParameters", "restartInterval")),
+        )
+        if run
+        else None,
+        runners=tuple(runners),
+        offline_ttl=iso_from_timedelta(conf.offlineTTL, report, c + ("offlineTTL",)),
+        download_ttl=iso_from_timedelta(conf.downloadTTL, report, c + ("downloadTTL",)),
+        skip_resource_limits=conf.skipResourceLimits,
+        balancing_policy=conf.balancingPolicy,
+        base_layer_is_node_rootfs=conf.baseLayerIsNodeRootfs is not False,
+        quotas=d.Quotas(
+            cpu_dmips=quotas.cpuLimit,
+            ram=ram,
+            pids=quotas.pidsLimit,
+            no_file=quotas.noFileLimit,
+            tmp=_size(quotas.tmpLimit, 2, report, q + ("tmpLimit",)),
+            state=_size(quotas.stateLimit, 2, report, q + ("stateLimit",)),
+            storage=_size(quotas.storageLimit, 2, report, q + ("storageLimit",)),
+            upload_speed_kbits=_speed_kbits(quotas.uploadSpeedLimit, 2, report, q + ("uploadSpeedLimit",)),
+            download_speed_kbits=_speed_kbits(quotas.downloadSpeedLimit, 2, report, q + ("downloadSpeedLimit",)),
+            upload_bytes=_size(quotas.uploadLimit, 2, report, q + ("uploadLimit",)),
+            download_bytes=_size(quotas.downloadLimit, 2, report, q + ("downloadLimit",)),
+        ),
+        requested_resources=d.RequestedResources(
+            cpu_dmips=requested.cpu,
+            ram=_size(requested.ram, 2, report, c + ("requestedResources", "ram")),
+            storage=_size(requested.storage, 2, report, c + ("requestedResources", "storage")),
+            state=_size(requested.state, 2, report, c + ("requestedResources", "state")),
+        )
+        if requested
+        else None,
+        alert_rules=_v2_alerts(conf.alertRules, report, c + ("alertRules",)),
+        allowed_connections=tuple(conf.allowedConnections or ()),
+        devices=tuple(d.DeviceAccess(name=device.name, permissions=device.mode) for device in conf.devices or ()),
+        resources=tuple(resource.name for resource in conf.resources or ()),
+        permissions={server: dict(functions) for server, functions in (conf.permissions or {}).items()},
+        sysctl=dict(conf.sysctl or {}),
+        layers=layer_requirements(conf.layers or (), report, c + ("layers",)),
+        dependencies=tuple(
+            d.Dependency(
+                id=str(dep.identity.id) if dep.identity.id else None,
+                codename=dep.identity.codename,
+                type=dep.identity.type,
+                versions=dep.versions,
+                include_pre_release=dep.includePreRelease,
+                condition=dep.condition,
+            )
+            for dep in item.dependencies or ()
+        ),
+    )
