@@ -2,21 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 from aos_operator.errors import Issue
-from aos_operator.service.yamlfile import LoadedYaml, Path
-
-
-def render_path(path: Sequence[str | int]) -> str:
-    """`('items', 0, 'configuration')` -> `items[0].configuration`."""
-    text = ""
-    for part in path:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += ("." if text else "") + str(part)
-    return text
+from aos_operator.service.yamlfile import LoadedYaml, Path, render_path
 
 
 class Reporter:

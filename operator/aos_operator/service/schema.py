@@ -32,7 +32,17 @@ def config_json_schema() -> dict[str, Any]:
         "title": "AosEdge service config.yaml",
         "description": "Schema version 1 has no schemaVersion key (publisher, build, publish, configuration); "
         "schema version 2 has schemaVersion: 2 and a list of items.",
-        "if": {"type": "object", "required": ["schemaVersion"]},
+        # The same rule as loader.detect_dialect.
+        "if": {
+            "type": "object",
+            "anyOf": [
+                {"required": ["schemaVersion"]},
+                {
+                    "required": ["items"],
+                    "not": {"anyOf": [{"required": [key]} for key in ("build", "publish", "configuration")]},
+                },
+            ],
+        },
         "then": {"$ref": v2_ref},
         "else": {"$ref": v1_ref},
         "$defs": schema["$defs"],

@@ -243,7 +243,7 @@ class PortRange:
 
 def _port_number(text: str, whole: str) -> int:
     if not text.isascii() or not text.isdigit():
-        raise ValueError(f"{whole!r}: {text!r} is not a port number")
+        raise ValueError(f"{text!r} is not a port number" + (f" in {whole!r}" if text != whole else ""))
     number = int(text)
     if not 1 <= number <= 65535:
         raise ValueError(f"{whole!r}: port {number} is outside 1-65535")

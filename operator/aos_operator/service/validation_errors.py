@@ -144,7 +144,8 @@ def _message(error: dict[str, Any], value: Any, root_model: type[BaseModel], pat
     if kind in ("less_than_equal", "less_than"):
         return f"{_describe(value)} is too large; the maximum is {context.get('le', context.get('lt'))}"
     if kind == "too_short":
-        return f"needs at least {context.get('min_length')} entries"
+        count = context.get("min_length")
+        return f"needs at least {count} {'entry' if count == 1 else 'entries'}"
     if kind in ("value_error", "assertion_error"):
         return str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
     return str(error["msg"])

@@ -75,6 +75,17 @@ class LoadedYaml:
             path = path[:-1]
 
 
+def render_path(path: Path) -> str:
+    """`('items', 0, 'configuration')` -> `items[0].configuration`."""
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + str(part)
+    return text
+
+
 def _mark_line(mark: Any) -> int:
     return mark.line + 1 if mark is not None else 1
 
@@ -88,8 +99,8 @@ class _Builder:
         self.nodes = 0
         self.issues: list[Issue] = []
 
-    def fail(self, node: Node, message: str) -> None:
-        self.issues.append(Issue(self.file, _mark_line(node.start_mark), "", message))
+    def fail(self, node: Node, message: str, path: Path = ()) -> None:
+        self.issues.append(Issue(self.file, _mark_line(node.start_mark), render_path(path), message))
 
     def build(self, node: Node, path: Path) -> Any:
         self.nodes += 1
@@ -129,7 +140,9 @@ class _Builder:
                 self.fail(key_node, f"unsupported key {key!r}")
                 continue
             if key in first_line:
-                self.fail(key_node, f"duplicate key {key!r} (first defined on line {first_line[key]}); keep one")
+                self.fail(
+                    key_node, f"duplicate key (first defined on line {first_line[key]}); keep one", path + (key,)
+                )
                 continue
             first_line[key] = line
             self.lines[path + (key,)] = line
@@ -240,4 +253,5 @@ def load_yaml_text(text: str, file: str) -> tuple[LoadedYaml, list[Issue]]:
         raise InputError(f"{file}: lists and mappings nest too deeply to be a service config") from None
     builder = _Builder(file)
     data = None if node is None else builder.build(node, ())
+    builder.lines.setdefault((), 1)  # issues about the document as a whole point at its start
     return LoadedYaml(data, file, builder.lines), builder.issues
