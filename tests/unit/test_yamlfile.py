@@ -7,7 +7,7 @@ import math
 import pytest
 
 from aos_operator.errors import InputError
-from aos_operator.service.yamlfile import MAX_BYTES, decode, load_yaml_text
+from aos_operator.service.yamlfile import MAX_BYTES, Timestamp, decode, load_yaml_text
 
 
 def load(text: str) -> object:
@@ -37,11 +37,18 @@ def load(text: str) -> object:
         ("1.0", 1.0),
         ("'5'", "5"),
         ("!!str 5", "5"),
-        ("2024-01-01", "2024-01-01"),  # no timestamps in the core schema
+        ("1_000", 1000),  # ruamel.yaml reads these as aos-signer sees them
+        ("0b101", 5),
+        ("0755", 755),
     ],
 )
 def test_core_schema_scalars(text: str, value: object) -> None:
     assert load(f"key: {text}") == {"key": value}
+
+
+def test_dates_are_not_strings() -> None:
+    # ruamel.yaml makes them date objects, which fail where aos-signer expects a string
+    assert load("a: 2024-01-01\nb: '2024-01-01'") == {"a": Timestamp("2024-01-01"), "b": "2024-01-01"}
 
 
 def test_special_floats() -> None:

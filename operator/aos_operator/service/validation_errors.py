@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from aos_operator.service.report import Reporter
+from aos_operator.service.yamlfile import Timestamp
 
 _TYPE_NAMES = {
     "string_type": "a string",
@@ -43,6 +44,8 @@ def _describe(value: Any) -> str:
     if isinstance(value, str):
         shown = value if len(value) <= 40 else value[:37] + "..."
         return f"the string {shown!r}"
+    if isinstance(value, Timestamp):
+        return f"the date {value.text} (quote it to make it a string)"
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):

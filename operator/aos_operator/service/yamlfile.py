@@ -32,8 +32,18 @@ class _Yaml12Resolver(yaml.resolver.BaseResolver):
 
 
 _Yaml12Resolver.add_implicit_resolver(_TAG + "bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+# ruamel.yaml (aos-signer's loader) also reads 0b101 and 1_000 as integers; so do we.
 _Yaml12Resolver.add_implicit_resolver(
-    _TAG + "int", re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$"), list("-+0123456789")
+    _TAG + "int", re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7_]+|0x[0-9a-fA-F_]+|0b[01_]+)$"), list("-+0123456789")
+)
+# ...and dates and times as timestamps, which then fail where a string is expected, as there.
+_Yaml12Resolver.add_implicit_resolver(
+    _TAG + "timestamp",
+    re.compile(
+        r"^(?:[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}"
+        r"(?:(?:[Tt]|[ \t]+)[0-9]{1,2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]*)?(?:[ \t]*(?:Z|[-+][0-9]{1,2}(?::[0-9]{2})?))?)?)$"
+    ),
+    list("0123456789"),
 )
 _Yaml12Resolver.add_implicit_resolver(
     _TAG + "float",
@@ -55,6 +65,14 @@ class _ComposeLoader(
         yaml.parser.Parser.__init__(self)
         yaml.composer.Composer.__init__(self)
         _Yaml12Resolver.__init__(self)
+
+
+@dataclass(frozen=True)
+class Timestamp:
+    """A date or time in the YAML. ruamel.yaml (aos-signer's loader) turns it into a date
+    object, so it is not a string either here: quoting it makes it one."""
+
+    text: str
 
 
 @dataclass
@@ -174,14 +192,16 @@ class _Builder:
             return text
         if tag == _TAG + "int":
             try:
-                if text.startswith("0o"):
-                    return int(text[2:], 8)
-                if text.startswith("0x"):
-                    return int(text[2:], 16)
-                return int(text, 10)
+                digits = text.replace("_", "")
+                for prefix, base in (("0o", 8), ("0x", 16), ("0b", 2)):
+                    if digits.startswith(prefix):
+                        return int(digits[2:], base)
+                return int(digits, 10)
             except ValueError:
                 self.fail(node, f"{text!r} is not an integer")
                 return text
+        if tag == _TAG + "timestamp":
+            return Timestamp(text)
         if tag == _TAG + "float":
             lowered = text.lower()
             if lowered.endswith(".inf"):
