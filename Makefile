@@ -49,5 +49,8 @@ test-fast: venv
 demo: system-deps venv
 	$(BIN)/aosctl validate examples/hello-world
 
+crds: venv
+	$(BIN)/aosctl crds --output crds
+
 clean:
 	rm -rf $(VENV) .cache .pytest_cache build *.egg-info operator/*.egg-info

@@ -108,6 +108,17 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_crds(args: argparse.Namespace) -> int:
+    from aos_operator.api import crds
+
+    if args.output:
+        for path in crds.write_all(Path(args.output)):
+            print(path)
+    else:
+        print("---\n".join(crds.render(kind) for kind in crds.KINDS), end="")
+    return EXIT_OK
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aosctl",
@@ -134,6 +145,10 @@ def _parser() -> argparse.ArgumentParser:
     schema = commands.add_parser("schema", help="print JSON Schemas for editors")
     schema.add_argument("kind", choices=["config"], help="config: config.yaml (both schema versions)")
     schema.set_defaults(func=cmd_schema)
+
+    crds = commands.add_parser("crds", help="print or write the CustomResourceDefinitions")
+    crds.add_argument("--output", "-o", metavar="DIR", help="write one YAML file per CRD into DIR")
+    crds.set_defaults(func=cmd_crds)
     return parser
 
 

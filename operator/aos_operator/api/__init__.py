@@ -1,0 +1,1 @@
+"""Kubernetes resource models of the project and the CRDs generated from them."""

@@ -1,0 +1,306 @@
+"""Kubernetes resources of the project, group `aosedge.io`, version `v1alpha1`, as pydantic models.
+
+The models are the single source of the CRD schemas (`api.crds` generates them) and the typed
+view that the controller and the agent use to read and write objects.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+GROUP = "aosedge.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+
+LABEL_SERVICE = f"{GROUP}/service"
+LABEL_DEVICE = f"{GROUP}/device"
+LABEL_INDEX = f"{GROUP}/index"
+FINALIZER_OPERATOR = f"{GROUP}/instances"
+FINALIZER_AGENT = f"{GROUP}/agent"
+
+
+class _Schema(BaseModel):
+    """Field names are the JSON names; unknown fields from newer writers are tolerated."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+
+# --- shared -------------------------------------------------------------------------------------
+
+
+class ConditionStatus(str, Enum):
+    true = "True"
+    false = "False"
+    unknown = "Unknown"
+
+
+class Condition(_Schema):
+    """A metav1.Condition: the state of one aspect of the object."""
+
+    type: str = Field(description="Condition type in CamelCase, e.g. Ready, Reconciling, Stalled, ConfigValid")
+    status: ConditionStatus = Field(description="True, False or Unknown")
+    reason: str = Field(description="Machine-readable reason in CamelCase, e.g. InvalidConfig")
+    message: str = Field("", description="Human-readable details")
+    lastTransitionTime: datetime = Field(description="When the status last changed")
+    observedGeneration: int | None = Field(None, description="The .metadata.generation the condition was set for")
+
+
+class LabelSelectorRequirement(_Schema):
+    key: str = Field(description="Label key")
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"] = Field(description="In, NotIn, Exists, DoesNotExist")
+    values: list[str] | None = Field(None, description="Values for In and NotIn")
+
+
+class LabelSelector(_Schema):
+    """A label selector, as in Deployments: both parts must match; empty selects everything."""
+
+    matchLabels: dict[str, str] | None = Field(None, description="Labels that must be equal")
+    matchExpressions: list[LabelSelectorRequirement] | None = Field(None, description="Set-based requirements")
+
+
+# --- AosService -----------------------------------------------------------------------------------
+
+
+class KeyToPath(_Schema):
+    key: str = Field(description="Key in the ConfigMap")
+    path: str = Field(description="Path of the file in the service's root filesystem, e.g. usr/bin/app.py")
+    mode: int | None = Field(None, ge=0, le=0o7777, description="File mode bits (default 0644; 0755 for scripts)")
+
+
+class ConfigMapSource(_Schema):
+    name: str = Field(description="Name of a ConfigMap in the AosService's namespace")
+    items: list[KeyToPath] | None = Field(
+        None, description="Keys to put where; without items, every key becomes a file of that name at the root"
+    )
+
+
+class ImageSource(_Schema):
+    reference: str = Field(
+        description="An existing OCI image whose first layer is the service's root filesystem, "
+        "e.g. registry.example.com/team/app@sha256:...; the layer is reused by digest"
+    )
+
+
+class AosServiceSource(_Schema):
+    """Where the service's `src/` tree comes from: ConfigMaps or the layer of an existing image."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "!(has(self.configMaps) && has(self.image))",
+                    "message": "set either configMaps or image, not both",
+                }
+            ]
+        }
+    )
+
+    configMaps: list[ConfigMapSource] | None = Field(None, description="Files from ConfigMaps, mapped to paths")
+    image: ImageSource | None = Field(None, description="The root filesystem layer of an existing OCI image")
+
+
+class AosServiceSpec(_Schema):
+    config: dict[str, Any] = Field(
+        description="The service's config.yaml as an object, schema version 1 or 2; validated by the operator",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    source: AosServiceSource | None = Field(None, description="Where the service's files come from")
+    selector: LabelSelector | None = Field(None, description="AosDevices to run on (their labels mirror their Node's)")
+    instancesPerDevice: int | None = Field(
+        None, ge=0, le=1000, description="Instances on each device (default: the config's instances.minInstances)"
+    )
+    subject: str = Field("default", description="AosEdge subject the instances run for (AOS_SUBJECT_ID)")
+    item: str | None = Field(None, description="For a schema-version-2 config with several services: the codename")
+    suspend: bool = Field(False, description="Stop reconciling; running instances are left as they are")
+
+
+class ImageStatus(_Schema):
+    architecture: str | None = Field(None, description="OCI architecture of the image")
+    ref: str = Field(description="Where the package was pushed, repository:tag@digest")
+    digest: str = Field(description="Manifest digest, sha256:...")
+
+
+class AosServiceStatus(_Schema):
+    observedGeneration: int | None = Field(None, description="The generation the status describes")
+    conditions: list[Condition] | None = None
+    image: ImageStatus | None = Field(None, description="The package of the first (or only) architecture")
+    images: list[ImageStatus] | None = Field(None, description="The packages, one per architecture")
+    sourceDigest: str | None = Field(None, description="Content digest of config and source the image was built from")
+    serviceId: str | None = Field(None, description="AOS_SERVICE_ID of the instances")
+    version: str | None = Field(None, description="Service version from the config")
+    readyRatio: str | None = Field(None, description="Ready of desired instances as kubectl shows it, e.g. 2/3")
+    desired: int | None = Field(None, description="Instances that should exist")
+    ready: int | None = Field(None, description="Instances running the current image")
+    updated: int | None = Field(None, description="Instances with the current image, running or not")
+    failed: int | None = Field(None, description="Instances that failed")
+
+
+# --- AosDevice ------------------------------------------------------------------------------------
+
+
+class AosDeviceSpec(_Schema):
+    unschedulable: bool = Field(False, description="No new instances are placed on the device (like a cordon)")
+
+
+class HostResource(_Schema):
+    name: str = Field(description="Resource alias services ask for, e.g. system-dbus")
+
+
+class AosDeviceStatus(_Schema):
+    nodeName: str | None = Field(None, description="The Kubernetes Node the agent runs on")
+    architecture: str | None = Field(None, description="OCI architecture, e.g. amd64, arm64")
+    os: str | None = Field(None, description="Operating system, e.g. linux")
+    kernelVersion: str | None = None
+    cpuCores: int | None = Field(None, description="Number of CPU cores")
+    dmips: int | None = Field(None, description="Total DMIPS of the device, for cpuDmipsLimit")
+    memoryBytes: int | None = Field(None, description="Physical memory in bytes")
+    runners: list[str] | None = Field(None, description="Runners available, e.g. runc")
+    resources: list[str] | None = Field(None, description="Host resources offered to services")
+    hostDevices: list[str] | None = Field(None, description="Host devices offered to services")
+    agentVersion: str | None = None
+    lastHeartbeat: datetime | None = Field(None, description="When the agent last reported")
+    instances: int | None = Field(None, description="Instances the agent runs")
+    conditions: list[Condition] | None = None
+
+
+# --- AosServiceInstance -----------------------------------------------------------------------------
+
+
+class InstanceImage(_Schema):
+    reference: str = Field(description="Package to pull, repository@sha256:...")
+    digest: str = Field(description="Manifest digest")
+    architecture: str | None = None
+
+
+class AosServiceInstanceSpec(_Schema):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "self.service == oldSelf.service", "message": "service is immutable"},
+                {"rule": "self.device == oldSelf.device", "message": "device is immutable"},
+                {"rule": "self.index == oldSelf.index", "message": "index is immutable"},
+            ]
+        }
+    )
+
+    service: str = Field(description="Name of the owning AosService")
+    device: str = Field(description="Name of the AosDevice that runs the instance")
+    index: int = Field(ge=0, description="Instance index (AOS_INSTANCE_INDEX)")
+    serviceId: str = Field(description="AOS_SERVICE_ID")
+    subject: str = Field(description="AOS_SUBJECT_ID")
+    instanceId: str = Field(description="AOS_INSTANCE_ID, deterministic from service, subject and index")
+    version: str | None = Field(None, description="Service version")
+    image: InstanceImage = Field(description="The package the agent pulls by digest")
+
+
+class InstancePhase(str, Enum):
+    pending = "Pending"
+    pulling = "Pulling"
+    starting = "Starting"
+    running = "Running"
+    failed = "Failed"
+    stopped = "Stopped"
+
+
+class AosServiceInstanceStatus(_Schema):
+    phase: InstancePhase | None = Field(None, description="Pending, Pulling, Starting, Running, Failed or Stopped")
+    reason: str | None = Field(None, description="Why, e.g. OOMKilled, CrashLoop, PullFailed")
+    message: str | None = None
+    exitCode: int | None = Field(None, description="Exit code of the last run")
+    restarts: int | None = Field(None, description="Restarts by the restart policy")
+    startTime: datetime | None = Field(None, description="When the current run started")
+    imageDigest: str | None = Field(None, description="The package digest the agent runs")
+    cpuMillicores: int | None = Field(None, description="CPU use, thousandths of a core")
+    ramBytes: int | None = Field(None, description="Memory use in bytes")
+    observedGeneration: int | None = None
+    lastUpdate: datetime | None = None
+
+
+# --- resource catalogue ---------------------------------------------------------------------------
+
+
+class Kind(BaseModel):
+    """What the CRD generator and the clients need to know about one kind."""
+
+    model_config = ConfigDict(frozen=True, arbitrary_types_allowed=True)
+
+    kind: str
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+    namespaced: bool
+    spec: type[BaseModel]
+    status: type[BaseModel]
+    description: str
+    printer_columns: tuple[dict[str, Any], ...]
+    categories: tuple[str, ...] = ("aosedge",)
+
+
+def _condition_column(name: str, condition: str, field: str = "status", priority: int = 0) -> dict[str, Any]:
+    column = {"name": name, "type": "string", "jsonPath": f'.status.conditions[?(@.type=="{condition}")].{field}'}
+    if priority:
+        column["priority"] = priority
+    return column
+
+
+AOS_SERVICE = Kind(
+    kind="AosService",
+    plural="aosservices",
+    singular="aosservice",
+    short_names=("aossvc",),
+    namespaced=True,
+    spec=AosServiceSpec,
+    status=AosServiceStatus,
+    description="An AosEdge service that should run on the devices its selector picks",
+    printer_columns=(
+        {"name": "Ready", "type": "string", "jsonPath": ".status.readyRatio", "description": "Ready/desired"},
+        {"name": "Up-To-Date", "type": "integer", "jsonPath": ".status.updated", "description": "Current image"},
+        {"name": "Digest", "type": "string", "jsonPath": ".status.image.digest"},
+        _condition_column("Status", "Ready", "reason"),
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        _condition_column("Message", "Ready", "message", priority=1),
+    ),
+)
+AOS_DEVICE = Kind(
+    kind="AosDevice",
+    plural="aosdevices",
+    singular="aosdevice",
+    short_names=("aosdev",),
+    namespaced=False,
+    spec=AosDeviceSpec,
+    status=AosDeviceStatus,
+    description="An edge device (one per node with an agent), registered and heart-beaten by its agent",
+    printer_columns=(
+        _condition_column("Ready", "Ready"),
+        {"name": "Arch", "type": "string", "jsonPath": ".status.architecture"},
+        {"name": "Cores", "type": "integer", "jsonPath": ".status.cpuCores"},
+        {"name": "DMIPS", "type": "integer", "jsonPath": ".status.dmips"},
+        {"name": "Instances", "type": "integer", "jsonPath": ".status.instances"},
+        {"name": "Heartbeat", "type": "date", "jsonPath": ".status.lastHeartbeat"},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ),
+)
+AOS_SERVICE_INSTANCE = Kind(
+    kind="AosServiceInstance",
+    plural="aosserviceinstances",
+    singular="aosserviceinstance",
+    short_names=("aosinst",),
+    namespaced=True,
+    spec=AosServiceInstanceSpec,
+    status=AosServiceInstanceStatus,
+    description="One instance of an AosService on one device, like a Pod of a Deployment",
+    printer_columns=(
+        {"name": "Service", "type": "string", "jsonPath": ".spec.service"},
+        {"name": "Device", "type": "string", "jsonPath": ".spec.device"},
+        {"name": "Index", "type": "integer", "jsonPath": ".spec.index"},
+        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
+        {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
+        {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+    ),
+)
+KINDS = (AOS_SERVICE, AOS_DEVICE, AOS_SERVICE_INSTANCE)
