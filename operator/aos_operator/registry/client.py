@@ -347,17 +347,22 @@ class RegistryClient:
         """The manifest bytes, media type and digest; by digest the bytes are verified."""
         ref = parse_reference(reference)
         what = f"pull {ref}"
-        response = self.transport.request(
-            "GET",
-            ref.api_host,
-            f"/v2/{ref.repository}/manifests/{ref.manifest_reference}",
-            what=what,
-            scopes=[repository_scope(ref.repository)],
-            headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)},
-        )
-        if response.status != 200:
-            raise self._status_error(response, what, ref, "pull")
-        data = read_body(response, MAX_MANIFEST_BYTES, what)
+
+        def attempt() -> tuple[urllib3.BaseHTTPResponse, bytes]:
+            response = self.transport.request(
+                "GET",
+                ref.api_host,
+                f"/v2/{ref.repository}/manifests/{ref.manifest_reference}",
+                what=what,
+                scopes=[repository_scope(ref.repository)],
+                headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)},
+                retry=False,
+            )
+            if response.status != 200:
+                raise self._status_error(response, what, ref, "pull")
+            return response, read_body(response, MAX_MANIFEST_BYTES, what)
+
+        response, data = self.retry.run(attempt, what)
         digest = sha256_digest(data)
         expected = ref.digest or response.headers.get("Docker-Content-Digest")
         if expected and expected != digest:
@@ -414,7 +419,8 @@ class RegistryClient:
         try:
             if response.status == 200:
                 download.restart()
-            for chunk in response.stream(_READ_SIZE):
+            # read1 hands over whatever has arrived, so a broken connection loses nothing received
+            while chunk := response.read1(_READ_SIZE):
                 download.write(chunk)
                 self.stats.add(blob_bytes_downloaded=len(chunk))
         except HTTPError as error:
