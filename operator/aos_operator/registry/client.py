@@ -173,11 +173,12 @@ class RegistryClient:
         descriptor = Descriptor(media_type="", digest=source.digest, size=source.size, field="blob")
         self._push_blob(ref, descriptor, source, mount_from)
 
-    def blob_exists(self, repository: str | Reference, digest: str) -> bool:
+    def blob_exists(self, repository: str | Reference, digest: str, *, for_push: bool = False) -> bool:
+        """Whether the repository has the blob; `for_push` asks with the push token (one token per push)."""
         ref = parse_reference(repository)
         what = f"check {ref.repository_name}@{digest}"
         response = self.transport.request(
-            "HEAD", ref.api_host, f"/v2/{ref.repository}/blobs/{digest}", what=what, scopes=[repository_scope(ref.repository)]
+            "HEAD", ref.api_host, f"/v2/{ref.repository}/blobs/{digest}", what=what, scopes=[repository_scope(ref.repository, push=for_push)]
         )
         if response.status not in (200, 404):
             raise self._status_error(response, what, ref, "pull")
@@ -185,8 +186,8 @@ class RegistryClient:
         return response.status == 200
 
     def _push_blob(self, ref: Reference, descriptor: Descriptor, source: BlobSource, mount_from: Sequence[str]) -> None:
-        what = f"push {ref.repository_name}@{descriptor.digest} ({descriptor.field})"
-        if self.blob_exists(ref, descriptor.digest):
+        what = f"push {ref} ({descriptor.field} {descriptor.digest})"
+        if self.blob_exists(ref, descriptor.digest, for_push=True):
             self.stats.add(blobs_present=1)
         else:
             session = None

@@ -95,6 +95,7 @@ class Transport:
         self._registries: dict[str, _Registry] = {}
         self._registries_lock = threading.Lock()
         self._tokens = TokenCache()
+        self._token_lock = threading.Lock()
 
     def close(self) -> None:
         self._pool.clear()
@@ -151,13 +152,13 @@ class Transport:
     ) -> urllib3.BaseHTTPResponse:
         registry = self._registry(host, what)
         url = urljoin(registry.base_url, path_or_url)
-        authorization = self._authorization(host, registry, scopes, what, fresh=False)
+        authorization = self._authorization(host, registry, scopes, what)
         response = self._open(method, url, _with_authorization(headers, authorization), body, what)
         if response.status == 401:
             challenge = parse_challenge(response.headers.get("WWW-Authenticate"))
             if challenge is not None:
                 registry.challenge = challenge
-                fresh = self._authorization(host, registry, scopes + challenge.scopes, what, fresh=True, cache_scopes=scopes)
+                fresh = self._authorization(host, registry, scopes, what, rejected=authorization, wanted=challenge.scopes)
                 if fresh is not None and fresh != authorization:
                     discard(response)
                     authorization = fresh
@@ -242,13 +243,14 @@ class Transport:
         scopes: tuple[str, ...],
         what: str,
         *,
-        fresh: bool,
-        cache_scopes: tuple[str, ...] | None = None,
+        rejected: str | None = None,
+        wanted: tuple[str, ...] = (),
     ) -> str | None:
         """The Authorization header for a request needing `scopes`, or None for anonymous.
 
-        `fresh` skips the cache (the registry just refused what we had); the token is then
-        cached under `cache_scopes` (the request's own scopes) so later requests reuse it.
+        After a 401, `rejected` is the header the registry refused (a cached token equal to it
+        is not reused) and `wanted` the scopes its challenge named; the new token is cached
+        under the request's own scopes, so later requests like it reuse it.
         """
         challenge = registry.challenge
         if challenge is None:
@@ -262,14 +264,17 @@ class Transport:
                 hint="this client speaks Basic and Bearer-token authentication",
             )
         realm, service = challenge.params["realm"], challenge.params.get("service", "")
-        key = self._tokens.key(realm, service, cache_scopes if cache_scopes is not None else scopes)
-        token = None if fresh else self._tokens.get(key)
-        if token is None:
-            token = self._fetch_token(realm, service, sorted(set(scopes)), credentials, what)
-            self._tokens.put(key, token)
+        key = self._tokens.key(realm, service, scopes)
+        # One fetch at a time: parallel blob transfers must not each fetch the same token.
+        with self._token_lock:
+            token = self._tokens.get(key)
+            if token is None or f"Bearer {token.value}" == rejected:
+                token = self._fetch_token(host, realm, service, sorted({*scopes, *wanted}), credentials, what)
+                self._tokens.put(key, token)
         return f"Bearer {token.value}"
 
-    def _fetch_token(self, realm: str, service: str, scopes: list[str], credentials: Credentials | None, what: str) -> Token:
+    def _fetch_token(self, host: str, realm: str, service: str, scopes: list[str], credentials: Credentials | None, what: str) -> Token:
+        """GET a token for `scopes` from the realm, with the registry host's credentials if any."""
         realm_host = urlsplit(realm).netloc
         if credentials and realm.startswith("http://") and not (self.insecure or is_loopback(realm_host)):
             raise RegistryError(
@@ -287,7 +292,7 @@ class Transport:
             raise RegistryError(
                 f"{what}: the token service {realm} refused {who} (HTTP {response.status})"
                 f"{describe_error_body(read_error_body(response))}",
-                hint=credentials_hint(realm_host, credentials),
+                hint=credentials_hint(host, credentials),
             )
         body = read_body(response, _MAX_ERROR_BODY, what)
         token = parse_token_response(body, requested_at) if response.status == 200 else None
