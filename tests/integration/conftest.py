@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 # ---- registry fixtures (registry room) ------------------------------------------------
-from registry_support import FaultProxy, RegistryServer, TestCA, TokenServer, make_tls, start_registry
+from registry_support import FaultProxy, RegistryServer, CertificateAuthority, TokenServer, make_tls, start_registry
 
 
 @pytest.fixture
@@ -41,7 +41,7 @@ def fault_proxy(registry: RegistryServer) -> Iterator[FaultProxy]:
 
 
 @pytest.fixture
-def test_ca(tmp_path: Path) -> TestCA:
+def certificate_authority(tmp_path: Path) -> CertificateAuthority:
     return make_tls(tmp_path / "tls")
 
 

@@ -49,7 +49,7 @@ def free_port() -> int:
 
 
 @dataclass
-class TestCA:
+class CertificateAuthority:
     """A CA and a server certificate for 127.0.0.1 / localhost, as PEM files."""
 
     ca_file: Path
@@ -57,7 +57,7 @@ class TestCA:
     key_file: Path
 
 
-def make_tls(directory: Path) -> TestCA:
+def make_tls(directory: Path) -> CertificateAuthority:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -97,7 +97,7 @@ def make_tls(directory: Path) -> TestCA:
         .sign(ca_key, hashes.SHA256())
     )
     directory.mkdir(parents=True, exist_ok=True)
-    tls = TestCA(directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    tls = CertificateAuthority(directory / "ca.pem", directory / "server.pem", directory / "server.key")
     tls.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     tls.cert_file.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
     tls.key_file.write_bytes(
@@ -114,7 +114,7 @@ class RegistryServer:
     process: subprocess.Popen[bytes]
     port: int
     root: Path
-    tls: TestCA | None
+    tls: CertificateAuthority | None
 
     @property
     def host(self) -> str:
@@ -133,7 +133,7 @@ class RegistryServer:
                 self.process.wait()
 
 
-def start_registry(root: Path, *, auth: dict[str, Any] | None = None, tls: TestCA | None = None) -> RegistryServer:
+def start_registry(root: Path, *, auth: dict[str, Any] | None = None, tls: CertificateAuthority | None = None) -> RegistryServer:
     """Start docker-registry with its own config (never the stock one) and wait until it serves."""
     root.mkdir(parents=True, exist_ok=True)
     last_log = ""

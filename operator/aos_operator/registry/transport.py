@@ -55,6 +55,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def candidate_schemes(host: str, insecure: bool) -> list[str]:
+    """Schemes to try, in order: HTTPS only, unless asked for plain HTTP or the host is local."""
+    if insecure:
+        return ["http"]
+    if is_loopback(host):
+        return ["https", "http"]  # like docker: a local registry may speak plain HTTP
+    return ["https"]
+
+
 @dataclass
 class _Registry:
     """What we learned about one registry host."""
@@ -209,12 +218,7 @@ class Transport:
 
     def _probe(self, host: str, registry: _Registry, what: str) -> None:
         """`GET /v2/`: picks the scheme and learns the authentication challenge."""
-        if self.insecure:
-            schemes = ["http"]
-        elif is_loopback(host):
-            schemes = ["https", "http"]  # like docker: a local registry may speak plain HTTP
-        else:
-            schemes = ["https"]
+        schemes = candidate_schemes(host, self.insecure)
         for scheme in schemes:
             url = f"{scheme}://{host}/v2/"
             try:
