@@ -105,3 +105,13 @@ def test_persistent_503_gives_up_with_a_clear_error(fault_proxy: FaultProxy, pus
     assert f"{fault_proxy.host}/aos/faulty:v1" in message
     assert "gave up after 3 attempts" in message and "503" in message
     assert len(sleeps) == 2
+
+
+def test_link_that_keeps_dropping_still_delivers_while_each_try_gets_further(fault_proxy: FaultProxy, pushed, tmp_path: Path) -> None:
+    layer = pushed.layer_digests[0]
+    fault_proxy.add(Fault("GET", f"/blobs/{layer}", "drop-body", times=5))
+    with RegistryClient(retry=quick_retry([], attempts=2), max_workers=1) as client:
+        client.pull(f"{fault_proxy.host}/aos/faulty:v1", tmp_path / "pkg")
+    gets = fault_proxy.requests("GET", f"/blobs/{layer}")
+    assert [seen.fault for seen in gets] == ["drop-body"] * 5 + [None]
+    assert (tmp_path / "pkg" / "blobs" / "sha256" / layer.split(":")[1]).read_bytes() == pushed.blobs[layer]

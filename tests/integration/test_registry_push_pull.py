@@ -201,3 +201,19 @@ def test_one_client_serves_concurrent_threads(registry: RegistryServer, tmp_path
     for index, package in enumerate(packages):
         manifest = (tmp_path / f"pkg{index}" / "manifest.json").read_bytes()
         assert hashlib.sha256(manifest).hexdigest() == package.digest.split(":")[1]
+
+
+async def test_usable_from_asyncio_through_to_thread(registry: RegistryServer, tmp_path: Path) -> None:
+    import asyncio
+
+    packages = [make_package(name=f"async{index}", seed=index) for index in range(2)]
+    with RegistryClient() as client:
+
+        async def push_and_pull(index: int) -> str:
+            reference = f"{registry.host}/aos/async{index}:v1"
+            await asyncio.to_thread(client.push, reference, packages[index].manifest, OCI_MANIFEST, packages[index].sources())
+            pulled = await asyncio.to_thread(client.pull, reference, tmp_path / f"pkg{index}")
+            return pulled.digest
+
+        digests = await asyncio.gather(push_and_pull(0), push_and_pull(1))
+    assert digests == [package.digest for package in packages]

@@ -214,3 +214,21 @@ def test_plain_http_only_when_asked_or_local() -> None:
     assert candidate_schemes("registry.example.com", insecure=False) == ["https"]
     assert candidate_schemes("registry.example.com", insecure=True) == ["http"]
     assert candidate_schemes("127.0.0.1:5000", insecure=False) == ["https", "http"]
+
+
+def test_progress_restarts_the_attempt_count() -> None:
+    received = [0]
+    failures = [0]
+
+    def flaky_download() -> str:
+        if received[0] < 10:
+            received[0] += 1  # each try gets a little further, then the link drops
+            failures[0] += 1
+            raise TransientFailure("connection reset")
+        return "done"
+
+    policy = RetryPolicy(attempts=2, base_delay=0.0, sleep=lambda _: None)
+    assert policy.run(flaky_download, "pull", progress=lambda: received[0]) == "done"
+    assert failures[0] == 10
+    with pytest.raises(RegistryError, match="gave up after 2 attempts"):
+        policy.run(lambda: (_ for _ in ()).throw(TransientFailure("down")), "pull", progress=lambda: 0)

@@ -390,7 +390,7 @@ class RegistryClient:
         what = f"pull {ref.repository_name}@{digest}"
         download = _Download(sink, size, what)
         try:
-            self.retry.run(lambda: self._download_attempt(ref, digest, download, what), what)
+            self.retry.run(lambda: self._download_attempt(ref, digest, download, what), what, progress=lambda: download.received)
             download.finish(digest)
         except BaseException:
             _abort(sink)

@@ -115,6 +115,7 @@ class FileSink:
         assert self._temp_path is not None
         os.replace(self._temp_path, self.destination)
         self._file = self._temp_path = None
+        _sync_directory(self.destination.parent)
 
     def abort(self) -> None:
         if self._file is not None:
@@ -122,3 +123,12 @@ class FileSink:
         if self._temp_path is not None:
             self._temp_path.unlink(missing_ok=True)
         self._file = self._temp_path = None
+
+
+def _sync_directory(directory: Path) -> None:
+    """Make a rename durable: devices lose power, and a blob must not vanish after commit."""
+    descriptor = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)

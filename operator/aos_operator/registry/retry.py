@@ -51,13 +51,21 @@ class RetryPolicy:
             wait = max(wait, min(retry_after, self.max_retry_after))
         return wait
 
-    def run(self, operation: Callable[[], T], what: str) -> T:
-        """Call `operation` until it stops raising TransientFailure or attempts run out."""
+    def run(self, operation: Callable[[], T], what: str, progress: Callable[[], int] | None = None) -> T:
+        """Call `operation` until it stops raising TransientFailure or attempts run out.
+
+        With `progress` (e.g. bytes received so far), a failed attempt that still moved
+        things forward starts the count afresh: a resumable download on a link that keeps
+        dropping gets through as long as each try gets further.
+        """
         attempt = 0
+        mark = progress() if progress else 0
         while True:
             try:
                 return operation()
             except TransientFailure as failure:
+                if progress is not None and progress() > mark:
+                    attempt, mark = 0, progress()
                 attempt += 1
                 if attempt >= self.attempts:
                     raise RegistryError(
