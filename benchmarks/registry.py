@@ -104,7 +104,14 @@ def build_package(directory: Path) -> Path:
         (blobs / digest.split(":")[1]).write_bytes(data)
         return {"mediaType": media_type, "digest": digest, "size": len(data)}
 
-    config = canonical_json({"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/bin/true"]}, "rootfs": {"type": "layers", "diff_ids": diff_ids}})
+    config = canonical_json(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {"Cmd": ["/bin/true"]},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        }
+    )
     service = canonical_json({"author": "benchmark", "quotas": {"ramLimit": 1 << 28}})
     manifest = canonical_json(
         {
@@ -133,26 +140,26 @@ def skopeo(*args: str) -> None:
     subprocess.run(["skopeo", "--insecure-policy", *args], check=True, capture_output=True)
 
 
-def warm(directory: Path) -> int:
-    """Read every file once so both tools start from the same page cache; returns bytes."""
-    total = 0
+def warm(directory: Path) -> None:
+    """Read every file once so both tools start from the same page cache."""
     for path in sorted(directory.rglob("*")):
         if path.is_file():
             with path.open("rb") as stream:
-                while chunk := stream.read(4 * MiB):
-                    total += len(chunk)
-    return total
+                while stream.read(4 * MiB):
+                    pass
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=ROOT / ".cache" / "bench-registry", help="where the package is built and kept")
+    parser.add_argument(
+        "--work", type=Path, default=ROOT / ".cache" / "bench-registry", help="where the package is built and kept"
+    )
     args = parser.parse_args()
     package = build_package(args.work / "package")
-    size = warm(package)
+    warm(package)
     manifest = json.loads((package / "manifest.json").read_text())
     blob_total = sum(item["size"] for item in [manifest["config"], manifest["aosService"], *manifest["layers"]])
-    print(f"package: {blob_total / MiB:.1f} MiB in {len(manifest['layers'])} layers (+ config, aosService); files {size / MiB:.1f} MiB")
+    print(f"package: {blob_total / MiB:.1f} MiB of blobs in {len(manifest['layers'])} layers + config + aosService")
 
     scratch = Path(tempfile.mkdtemp(prefix="bench-registry-"))
     servers: list[RegistryServer] = []
@@ -163,6 +170,7 @@ def main() -> None:
         return server
 
     try:
+
         def our_push(**options: int) -> tuple[float, RegistryServer, RegistryClient]:
             server = fresh_registry()
             client = RegistryClient(**options)
@@ -173,7 +181,11 @@ def main() -> None:
         uploaded_first = client.stats.blob_bytes_uploaded
         client.close()
         skopeo_target = fresh_registry()
-        push_skopeo = timed(lambda: skopeo("copy", "--dest-tls-verify=false", f"oci:{package}:v1", f"docker://{skopeo_target.host}/bench/skopeo:v1"))
+        push_skopeo = timed(
+            lambda: skopeo(
+                "copy", "--dest-tls-verify=false", f"oci:{package}:v1", f"docker://{skopeo_target.host}/bench/skopeo:v1"
+            )
+        )
 
         with RegistryClient() as again:
             push_again = timed(lambda: again.push_package(f"{source.host}/bench/ours:v1", package))
@@ -181,7 +193,14 @@ def main() -> None:
 
         with RegistryClient() as puller:
             pull_ours = timed(lambda: puller.pull(f"{source.host}/bench/ours:v1", scratch / "pulled-ours"))
-        pull_skopeo = timed(lambda: skopeo("copy", "--src-tls-verify=false", f"docker://{source.host}/bench/ours:v1", f"oci:{scratch / 'pulled-skopeo'}:v1"))
+        pull_skopeo = timed(
+            lambda: skopeo(
+                "copy",
+                "--src-tls-verify=false",
+                f"docker://{source.host}/bench/ours:v1",
+                f"oci:{scratch / 'pulled-skopeo'}:v1",
+            )
+        )
 
         push_serial, *_ = our_push(max_workers=1)
         push_whole, *_ = our_push(chunked_threshold=1 << 40)
@@ -201,7 +220,10 @@ def main() -> None:
     print(f"pull  ours   {rate(pull_ours)}   (4 workers)")
     print(f"pull  skopeo {rate(pull_skopeo)}")
     print(f"pull  ratio ours/skopeo: {pull_ours / pull_skopeo:.2f}")
-    print(f"push again (unchanged): {push_again:.3f} s, blob bytes uploaded: {uploaded_again} (first push: {uploaded_first})")
+    print(
+        f"push again (unchanged): {push_again:.3f} s, blob bytes uploaded: {uploaded_again}"
+        f" (first push: {uploaded_first})"
+    )
     print(f"push  1 worker / 4 workers: {push_serial / push_ours:.2f}")
     print(f"pull  1 worker / 4 workers: {pull_serial / pull_ours:.2f}")
     print(f"push  single PUT per blob / chunked: {push_whole / push_ours:.2f}")

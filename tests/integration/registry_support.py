@@ -75,9 +75,7 @@ def make_tls(directory: Path) -> CertificateAuthority:
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True
-        )
+        .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
         .sign(ca_key, hashes.SHA256())
     )
     server_key = ec.generate_private_key(ec.SECP256R1())
@@ -101,7 +99,9 @@ def make_tls(directory: Path) -> CertificateAuthority:
     tls.ca_file.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     tls.cert_file.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
     tls.key_file.write_bytes(
-        server_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        server_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     )
     return tls
 
@@ -133,7 +133,9 @@ class RegistryServer:
                 self.process.wait()
 
 
-def start_registry(root: Path, *, auth: dict[str, Any] | None = None, tls: CertificateAuthority | None = None) -> RegistryServer:
+def start_registry(
+    root: Path, *, auth: dict[str, Any] | None = None, tls: CertificateAuthority | None = None
+) -> RegistryServer:
     """Start docker-registry with its own config (never the stock one) and wait until it serves."""
     root.mkdir(parents=True, exist_ok=True)
     last_log = ""
@@ -198,7 +200,12 @@ def htpasswd_auth(root: Path, users: dict[str, str]) -> dict[str, Any]:
 
     path = root / "htpasswd"
     root.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()}\n" for user, password in users.items()))
+    path.write_text(
+        "".join(
+            f"{user}:{bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=5)).decode()}\n"
+            for user, password in users.items()
+        )
+    )
     return {"htpasswd": {"realm": "aos-test", "path": str(path)}}
 
 
@@ -212,7 +219,9 @@ def _b64url(data: bytes) -> str:
 class TokenServer:
     """The Bearer realm: Basic-authenticated users get what they ask; anonymous gets pull only."""
 
-    def __init__(self, directory: Path, users: dict[str, str], *, anonymous_pull: bool = True, lifetime: int = 300) -> None:
+    def __init__(
+        self, directory: Path, users: dict[str, str], *, anonymous_pull: bool = True, lifetime: int = 300
+    ) -> None:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec
@@ -437,8 +446,14 @@ class FaultProxy:
         finally:
             upstream.close()
 
-    def _relay(self, handler: BaseHTTPRequestHandler, method: str, response: http.client.HTTPResponse, fault: Fault | None) -> None:
-        headers = [(name, value) for name, value in response.getheaders() if name.lower() not in ("connection", "transfer-encoding", "keep-alive")]
+    def _relay(
+        self, handler: BaseHTTPRequestHandler, method: str, response: http.client.HTTPResponse, fault: Fault | None
+    ) -> None:
+        headers = [
+            (name, value)
+            for name, value in response.getheaders()
+            if name.lower() not in ("connection", "transfer-encoding", "keep-alive")
+        ]
         declared = response.getheader("Content-Length")
         body_length = None if declared is None else int(declared)
         buffered = b""
@@ -532,7 +547,9 @@ def make_package(name: str = "hello", layer_sizes: tuple[int, ...] = (50_000,), 
     layers, diff_ids = [], []
     for index, size in enumerate(layer_sizes):
         content = hashlib.shake_256(f"{name}-{seed}-{index}".encode()).digest(size)
-        compressed, tar = _tar_gz({f"srv/{name}/data{index}.bin": content, f"srv/{name}/README": f"layer {index}\n".encode()})
+        compressed, tar = _tar_gz(
+            {f"srv/{name}/data{index}.bin": content, f"srv/{name}/README": f"layer {index}\n".encode()}
+        )
         layers.append(compressed)
         diff_ids.append("sha256:" + hashlib.sha256(tar).hexdigest())
     config = canonical_json(
@@ -543,7 +560,14 @@ def make_package(name: str = "hello", layer_sizes: tuple[int, ...] = (50_000,), 
             "rootfs": {"type": "layers", "diff_ids": diff_ids},
         }
     )
-    service = canonical_json({"author": "aos-operator tests", "created": "2025-01-01T00:00:00Z", "hostname": name, "quotas": {"ramLimit": 1 << 24}})
+    service = canonical_json(
+        {
+            "author": "aos-operator tests",
+            "created": "2025-01-01T00:00:00Z",
+            "hostname": name,
+            "quotas": {"ramLimit": 1 << 24},
+        }
+    )
     manifest = canonical_json(
         {
             "schemaVersion": 2,

@@ -52,10 +52,15 @@ def test_basic_auth_with_wrong_password_names_the_user(basic_registry: RegistryS
 def test_credentials_from_docker_config_file(basic_registry: RegistryServer, tmp_path: Path) -> None:
     config = tmp_path / "config.json"
     auth = base64.b64encode(b"alice:wonderland").decode()
-    config.write_text(json.dumps({"auths": {f"http://{basic_registry.host}/v1/": {"auth": auth}}, "credsStore": "desktop"}))
+    config.write_text(
+        json.dumps({"auths": {f"http://{basic_registry.host}/v1/": {"auth": auth}}, "credsStore": "desktop"})
+    )
     package = make_package()
     with RegistryClient(credentials=DockerConfig.from_file(config)) as client:
-        assert client.push(f"{basic_registry.host}/aos/cfg:v1", package.manifest, OCI_MANIFEST, package.sources()) == package.digest
+        assert (
+            client.push(f"{basic_registry.host}/aos/cfg:v1", package.manifest, OCI_MANIFEST, package.sources())
+            == package.digest
+        )
 
 
 def test_credentials_from_kubernetes_pull_secret(basic_registry: RegistryServer) -> None:
@@ -67,7 +72,9 @@ def test_credentials_from_kubernetes_pull_secret(basic_registry: RegistryServer)
         assert client.pull_manifest(f"{basic_registry.host}/aos/k8s@{package.digest}").data == package.manifest
 
 
-def test_token_auth_push_caches_one_token_per_scope(token_registry: RegistryServer, token_server: TokenServer, tmp_path: Path) -> None:
+def test_token_auth_push_caches_one_token_per_scope(
+    token_registry: RegistryServer, token_server: TokenServer, tmp_path: Path
+) -> None:
     package = make_package(layer_sizes=(10_000, 20_000, 30_000))
     reference = f"{token_registry.host}/aos/tok:v1"
     with RegistryClient(credentials=Credentials("pusher", "push-secret")) as client:
@@ -83,7 +90,9 @@ def test_token_auth_push_caches_one_token_per_scope(token_registry: RegistryServ
     assert (tmp_path / "pkg" / "manifest.json").read_bytes() == package.manifest
 
 
-def test_token_auth_anonymous_pull_allowed_push_denied(token_registry: RegistryServer, token_server: TokenServer) -> None:
+def test_token_auth_anonymous_pull_allowed_push_denied(
+    token_registry: RegistryServer, token_server: TokenServer
+) -> None:
     package = make_package()
     reference = f"{token_registry.host}/aos/public:v1"
     with RegistryClient(credentials=Credentials("pusher", "push-secret")) as client:
@@ -97,21 +106,32 @@ def test_token_auth_anonymous_pull_allowed_push_denied(token_registry: RegistryS
     assert f"{token_registry.host}/aos/public" in message and "anonymous" in message and "401" in message
 
 
-def test_token_service_refusing_credentials_is_reported(token_registry: RegistryServer, token_server: TokenServer) -> None:
+def test_token_service_refusing_credentials_is_reported(
+    token_registry: RegistryServer, token_server: TokenServer
+) -> None:
     with RegistryClient(credentials=Credentials("pusher", "nope")) as client, pytest.raises(RegistryError) as caught:
         client.pull_manifest(f"{token_registry.host}/aos/tok:v1")
     message = str(caught.value)
     assert token_server.realm in message and "user 'pusher'" in message
 
 
-def test_token_auth_cross_repository_mount_asks_for_both_scopes(token_registry: RegistryServer, token_server: TokenServer) -> None:
+def test_token_auth_cross_repository_mount_asks_for_both_scopes(
+    token_registry: RegistryServer, token_server: TokenServer
+) -> None:
     package = make_package(layer_sizes=(15_000,))
     with RegistryClient(credentials=Credentials("pusher", "push-secret")) as client:
         client.push(f"{token_registry.host}/aos/origin:v1", package.manifest, OCI_MANIFEST, package.sources())
     with RegistryClient(credentials=Credentials("pusher", "push-secret")) as client:
-        client.push(f"{token_registry.host}/aos/mirror:v1", package.manifest, OCI_MANIFEST, package.sources(), mount_from=["aos/origin"])
+        client.push(
+            f"{token_registry.host}/aos/mirror:v1",
+            package.manifest,
+            OCI_MANIFEST,
+            package.sources(),
+            mount_from=["aos/origin"],
+        )
         assert client.stats.blobs_mounted == len(package.blobs)
         assert client.stats.blob_bytes_uploaded == 0
     assert any(
-        set(request["scopes"]) == {"repository:aos/mirror:pull,push", "repository:aos/origin:pull"} for request in token_server.requests
+        set(request["scopes"]) == {"repository:aos/mirror:pull,push", "repository:aos/origin:pull"}
+        for request in token_server.requests
     )

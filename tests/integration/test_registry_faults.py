@@ -107,7 +107,9 @@ def test_persistent_503_gives_up_with_a_clear_error(fault_proxy: FaultProxy, pus
     assert len(sleeps) == 2
 
 
-def test_link_that_keeps_dropping_still_delivers_while_each_try_gets_further(fault_proxy: FaultProxy, pushed, tmp_path: Path) -> None:
+def test_link_that_keeps_dropping_still_delivers_while_each_try_gets_further(
+    fault_proxy: FaultProxy, pushed, tmp_path: Path
+) -> None:
     layer = pushed.layer_digests[0]
     fault_proxy.add(Fault("GET", f"/blobs/{layer}", "drop-body", times=5))
     with RegistryClient(retry=quick_retry([], attempts=2), max_workers=1) as client:

@@ -19,7 +19,9 @@ def raw_get(host: str, path: str, **headers: str) -> urllib3.BaseHTTPResponse:
     return urllib3.request("GET", f"http://{host}{path}", headers=headers, retries=False)
 
 
-def test_push_then_pull_round_trip_keeps_manifest_bytes_and_aos_service(registry: RegistryServer, tmp_path: Path) -> None:
+def test_push_then_pull_round_trip_keeps_manifest_bytes_and_aos_service(
+    registry: RegistryServer, tmp_path: Path
+) -> None:
     package = make_package(layer_sizes=(40_000, 70_000))
     with RegistryClient() as client:
         digest = client.push(f"{registry.host}/aos/hello:v1", package.manifest, OCI_MANIFEST, package.sources())
@@ -64,7 +66,13 @@ def test_cross_repository_mount_from_named_repository(registry: RegistryServer, 
     with RegistryClient() as client:
         client.push(f"{registry.host}/aos/base:v1", package.manifest, OCI_MANIFEST, package.sources())
     with RegistryClient() as fresh:  # knows nothing about aos/base except what the caller says
-        fresh.push(f"{fault_proxy.host}/aos/copy:v1", package.manifest, OCI_MANIFEST, package.sources(), mount_from=["aos/base"])
+        fresh.push(
+            f"{fault_proxy.host}/aos/copy:v1",
+            package.manifest,
+            OCI_MANIFEST,
+            package.sources(),
+            mount_from=["aos/base"],
+        )
         assert fresh.stats.blobs_mounted == len(package.blobs)
         assert fresh.stats.blob_bytes_uploaded == 0
     mounts = fault_proxy.requests("POST", r"/v2/aos/copy/blobs/uploads/\?.*mount=sha256")
@@ -85,13 +93,21 @@ def test_mount_candidates_are_remembered_within_the_process(registry: RegistrySe
 def test_failed_mount_falls_back_to_upload(registry: RegistryServer) -> None:
     package = make_package(layer_sizes=(10_000,))
     with RegistryClient() as client:
-        client.push(f"{registry.host}/aos/target:v1", package.manifest, OCI_MANIFEST, package.sources(), mount_from=["aos/nowhere", "aos/empty"])
+        client.push(
+            f"{registry.host}/aos/target:v1",
+            package.manifest,
+            OCI_MANIFEST,
+            package.sources(),
+            mount_from=["aos/nowhere", "aos/empty"],
+        )
         assert client.stats.blobs_mounted == 0
         assert client.stats.blobs_uploaded == len(package.blobs)
         assert client.pull_manifest(f"{registry.host}/aos/target:v1").data == package.manifest
 
 
-def test_chunked_upload_follows_location_and_range(registry: RegistryServer, fault_proxy: FaultProxy, tmp_path: Path) -> None:
+def test_chunked_upload_follows_location_and_range(
+    registry: RegistryServer, fault_proxy: FaultProxy, tmp_path: Path
+) -> None:
     package = make_package(layer_sizes=(300_000,))
     layer = package.layer_digests[0]
     layer_size = len(package.blobs[layer])
@@ -102,7 +118,7 @@ def test_chunked_upload_follows_location_and_range(registry: RegistryServer, fau
     assert len(patches) == -(-layer_size // (64 * 1024))
     ranges = [tuple(int(part) for part in patch.headers["Content-Range"].split("-")) for patch in patches]
     assert ranges[0][0] == 0 and ranges[-1][1] == layer_size - 1
-    assert all(after[0] == before[1] + 1 for before, after in zip(ranges, ranges[1:]))
+    assert all(after[0] == before[1] + 1 for before, after in zip(ranges, ranges[1:], strict=False))
     # every PATCH used the upload URL the previous answer gave (its _state changes each time)
     states = [patch.path.split("_state=")[1] for patch in patches]
     assert len(set(states)) == len(states)
@@ -211,7 +227,9 @@ async def test_usable_from_asyncio_through_to_thread(registry: RegistryServer, t
 
         async def push_and_pull(index: int) -> str:
             reference = f"{registry.host}/aos/async{index}:v1"
-            await asyncio.to_thread(client.push, reference, packages[index].manifest, OCI_MANIFEST, packages[index].sources())
+            await asyncio.to_thread(
+                client.push, reference, packages[index].manifest, OCI_MANIFEST, packages[index].sources()
+            )
             pulled = await asyncio.to_thread(client.pull, reference, tmp_path / f"pkg{index}")
             return pulled.digest
 

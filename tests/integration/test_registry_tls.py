@@ -13,10 +13,14 @@ from aos_operator.registry import Credentials, RegistryClient
 
 @pytest.fixture
 def tls_registry(start_registry_server, certificate_authority: CertificateAuthority, tmp_path: Path):
-    return start_registry_server("tls", tls=certificate_authority, auth=htpasswd_auth(tmp_path / "auth", {"bob": "builder"}))
+    return start_registry_server(
+        "tls", tls=certificate_authority, auth=htpasswd_auth(tmp_path / "auth", {"bob": "builder"})
+    )
 
 
-def test_push_and_pull_over_tls_with_custom_ca(tls_registry, certificate_authority: CertificateAuthority, tmp_path: Path) -> None:
+def test_push_and_pull_over_tls_with_custom_ca(
+    tls_registry, certificate_authority: CertificateAuthority, tmp_path: Path
+) -> None:
     package = make_package(layer_sizes=(60_000,))
     with RegistryClient(ca_file=certificate_authority.ca_file, credentials=Credentials("bob", "builder")) as client:
         digest = client.push(f"{tls_registry.host}/aos/secure:v1", package.manifest, OCI_MANIFEST, package.sources())

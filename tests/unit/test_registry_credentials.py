@@ -61,7 +61,9 @@ def test_pull_secret_dockerconfigjson_and_legacy_dockercfg() -> None:
     secret = {".dockerconfigjson": b64(json.dumps(CONFIG))}
     assert DockerConfig.from_pull_secret(secret).credentials_for("docker.io") == Credentials("hubuser", "hubpass")
     legacy = {".dockercfg": b64(json.dumps({"registry.example.com:5000": {"auth": b64("old:style")}}))}
-    assert DockerConfig.from_pull_secret(legacy).credentials_for("registry.example.com:5000") == Credentials("old", "style")
+    assert DockerConfig.from_pull_secret(legacy).credentials_for("registry.example.com:5000") == Credentials(
+        "old", "style"
+    )
 
 
 def test_credentials_never_show_the_password() -> None:
@@ -75,7 +77,10 @@ def test_credentials_never_show_the_password() -> None:
         ({".dockerconfigjson": "%%%"}, r"data\[.dockerconfigjson\]: not valid base64"),
         ({".dockerconfigjson": b64("{not json")}, "invalid JSON at line 1"),
         ({".dockerconfigjson": b64("[]")}, "expected a JSON object"),
-        ({".dockerconfigjson": b64(json.dumps({"auths": {"h.io": {"auth": b64("nocolon")}}}))}, r"auths.h.io.auth: decodes to no"),
+        (
+            {".dockerconfigjson": b64(json.dumps({"auths": {"h.io": {"auth": b64("nocolon")}}}))},
+            r"auths.h.io.auth: decodes to no",
+        ),
         ({".dockerconfigjson": b64(json.dumps({"auths": {"h.io": "x"}}))}, "auths.h.io: expected an object"),
         ({".dockerconfigjson": b64(json.dumps({"auths": []}))}, "'auths' must be an object"),
     ],

@@ -26,7 +26,12 @@ DIGEST = "sha256:" + "ab" * 32
 )
 def test_parse(text: str, registry: str, repository: str, tag: str | None, digest: str | None) -> None:
     reference = Reference.parse(text)
-    assert (reference.registry, reference.repository, reference.tag, reference.digest) == (registry, repository, tag, digest)
+    assert (reference.registry, reference.repository, reference.tag, reference.digest) == (
+        registry,
+        repository,
+        tag,
+        digest,
+    )
 
 
 def test_manifest_reference_prefers_digest_then_tag_then_latest() -> None:

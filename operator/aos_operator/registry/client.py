@@ -14,6 +14,7 @@ Blobs move concurrently (bounded by `max_workers`); no blob is ever held whole i
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -42,6 +43,7 @@ from aos_operator.registry.manifest import (
 from aos_operator.registry.reference import Reference, parse_reference
 from aos_operator.registry.retry import RetryPolicy, TransientFailure
 from aos_operator.registry.transport import (
+    Body,
     Transport,
     credentials_hint,
     describe_error_body,
@@ -178,7 +180,11 @@ class RegistryClient:
         ref = parse_reference(repository)
         what = f"check {ref.repository_name}@{digest}"
         response = self.transport.request(
-            "HEAD", ref.api_host, f"/v2/{ref.repository}/blobs/{digest}", what=what, scopes=[repository_scope(ref.repository, push=for_push)]
+            "HEAD",
+            ref.api_host,
+            f"/v2/{ref.repository}/blobs/{digest}",
+            what=what,
+            scopes=[repository_scope(ref.repository, push=for_push)],
         )
         if response.status not in (200, 404):
             raise self._status_error(response, what, ref, "pull")
@@ -211,7 +217,9 @@ class RegistryClient:
         with self._locations_lock:
             self._locations.setdefault((ref.api_host, digest), set()).add(ref.repository)
 
-    def _mount(self, ref: Reference, digest: str, source_repository: str, session: str | None, what: str) -> tuple[bool, str | None]:
+    def _mount(
+        self, ref: Reference, digest: str, source_repository: str, session: str | None, what: str
+    ) -> tuple[bool, str | None]:
         """Try a cross-repository mount; on failure the registry opens an upload session instead.
 
         Returns (mounted, session): a new session replaces (and cancels) the previous one.
@@ -235,7 +243,14 @@ class RegistryClient:
     def _cancel_upload(self, ref: Reference, session: str, what: str) -> None:
         # Best effort: an abandoned session only costs the registry a little until it expires.
         try:
-            response = self.transport.request("DELETE", ref.api_host, session, what=what, scopes=[repository_scope(ref.repository, push=True)], retry=False)
+            response = self.transport.request(
+                "DELETE",
+                ref.api_host,
+                session,
+                what=what,
+                scopes=[repository_scope(ref.repository, push=True)],
+                retry=False,
+            )
             discard(response)
         except (TransientFailure, RegistryError):
             pass
@@ -247,10 +262,11 @@ class RegistryClient:
         def attempt() -> None:
             location = pending.pop() if pending else self._start_upload(ref, what)
             if source.size > self.chunked_threshold:
-                location, body, length = self._send_chunks(ref, source, location, what), b"", 0
+                location = self._send_chunks(ref, source, location, what)
+                self._finish_upload(ref, source, location, b"", 0, what)
             else:
-                body, length = self._reader_factory(source, 0, source.size, what), source.size
-            self._finish_upload(ref, source, location, body, length, what)
+                body = self._reader_factory(source, 0, source.size, what)
+                self._finish_upload(ref, source, location, body, source.size, what)
 
         self.retry.run(attempt, what)
 
@@ -298,7 +314,9 @@ class RegistryClient:
             offset = _range_end(response.headers.get("Range"), offset + length, source.size, what)
         return location
 
-    def _finish_upload(self, ref: Reference, source: BlobSource, location: str, body: object, length: int, what: str) -> None:
+    def _finish_upload(
+        self, ref: Reference, source: BlobSource, location: str, body: Body, length: int, what: str
+    ) -> None:
         separator = "&" if "?" in location else "?"
         response = self.transport.request(
             "PUT",
@@ -307,7 +325,7 @@ class RegistryClient:
             what=what,
             scopes=[repository_scope(ref.repository, push=True)],
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(length)},
-            body=body,  # type: ignore[arg-type]
+            body=body,
             retry=False,
         )
         if response.status == 400:
@@ -390,7 +408,9 @@ class RegistryClient:
         what = f"pull {ref.repository_name}@{digest}"
         download = _Download(sink, size, what)
         try:
-            self.retry.run(lambda: self._download_attempt(ref, digest, download, what), what, progress=lambda: download.received)
+            self.retry.run(
+                lambda: self._download_attempt(ref, digest, download, what), what, progress=lambda: download.received
+            )
             download.finish(digest)
         except BaseException:
             _abort(sink)
@@ -478,7 +498,9 @@ class RegistryClient:
     def _location(self, ref: Reference, response: urllib3.BaseHTTPResponse) -> str:
         return urljoin(self.transport.url(ref.api_host, "/v2/"), response.headers["Location"])
 
-    def _status_error(self, response: urllib3.BaseHTTPResponse, what: str, ref: Reference, action: str) -> RegistryError:
+    def _status_error(
+        self, response: urllib3.BaseHTTPResponse, what: str, ref: Reference, action: str
+    ) -> RegistryError:
         detail = describe_error_body(read_error_body(response))
         credentials = self.transport.credentials_for(ref.registry)
         who = f"user {credentials.username!r}" if credentials else "anonymous access"
@@ -561,7 +583,10 @@ class _CountingReader:
         except OSError as error:
             raise PackageError(f"{self._what}: cannot read {self._source} ({error})") from None
         if not data:
-            raise PackageError(f"{self._what}: {self._source} ended {self._remaining} bytes early", hint="the blob source is shorter than its size says")
+            raise PackageError(
+                f"{self._what}: {self._source} ended {self._remaining} bytes early",
+                hint="the blob source is shorter than its size says",
+            )
         self._remaining -= len(data)
         self._stats.add(blob_bytes_uploaded=len(data))
         return data
@@ -574,7 +599,7 @@ def _source_for(descriptor: Descriptor, blobs: Mapping[str, BlobSource], what: s
     source = blobs.get(descriptor.digest)
     if source is None:
         raise PackageError(
-            f"{what}: the manifest's {descriptor.field} refers to {descriptor.digest}, but no blob source was given for it",
+            f"{what}: the manifest's {descriptor.field} refers to {descriptor.digest}, but no blob source was given",
             hint="pass a source for every blob the manifest refers to",
         )
     if source.digest != descriptor.digest or source.size != descriptor.size:
@@ -626,11 +651,11 @@ def _sink_call(operation: Callable[[], None], what: str) -> None:
     try:
         operation()
     except OSError as error:
-        raise RegistryError(f"{what}: cannot store the blob ({error})", hint="check free space and permissions where the blob goes") from None
+        raise RegistryError(
+            f"{what}: cannot store the blob ({error})", hint="check free space and permissions where the blob goes"
+        ) from None
 
 
 def _abort(sink: BlobSink) -> None:
-    try:
+    with contextlib.suppress(OSError):  # the original error matters more than a failed clean-up
         sink.abort()
-    except OSError:
-        pass  # the original error matters more than a failed clean-up

@@ -94,7 +94,9 @@ class FileSink:
 
     def _open(self) -> BinaryIO:
         if self._file is None:
-            descriptor, name = tempfile.mkstemp(dir=self.destination.parent, prefix=f".{self.destination.name}.", suffix=".partial")
+            descriptor, name = tempfile.mkstemp(
+                dir=self.destination.parent, prefix=f".{self.destination.name}.", suffix=".partial"
+            )
             self._temp_path = Path(name)
             self._file = os.fdopen(descriptor, "wb")
         return self._file

@@ -134,7 +134,9 @@ def _entry_credentials(entry: Any, where: str) -> Credentials | None:
         decoded = _decode_base64(entry["auth"], f"{where}.auth")
         username, colon, password = decoded.partition(":")
         if not colon:
-            raise InputError(f"{where}.auth: decodes to no 'user:password' pair", hint="encode it as base64 of user:password")
+            raise InputError(
+                f"{where}.auth: decodes to no 'user:password' pair", hint="encode it as base64 of user:password"
+            )
         return Credentials(username, password)
     if entry.get("username"):
         password = entry.get("password", "")

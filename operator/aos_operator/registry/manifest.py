@@ -64,7 +64,9 @@ def referenced_blobs(document: dict[str, Any], source: str) -> list[Descriptor]:
     for name, value in document.items():
         if name in _NOT_BLOB_FIELDS:
             continue
-        candidates = [(f"{name}[{i}]", item) for i, item in enumerate(value)] if isinstance(value, list) else [(name, value)]
+        candidates = (
+            [(f"{name}[{i}]", item) for i, item in enumerate(value)] if isinstance(value, list) else [(name, value)]
+        )
         for where, item in candidates:
             if isinstance(item, dict) and "digest" in item:
                 descriptor = _descriptor(item, where, source)

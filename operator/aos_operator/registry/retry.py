@@ -45,7 +45,7 @@ class RetryPolicy:
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
         """Seconds to wait after failed attempt number `attempt` (0-based)."""
-        backoff = min(self.max_delay, self.base_delay * (2**attempt))
+        backoff = min(self.max_delay, self.base_delay * 2.0**attempt)
         wait = backoff * (0.5 + 0.5 * self.jitter())
         if retry_after is not None:
             wait = max(wait, min(retry_after, self.max_retry_after))
@@ -76,7 +76,9 @@ class RetryPolicy:
                 self.sleep(self.delay(attempt - 1, failure.retry_after))
 
 
-def parse_retry_after(value: str | None, now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> float | None:
+def parse_retry_after(
+    value: str | None, now: Callable[[], datetime] = lambda: datetime.now(timezone.utc)
+) -> float | None:
     """Retry-After as seconds: either delta-seconds or an HTTP date; None when absent or unreadable."""
     if not value:
         return None

@@ -87,7 +87,10 @@ class Transport:
         max_connections: int = 8,
     ) -> None:
         if ca_file is not None and not Path(ca_file).is_file():
-            raise RegistryError(f"CA file {ca_file} does not exist", hint="pass the PEM file of the CA that signed the registry's certificate")
+            raise RegistryError(
+                f"CA file {ca_file} does not exist",
+                hint="pass the PEM file of the CA that signed the registry's certificate",
+            )
         self.credentials = credentials
         self.insecure = insecure
         self.retry = retry or RetryPolicy()
@@ -167,7 +170,9 @@ class Transport:
             challenge = parse_challenge(response.headers.get("WWW-Authenticate"))
             if challenge is not None:
                 registry.challenge = challenge
-                fresh = self._authorization(host, registry, scopes, what, rejected=authorization, wanted=challenge.scopes)
+                fresh = self._authorization(
+                    host, registry, scopes, what, rejected=authorization, wanted=challenge.scopes
+                )
                 if fresh is not None and fresh != authorization:
                     discard(response)
                     authorization = fresh
@@ -185,7 +190,9 @@ class Transport:
         _raise_if_transient(response, method, url)
         return response
 
-    def _open(self, method: str, url: str, headers: Mapping[str, str], body: Body, what: str) -> urllib3.BaseHTTPResponse:
+    def _open(
+        self, method: str, url: str, headers: Mapping[str, str], body: Body, what: str
+    ) -> urllib3.BaseHTTPResponse:
         """One HTTP exchange, response unread; connection and TLS failures become our errors."""
         payload = body() if callable(body) else body
         try:
@@ -235,7 +242,9 @@ class Transport:
                     hint="check the registry host and port in the reference",
                 )
             registry.base_url = f"{scheme}://{host}"
-            registry.challenge = parse_challenge(response.headers.get("WWW-Authenticate")) if response.status == 401 else None
+            registry.challenge = (
+                parse_challenge(response.headers.get("WWW-Authenticate")) if response.status == 401 else None
+            )
             return
 
     # -- authentication ----------------------------------------------------------------
@@ -277,7 +286,9 @@ class Transport:
                 self._tokens.put(key, token)
         return f"Bearer {token.value}"
 
-    def _fetch_token(self, host: str, realm: str, service: str, scopes: list[str], credentials: Credentials | None, what: str) -> Token:
+    def _fetch_token(
+        self, host: str, realm: str, service: str, scopes: list[str], credentials: Credentials | None, what: str
+    ) -> Token:
         """GET a token for `scopes` from the realm, with the registry host's credentials if any."""
         realm_host = urlsplit(realm).netloc
         if credentials and realm.startswith("http://") and not (self.insecure or is_loopback(realm_host)):
@@ -289,7 +300,9 @@ class Transport:
         query += [("scope", scope) for scope in scopes]
         url = f"{realm}{'&' if '?' in realm else '?'}{urlencode(query)}" if query else realm
         requested_at = self._tokens.now()
-        response = self._open("GET", url, _with_authorization({}, credentials and basic_header(credentials)), None, what)
+        response = self._open(
+            "GET", url, _with_authorization({}, basic_header(credentials) if credentials else None), None, what
+        )
         _raise_if_transient(response, "GET", realm)
         if response.status in (401, 403):
             who = f"user {credentials.username!r}" if credentials else "anonymous access"
@@ -326,7 +339,10 @@ def read_body(response: urllib3.BaseHTTPResponse, limit: int, what: str) -> byte
     finally:
         discard(response)
     if len(data) > limit:
-        raise RegistryError(f"{what}: the registry's response is larger than {limit} bytes", hint="this is not a manifest; check the reference")
+        raise RegistryError(
+            f"{what}: the registry's response is larger than {limit} bytes",
+            hint="this is not a manifest; check the reference",
+        )
     return data
 
 
