@@ -235,3 +235,39 @@ async def test_usable_from_asyncio_through_to_thread(registry: RegistryServer, t
 
         digests = await asyncio.gather(push_and_pull(0), push_and_pull(1))
     assert digests == [package.digest for package in packages]
+
+
+def test_push_refuses_a_media_type_the_manifest_contradicts(registry: RegistryServer) -> None:
+    package = make_package()
+    docker_type = "application/vnd.docker.distribution.manifest.v2+json"
+    with RegistryClient() as client, pytest.raises(PackageError, match="pushed as 'application/vnd.docker"):
+        client.push(f"{registry.host}/aos/typed:v1", package.manifest, docker_type, package.sources())
+    assert client.stats.blobs_uploaded == 0
+
+
+def test_pulling_an_index_says_to_pick_a_platform_manifest(registry: RegistryServer, tmp_path: Path) -> None:
+    package = make_package()
+    index_type = "application/vnd.oci.image.index.v1+json"
+    index = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": index_type,
+            "manifests": [{"mediaType": OCI_MANIFEST, "digest": package.digest, "size": len(package.manifest)}],
+        }
+    ).encode()
+    with RegistryClient() as client:
+        client.push(f"{registry.host}/aos/multi:v1", package.manifest, OCI_MANIFEST, package.sources())
+        assert client.pull_manifest(f"{registry.host}/aos/multi@{package.digest}").data == package.manifest
+        with pytest.raises(PackageError, match="is an image index"):
+            client.push(f"{registry.host}/aos/multi:index", index, index_type, {})
+        put = urllib3.request(
+            "PUT",
+            f"http://{registry.host}/v2/aos/multi/manifests/index",
+            body=index,
+            headers={"Content-Type": index_type},
+        )
+        assert put.status == 201
+        assert client.pull_manifest(f"{registry.host}/aos/multi:index").media_type == index_type
+        with pytest.raises(PackageError, match="is an image index") as caught:
+            client.pull(f"{registry.host}/aos/multi:index", tmp_path / "pkg")
+    assert "platform's image manifest by its digest" in str(caught.value)

@@ -59,7 +59,9 @@ _READ_SIZE = MiB
 
 @dataclass
 class TransferStats:
-    """What a client moved; blob byte counts are bytes actually sent or received for blobs."""
+    """What a client moved. Byte counts are blob bytes actually sent or received (a resent
+    chunk counts twice); `blobs_present` counts blobs skipped because the destination (the
+    registry on push, the directory on pull) already had them."""
 
     blob_bytes_uploaded: int = 0
     blob_bytes_downloaded: int = 0
@@ -158,7 +160,14 @@ class RegistryClient:
         what = f"push {ref}"
         if ref.digest and ref.digest != digest:
             raise PackageError(f"{what}: the manifest's digest is {digest}, not the {ref.digest} in the reference")
-        descriptors = referenced_blobs(parse_manifest(manifest, what), what)
+        document = parse_manifest(manifest, what)
+        declared = document.get("mediaType")
+        if declared and declared != media_type:
+            raise PackageError(
+                f"{what}: the manifest says mediaType {declared!r} but is pushed as {media_type!r}",
+                hint="push it with the media type the manifest declares",
+            )
+        descriptors = referenced_blobs(document, what)
         sources = [(descriptor, _source_for(descriptor, blobs, what)) for descriptor in descriptors]
         self._parallel(lambda item: self._push_blob(ref, item[0], item[1], mount_from), sources)
         self._put_manifest(ref, manifest, media_type, digest)

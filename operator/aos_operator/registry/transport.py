@@ -146,10 +146,9 @@ class Transport:
 
         return self.retry.run(attempt, what) if retry else attempt()
 
-    def url(self, host: str, path: str, query: Mapping[str, str] | None = None) -> str:
+    def url(self, host: str, path: str) -> str:
         """Absolute URL of `path` on registry `host` (probing the host first if needed)."""
-        url = urljoin(self._registry(host, "connect to").base_url, path)
-        return f"{url}?{urlencode(query)}" if query else url
+        return urljoin(self._registry(host, f"connect to {host}").base_url, path)
 
     def _send(
         self,
@@ -340,8 +339,8 @@ def read_body(response: urllib3.BaseHTTPResponse, limit: int, what: str) -> byte
         discard(response)
     if len(data) > limit:
         raise RegistryError(
-            f"{what}: the registry's response is larger than {limit} bytes",
-            hint="this is not a manifest; check the reference",
+            f"{what}: the response is larger than {limit} bytes, more than a registry sends here",
+            hint="check that the reference (or token realm) points at an OCI registry",
         )
     return data
 
