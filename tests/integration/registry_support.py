@@ -257,7 +257,7 @@ class TokenServer:
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.port = self._httpd.server_address[1]
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
 
     @property
@@ -340,7 +340,8 @@ class Fault:
 
     Actions: "status" (answer `status` with `headers`, registry not asked), "drop-body"
     (forward, then cut the connection halfway through the response body), "corrupt"
-    (forward, flip one byte of the body), "drop-request" (read the request, close, no answer).
+    (forward, flip one byte of the body), "drop-request" (read the request, close, no answer),
+    "rewrite-headers" (forward, replacing response headers with `headers`).
     """
 
     method: str
@@ -386,7 +387,7 @@ class FaultProxy:
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._httpd.daemon_threads = True
         self.port = self._httpd.server_address[1]
-        threading.Thread(target=self._httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     @property
     def host(self) -> str:
@@ -449,11 +450,14 @@ class FaultProxy:
     def _relay(
         self, handler: BaseHTTPRequestHandler, method: str, response: http.client.HTTPResponse, fault: Fault | None
     ) -> None:
+        replaced = {name.lower() for name in fault.headers} if fault and fault.action == "rewrite-headers" else set()
         headers = [
             (name, value)
             for name, value in response.getheaders()
-            if name.lower() not in ("connection", "transfer-encoding", "keep-alive")
+            if name.lower() not in ("connection", "transfer-encoding", "keep-alive", *replaced)
         ]
+        if replaced:
+            headers += list(fault.headers.items())  # type: ignore[union-attr]
         declared = response.getheader("Content-Length")
         body_length = None if declared is None else int(declared)
         buffered = b""

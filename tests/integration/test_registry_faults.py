@@ -117,3 +117,33 @@ def test_link_that_keeps_dropping_still_delivers_while_each_try_gets_further(
     gets = fault_proxy.requests("GET", f"/blobs/{layer}")
     assert [seen.fault for seen in gets] == ["drop-body"] * 5 + [None]
     assert (tmp_path / "pkg" / "blobs" / "sha256" / layer.split(":")[1]).read_bytes() == pushed.blobs[layer]
+
+
+def test_manifest_pulled_by_digest_is_verified(fault_proxy: FaultProxy, pushed) -> None:
+    fault_proxy.add(Fault("GET", f"/manifests/{pushed.digest}", "corrupt"))
+    with RegistryClient(retry=quick_retry([])) as client, pytest.raises(RegistryError) as caught:
+        client.pull_manifest(f"{fault_proxy.host}/aos/faulty@{pushed.digest}")
+    assert "hashes to sha256:" in str(caught.value) and f"not {pushed.digest}" in str(caught.value)
+
+
+def test_manifest_pulled_by_tag_must_match_the_registry_digest(fault_proxy: FaultProxy, pushed) -> None:
+    fault_proxy.add(Fault("GET", "/manifests/v1", "corrupt"))
+    with RegistryClient(retry=quick_retry([])) as client, pytest.raises(RegistryError, match="hashes to"):
+        client.pull_manifest(f"{fault_proxy.host}/aos/faulty:v1")
+
+
+def test_push_checks_the_digest_the_registry_reports(fault_proxy: FaultProxy, pushed) -> None:
+    wrong = "sha256:" + "0" * 64
+    fault_proxy.add(Fault("PUT", "/manifests/v2", "rewrite-headers", headers={"Docker-Content-Digest": wrong}))
+    with RegistryClient(retry=quick_retry([])) as client, pytest.raises(RegistryError) as caught:
+        client.push(f"{fault_proxy.host}/aos/faulty:v2", pushed.manifest, OCI_MANIFEST, pushed.sources())
+    assert f"reports digest {wrong}, we sent {pushed.digest}" in str(caught.value)
+
+
+def test_403_says_who_lacks_which_right_on_what(fault_proxy: FaultProxy, pushed) -> None:
+    fault_proxy.add(Fault("GET", "/manifests/v1", "status", status=403))
+    with RegistryClient(retry=quick_retry([])) as client, pytest.raises(RegistryError) as caught:
+        client.pull_manifest(f"{fault_proxy.host}/aos/faulty:v1")
+    message = str(caught.value)
+    assert f"pull {fault_proxy.host}/aos/faulty:v1: anonymous access may not pull {fault_proxy.host}/aos/faulty" in message
+    assert "HTTP 403" in message and "ask the registry's administrator for pull rights" in message
