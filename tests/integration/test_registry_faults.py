@@ -145,5 +145,6 @@ def test_403_says_who_lacks_which_right_on_what(fault_proxy: FaultProxy, pushed)
     with RegistryClient(retry=quick_retry([])) as client, pytest.raises(RegistryError) as caught:
         client.pull_manifest(f"{fault_proxy.host}/aos/faulty:v1")
     message = str(caught.value)
-    assert f"pull {fault_proxy.host}/aos/faulty:v1: anonymous access may not pull {fault_proxy.host}/aos/faulty" in message
+    reference = f"{fault_proxy.host}/aos/faulty"
+    assert f"pull {reference}:v1: anonymous access may not pull {reference} (HTTP 403)" in message
     assert "HTTP 403" in message and "ask the registry's administrator for pull rights" in message

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 from urllib.parse import urlencode, urljoin
 
 import urllib3
@@ -44,6 +44,7 @@ from aos_operator.registry.reference import Reference, parse_reference
 from aos_operator.registry.retry import RetryPolicy, TransientFailure
 from aos_operator.registry.transport import (
     Body,
+    Readable,
     Transport,
     credentials_hint,
     describe_error_body,
@@ -350,8 +351,8 @@ class RegistryClient:
         discard(response)
         _check_digest_header(response, source.digest, what)
 
-    def _reader_factory(self, source: BlobSource, offset: int, length: int, what: str) -> Callable[[], BinaryIO]:
-        return lambda: _CountingReader(source, offset, length, self.stats, what)  # type: ignore[return-value]
+    def _reader_factory(self, source: BlobSource, offset: int, length: int, what: str) -> Callable[[], Readable]:
+        return lambda: _CountingReader(source, offset, length, self.stats, what)
 
     def _put_manifest(self, ref: Reference, manifest: bytes, media_type: str, digest: str) -> None:
         what = f"push {ref}"

@@ -18,7 +18,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, Protocol, cast
 from urllib.parse import urlencode, urljoin, urlsplit
 
 import urllib3
@@ -37,7 +37,15 @@ from aos_operator.registry.auth import (
 from aos_operator.registry.credentials import CredentialSource, Credentials
 from aos_operator.registry.retry import RetryPolicy, TransientFailure, parse_retry_after
 
-Body = bytes | Callable[[], BinaryIO] | None
+class Readable(Protocol):
+    """A request body streamed by urllib3: read in blocks, closed when sent."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
+Body = bytes | Callable[[], Readable] | None
 _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
 _MAX_ERROR_BODY = 64 * 1024
@@ -195,7 +203,9 @@ class Transport:
         """One HTTP exchange, response unread; connection and TLS failures become our errors."""
         payload = body() if callable(body) else body
         try:
-            return self._pool.request(method, url, headers=headers, body=payload, preload_content=False, redirect=False)
+            # urllib3 only calls read() on a body object; its type hints ask for a full IO.
+            sent = cast("IO[bytes] | bytes | None", payload)
+            return self._pool.request(method, url, headers=headers, body=sent, preload_content=False, redirect=False)
         except SSLError as error:
             if _is_verification_failure(error):
                 raise RegistryError(
