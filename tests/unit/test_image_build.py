@@ -369,3 +369,18 @@ def test_corrupt_cache_files_are_a_miss_not_an_error(
         path.write_text("{not json")
     again = _build(settled_tree, tmp_path / "b", image_config, service_config, cache_dir=cache_dir)
     assert not again.layer_from_cache and again.manifest_digest == cold.manifest_digest
+
+
+def test_blob_copy_falls_back_when_the_kernel_cannot_copy(
+    tmp_path: Path, example_tree: Path, image_config: dict[str, Any], service_config: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    expected = _build(example_tree, tmp_path / "fast", image_config, service_config)
+
+    def cross_device(*args: Any) -> int:
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", cross_device)
+    fallback = _build(example_tree, tmp_path / "slow", image_config, service_config)
+    assert fallback.manifest_digest == expected.manifest_digest
+    assert (tmp_path / "slow/pkg.tar").read_bytes() == (tmp_path / "fast/pkg.tar").read_bytes()

@@ -149,7 +149,7 @@ def scan_tree(
             if on_entry is not None and len(raw) % 1024 == 0:
                 on_entry(1024)
 
-    for path in links:
+    for path in sorted(links, key=lambda link: link.encode("utf-8")):  # the same error on every run
         problem = _escape_problem(path, links)
         if problem:
             raise BuildError(
