@@ -49,5 +49,9 @@ test-fast: venv
 demo: system-deps venv
 	$(BIN)/aosctl validate examples/hello-world
 
+# Speed of the package build against tar|gzip, tar|pigz and umoci (one run; prints ratios).
+bench: system-deps venv
+	$(BIN)/python benchmarks/build.py
+
 clean:
 	rm -rf $(VENV) .cache .pytest_cache build *.egg-info operator/*.egg-info

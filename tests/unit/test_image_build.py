@@ -384,3 +384,12 @@ def test_blob_copy_falls_back_when_the_kernel_cannot_copy(
     fallback = _build(example_tree, tmp_path / "slow", image_config, service_config)
     assert fallback.manifest_digest == expected.manifest_digest
     assert (tmp_path / "slow/pkg.tar").read_bytes() == (tmp_path / "fast/pkg.tar").read_bytes()
+
+
+def test_output_paths_are_checked_before_building(
+    tmp_path: Path, example_tree: Path, image_config: dict[str, Any], service_config: dict[str, Any]
+) -> None:
+    with pytest.raises(InputError, match="does not exist"):
+        build_package(example_tree, image_config, service_config, archive=tmp_path / "missing/pkg.tar")
+    with pytest.raises(InputError, match="is a directory"):
+        build_package(example_tree, image_config, service_config, archive=tmp_path)

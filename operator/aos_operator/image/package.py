@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from aos_operator.digests import canonical_json, sha256_digest
-from aos_operator.errors import InputError
+from aos_operator.errors import BuildError, InputError
 from aos_operator.image import oci, tarformat
 from aos_operator.image.atomic import atomic_directory, atomic_file
 from aos_operator.image.cache import BuildCache
@@ -87,6 +87,8 @@ def build_package(
     """
     epoch = source_date_epoch_from(source_date_epoch)
     _check_configs(image_config, service_config)
+    _check_output(archive, "archive", must_be_file=True)
+    _check_output(oci_layout, "OCI layout", must_be_file=False)
     if tag is not None:
         oci.check_tag(tag)
     try:
@@ -138,10 +140,15 @@ def build_package(
         manifest = oci.manifest_json(config, [layer_descriptor], service)
 
         reporter.start("write", sum(blob.size for blob in blobs) * ((archive is not None) + (oci_layout is not None)))
-        if archive is not None:
-            write_archive(Path(archive), manifest, blobs, epoch, reporter)
-        if oci_layout is not None:
-            write_oci_layout(Path(oci_layout), manifest, blobs, tag, reporter)
+        for output, write in (
+            (archive, lambda path: write_archive(path, manifest, blobs, epoch, reporter)),
+            (oci_layout, lambda path: write_oci_layout(path, manifest, blobs, tag, reporter)),
+        ):
+            if output is not None:
+                try:
+                    write(Path(output))
+                except OSError as error:
+                    raise BuildError(f"{output}: cannot write: {error.strerror or error}") from error
         reporter.finish()
 
     return BuildResult(
@@ -234,6 +241,16 @@ def _check_configs(image_config: Any, service_config: Any) -> None:
             canonical_json(value)
         except (TypeError, ValueError) as error:
             raise InputError(f"{name} cannot be written as JSON: {error}") from None
+
+
+def _check_output(path: Path | None, what: str, *, must_be_file: bool) -> None:
+    if path is None:
+        return
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError(f"{path}: the {what}'s directory {path.parent} does not exist", hint="create it first")
+    if must_be_file and path.is_dir():
+        raise InputError(f"{path}: is a directory; the {what} is a file", hint="give a file name")
 
 
 def _rfc3339(epoch: int) -> str:
