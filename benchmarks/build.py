@@ -39,7 +39,7 @@ def _text_corpus(rng: random.Random, size: int) -> bytes:
     weights = [1.0 / (rank + 1) for rank in range(len(vocabulary))]  # Zipf-like word frequencies
     words = rng.choices(vocabulary, weights=weights, k=size // 5)
     separators = rng.choices([" ", "\n", "    "], weights=[85, 10, 5], k=len(words))
-    return "".join(word + separator for word, separator in zip(words, separators)).encode()[:size]
+    return "".join(word + separator for word, separator in zip(words, separators, strict=True)).encode()[:size]
 
 
 def _binary_corpus(rng: random.Random, size: int) -> bytes:

@@ -7,11 +7,10 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import tarfile
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import shutil
 import tarfile
 from pathlib import Path
 from typing import Any

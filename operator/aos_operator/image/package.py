@@ -134,7 +134,7 @@ def build_package(
         config, service, layer_descriptor = (
             oci.Descriptor(media_type, blob.digest, blob.size)
             for media_type, blob in zip(
-                (oci.MEDIA_TYPE_IMAGE_CONFIG, oci.MEDIA_TYPE_AOS_SERVICE_CONFIG, oci.MEDIA_TYPE_LAYER_GZIP), blobs
+                (oci.MEDIA_TYPE_IMAGE_CONFIG, oci.MEDIA_TYPE_AOS_SERVICE_CONFIG, oci.MEDIA_TYPE_LAYER_GZIP), blobs, strict=True
             )
         )
         manifest = oci.manifest_json(config, [layer_descriptor], service)

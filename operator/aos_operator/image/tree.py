@@ -161,7 +161,7 @@ def scan_tree(
     tree = Tree(root=root, entries=[])
     first_path_of_inode: dict[tuple[int, int], str] = {}
     links_seen: dict[tuple[int, int], int] = {}
-    for path, entry_stat in raw:
+    for _, entry_stat in raw:
         if stat.S_ISREG(entry_stat.st_mode) and entry_stat.st_nlink > 1:
             key = (entry_stat.st_dev, entry_stat.st_ino)
             links_seen[key] = links_seen.get(key, 0) + 1
