@@ -35,6 +35,8 @@ _OWNED_CONFIG_KEYS = ("rootfs", "created")
 
 @dataclass(frozen=True)
 class BuildResult:
+    """What was built: the manifest, the three blob descriptors, and how the layer was made."""
+
     manifest_digest: str
     manifest_bytes: bytes
     config: oci.Descriptor
@@ -83,7 +85,11 @@ def build_package(
     """Build the package of `source_dir`; write it to `archive` and/or `oci_layout`.
 
     `image_config` is an OCI image config without `rootfs` and `created`, which the build
-    fills (diff_ids of the layer; the time from the source date epoch).
+    fills (diff_ids of the layer; the time from the source date epoch). `source_date_epoch`
+    defaults to $SOURCE_DATE_EPOCH, else 0. With `cache_dir`, file digests, layers and blobs
+    are kept there and an unchanged tree is rebuilt without reading or compressing it.
+    `compression_level` (1-9) changes the layer's bytes; the default is DEFAULT_LEVEL.
+    `progress` receives Progress reports (phases scan, hash, layer, write).
     """
     epoch = source_date_epoch_from(source_date_epoch)
     _check_configs(image_config, service_config)
