@@ -1,6 +1,6 @@
 """Benchmark: building a service package of a ~200 MB tree, against tar|gzip, tar|pigz and umoci.
 
-Usage: python benchmarks/build.py [--size-mb 200] [--level 6] [--workdir DIR]
+Usage: python benchmarks/build.py [--size-mb 200] [--level N (default: the build default, 3)] [--workdir DIR]
 
 Generates a deterministic tree (many small files plus a few large ones; text-like,
 machine-code-like and incompressible content), then times, once each:
@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from aos_operator.image import build_package, cache
+from aos_operator.image import DEFAULT_LEVEL, build_package, cache
 
 IMAGE_CONFIG = {"architecture": "amd64", "os": "linux", "config": {"Cmd": ["/usr/bin/app"], "WorkingDir": "/"}}
 SERVICE_CONFIG = {"runners": ["runc"], "quotas": {"ramLimit": 209715200}}
@@ -130,7 +130,7 @@ def _shell(command: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size-mb", type=int, default=200)
-    parser.add_argument("--level", type=int, default=6, help="deflate level for us, gzip and pigz")
+    parser.add_argument("--level", type=int, default=DEFAULT_LEVEL, help="deflate level for us, gzip and pigz")
     parser.add_argument("--workdir", type=Path, default=None, help="where to generate (default: a temp dir)")
     args = parser.parse_args()
     for tool in ("tar", "gzip", "pigz", "umoci"):

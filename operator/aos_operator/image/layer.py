@@ -84,7 +84,8 @@ def build_layer(
                 _stream_file(tree.root, entry, buffer, [content_hash.update], reporter)
                 digests[entry.path] = "sha256:" + content_hash.hexdigest()
             reporter.finish()
-            cache.remember_file_digests(tree.root, files, digests, scan_started_ns)
+            if len(known) != len(files):  # something new to remember
+                cache.remember_file_digests(tree.root, files, digests, scan_started_ns)
             record = cache.layer(_layer_key(tree, digests, compression, mtime))
             if record is not None:
                 return Layer(
@@ -135,15 +136,24 @@ def _write_tar(
 
 
 def _layer_key(tree: Tree, file_digests: dict[str, str], compression: Compression, mtime: int) -> str:
-    """The content identity of the compressed layer: its tar headers, file contents and compression."""
+    """The content identity of the compressed layer: what decides its tar headers, file contents and compression.
+
+    Every header field comes from (path, kind, mode, size, link target, mtime) under the
+    rules named by LAYER_FORMAT, so hashing those is hashing the headers, only cheaper.
+    """
     tree_hash = hashlib.sha256()
     for entry in tree.entries:
-        tree_hash.update(entry_header(entry, mtime))
-        if entry.kind is EntryKind.FILE:
-            tree_hash.update(file_digests[entry.path].encode())
+        content = file_digests[entry.path] if entry.kind is EntryKind.FILE else ""
+        record = f"{entry.kind.value}\0{entry.mode:o}\0{entry.size}\0{entry.path}\0{entry.link_target}\0{content}\n"
+        tree_hash.update(record.encode("utf-8"))
     return hashlib.sha256(
         canonical_json(
-            {"format": LAYER_FORMAT, "tree": tree_hash.hexdigest(), "compression": compression.identity}
+            {
+                "format": LAYER_FORMAT,
+                "mtime": mtime,
+                "tree": tree_hash.hexdigest(),
+                "compression": compression.identity,
+            }
         )
     ).hexdigest()
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from aos_operator.digests import digest_hex
+from aos_operator.digests import digest_hex, sha256_digest
 from aos_operator.errors import PackageError
 
 _CHUNK = 1 << 20
@@ -91,6 +91,9 @@ class BlobStore:
             temp_path.unlink(missing_ok=True)
 
     def put_bytes(self, data: bytes, expected_digest: str | None = None) -> StoredBlob:
+        digest = sha256_digest(data)
+        if digest == (expected_digest or digest) and self.has(digest, len(data)):
+            return self.get(digest)
         with self.writer(expected_digest, None) as blob_writer:
             blob_writer.write(data)
         return self.get(blob_writer.digest)
