@@ -52,5 +52,9 @@ demo: system-deps venv
 crds: venv
 	$(BIN)/aosctl crds --output crds
 
+# Speed of the package build against tar|gzip, tar|pigz and umoci (one run; prints ratios).
+bench: system-deps venv
+	$(BIN)/python benchmarks/build.py
+
 clean:
 	rm -rf $(VENV) .cache .pytest_cache build *.egg-info operator/*.egg-info
