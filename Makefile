@@ -48,6 +48,7 @@ test-fast: venv
 
 demo: system-deps venv
 	$(BIN)/aosctl validate examples/hello-world
+	$(BIN)/aosctl build examples/hello-world -o out/hello-world.tar
 
 crds: venv
 	$(BIN)/aosctl crds --output crds

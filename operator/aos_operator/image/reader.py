@@ -84,11 +84,13 @@ class Package:
     def read_blob(self, digest: str) -> bytes:
         return b"".join(self.iter_blob(digest))
 
+    def reader(self, digest: str) -> BinaryIO:
+        """A new file object over the blob; reading it to the end verifies it (raises PackageError otherwise)."""
+        return _ChunkReader(self.iter_blob(digest))  # type: ignore[return-value]
+
     @contextmanager
     def open_blob(self, digest: str) -> Iterator[BinaryIO]:
-        """A file object over the blob; reading it to the end verifies it (raises PackageError otherwise)."""
-        chunks = self.iter_blob(digest)
-        yield _ChunkReader(chunks)  # type: ignore[misc]
+        yield self.reader(digest)
 
     def image_config(self) -> dict[str, Any]:
         return _json_object(self, self.manifest.config.digest)
