@@ -8,7 +8,7 @@ SIGNER_VENVS := .cache/signer
 # real OCI registry, skopeo and umoci check our OCI output.
 APT_PACKAGES := runc umoci skopeo docker-registry busybox-static pigz
 
-.PHONY: all system-deps venv test test-fast demo bench crds manifests clean
+.PHONY: all system-deps venv signer-venvs test test-fast demo bench crds manifests clean
 
 all: test
 
@@ -33,9 +33,11 @@ venv: $(BIN)/aosctl
 
 # aos-signer (AosEdge's own validator) is the oracle of the differential tests. Its two
 # major versions pin conflicting dependencies, so each lives in its own virtualenv.
-$(SIGNER_VENVS)/%/ok:
+# Pinned dependency sets (tests/differential/constraints) keep the oracle's behaviour fixed.
+$(SIGNER_VENVS)/%/ok: tests/differential/constraints/aos-signer-%.txt
+	rm -rf $(SIGNER_VENVS)/$*
 	$(PYTHON) -m venv $(SIGNER_VENVS)/$*
-	$(SIGNER_VENVS)/$*/bin/pip install -q 'aos-signer==$*'
+	$(SIGNER_VENVS)/$*/bin/pip install -q -c $< 'aos-signer==$*'
 	@touch $@
 
 signer-venvs: $(SIGNER_VENVS)/1.17.0/ok $(SIGNER_VENVS)/1.16.0/ok $(SIGNER_VENVS)/2.1.0/ok

@@ -37,7 +37,7 @@ def test_sizes(text: str | int, dialect: int, expected: int) -> None:
     assert units.parse_size(text, dialect=dialect) == expected
 
 
-@pytest.mark.parametrize("text", ["512MiB", "10X", "M", ".", "1e3", "-5M", "5 MB ", "1,5M"])
+@pytest.mark.parametrize("text", ["512MiB", "10X", "M", ".", "1.", "1.M", "1e3", "-5M", "5 MB ", "1,5M"])
 def test_schema_version_1_sizes_reject(text: str) -> None:
     with pytest.raises(ValueError, match="not a size"):
         units.parse_size(text, dialect=1)
@@ -143,7 +143,10 @@ def test_iso_durations(text: str, canonical: str, rounded: bool) -> None:
     assert was_rounded is rounded
 
 
-@pytest.mark.parametrize("text", ["", "P", "PT", "10s", "1m30s", "10", "-PT1S", "pt10s", "P1.5M", "PT1H2D", "P1DT"])
+@pytest.mark.parametrize(
+    "text",
+    ["", "P", "PT", "10s", "1m30s", "10", "-PT1S", "pt10s", "P1.5M", "PT1H2D", "P1DT", "P1W2D", " PT1S", "PT1S "],
+)
 def test_iso_durations_reject(text: str) -> None:
     with pytest.raises(ValueError):
         units.parse_iso_duration(text)

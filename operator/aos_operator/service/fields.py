@@ -21,9 +21,9 @@ def _json_integer(value: Any) -> Any:
     return value
 
 
-def _value_error(parser: Any, **kwargs: Any) -> Any:
+def _value_error(parser: Any, *, empty_is_absent: bool = False, **kwargs: Any) -> Any:
     def check(value: Any) -> Any:
-        if value != "":  # aos-signer treats an empty value as absent; normalize warns about it
+        if not (empty_is_absent and value == ""):
             parser(value, **kwargs)
         return value
 
@@ -50,25 +50,25 @@ Str10000 = bounded_str(10000)
 V1Size = Annotated[
     str,
     Strict(),
-    AfterValidator(_value_error(units.parse_size, dialect=1)),
+    AfterValidator(_value_error(units.parse_size, dialect=1, empty_is_absent=True)),
     WithJsonSchema({"type": "string", "pattern": units.V1_SIZE_PATTERN, "examples": ["100M", "64KB", "1GB"]}),
 ]
 V1Speed = Annotated[
     str,
     Strict(),
-    AfterValidator(_value_error(units.parse_speed, dialect=1)),
+    AfterValidator(_value_error(units.parse_speed, dialect=1, empty_is_absent=True)),
     WithJsonSchema({"type": "string", "pattern": units.V1_SPEED_PATTERN, "examples": ["32Kb", "128KB", "1M"]}),
 ]
 V2Size = Annotated[
     int | str,
-    AfterValidator(_value_error(units.parse_size, dialect=2)),
+    AfterValidator(_value_error(units.parse_size, dialect=2, empty_is_absent=True)),
     WithJsonSchema(
         {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}], "examples": [1024, "512MiB", "100M"]}
     ),
 ]
 V2Speed = Annotated[
     int | str,
-    AfterValidator(_value_error(units.parse_speed, dialect=2)),
+    AfterValidator(_value_error(units.parse_speed, dialect=2, empty_is_absent=True)),
     WithJsonSchema({"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string"}], "examples": ["10K", "1Mb"]}),
 ]
 

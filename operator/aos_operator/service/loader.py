@@ -116,6 +116,13 @@ def _validate(document: LoadedYaml, report: Reporter, result: ConfigResult, chec
         report.error((), f"cannot validate: {error}")
         return
     result.model = model
+    try:
+        _describe(model, report, result, check_upload)
+    except ValueError as error:  # a rule met a value the field checks let through: report, never crash
+        report.error((), f"cannot interpret the config: {error}")
+
+
+def _describe(model: v1.ConfigV1 | v2.ConfigV2, report: Reporter, result: ConfigResult, check_upload: bool) -> None:
     if isinstance(model, v1.ConfigV1):
         description = normalize.from_v1(model, report, check_upload=check_upload)
         if not report.has_errors:

@@ -128,8 +128,8 @@ def check_prerelease_for_skip(version: str, report: Reporter, path: Path, key: s
 
 
 def check_memory_floor(ram: int | None, runner: str | None, report: Reporter, path: Path) -> None:
-    # aos-signer applies the floor when the legacy `runner` is unset, runc or crun.
-    if ram is not None and runner in (None, "", "runc", "crun") and ram < MEMORY_LIMIT_MIN:
+    # aos-signer applies the floor when the legacy `runner` is unset, runc or crun (not "").
+    if ram is not None and runner in (None, "runc", "crun") and ram < MEMORY_LIMIT_MIN:
         report.error(path, f"{ram} bytes is below the {MEMORY_LIMIT_MIN} bytes (6M) that runc and crun need")
 
 

@@ -27,7 +27,7 @@ _IEC = {"ki": 1024, "mi": 1024**2, "gi": 1024**3, "ti": 1024**4}
 
 # number, optional space, prefix (SI or IEC, any case), then the unit: B/b/bit(s)/bps
 _SIZE_RE = re.compile(
-    r"^(?P<number>\d+(?:\.\d*)?|\.\d+) ?(?P<prefix>[kKmMgGtT]i?)?(?P<unit>B|b|bits?|bps|Bps)?$"
+    r"^(?P<number>\d+(?:\.\d+)?|\.\d+) ?(?P<prefix>[kKmMgGtT]i?)?(?P<unit>B|b|bits?|bps|Bps)?$"
 )
 
 SIZE_HELP_V1 = 'a quoted size such as "100M", "64KB", "1.5G" (k, K, kB, KB, M, MB, G, GB; decimal: k = 1000)'
@@ -128,11 +128,12 @@ def is_blank_size(value: object) -> bool:
 
 # --- durations ---------------------------------------------------------------------------------
 
+# ISO 8601 durations: PnYnMnDTnHnMnS, or PnW alone (weeks do not combine with other units).
+_NUMBER = r"\d+(?:[.,]\d+)?"
 _ISO_DURATION_RE = re.compile(
-    r"^P(?!$)(?:(?P<years>\d+(?:[.,]\d+)?)Y)?(?:(?P<months>\d+(?:[.,]\d+)?)M)?"
-    r"(?:(?P<weeks>\d+(?:[.,]\d+)?)W)?(?:(?P<days>\d+(?:[.,]\d+)?)D)?"
-    r"(?:T(?=\d)(?:(?P<hours>\d+(?:[.,]\d+)?)H)?(?:(?P<minutes>\d+(?:[.,]\d+)?)M)?"
-    r"(?:(?P<seconds>\d+(?:[.,]\d+)?)S)?)?$"
+    rf"^P(?:(?P<weeks>{_NUMBER})W|(?!$)(?:(?P<years>{_NUMBER})Y)?(?:(?P<months>{_NUMBER})M)?"
+    rf"(?:(?P<days>{_NUMBER})D)?(?:T(?=\d)(?:(?P<hours>{_NUMBER})H)?(?:(?P<minutes>{_NUMBER})M)?"
+    rf"(?:(?P<seconds>{_NUMBER})S)?)?)$"
 )
 DURATION_HELP = 'an ISO 8601 duration such as "PT10S", "PT1M30S", "P1DT3H" or "P7D"'
 
@@ -165,7 +166,7 @@ def parse_iso_duration(text: str) -> tuple[Duration, bool]:
     """Parse an ISO 8601 duration; the flag says whether a fraction of a second was rounded up."""
     if not isinstance(text, str):
         raise ValueError(f"expected {DURATION_HELP}, got {type(text).__name__}")
-    match = _ISO_DURATION_RE.match(text.strip())
+    match = _ISO_DURATION_RE.match(text)
     if match is None:
         raise ValueError(f"{text!r} is not {DURATION_HELP}")
     parts = {key: Decimal(value.replace(",", ".")) if value else Decimal(0) for key, value in match.groupdict().items()}
