@@ -1,0 +1,35 @@
+"""The operator's settings, from the command line (`aosctl operator`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aos_operator.api.client import Connection
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    registry: str  # host[:port][/prefix], e.g. aos-registry.aos-system.svc:5000/aos
+    work_dir: Path
+    connection: Connection = field(default_factory=Connection)
+    namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    registry_insecure: bool = False
+    registry_ca: Path | None = None
+    registry_auth: Path | None = None
+    resync_seconds: float = 30.0  # a service is re-checked at least this often, events or not
+    instance_stop_timeout: float = 120.0  # how long a removed instance waits for its agent to stop it
+    build_concurrency: int = 2  # builds at once; each uses a CPU core or more
+    retry_min_seconds: float = 2.0
+    retry_max_seconds: float = 120.0
+    liveness: str | None = None
+    peering: str | None = None
+
+    @property
+    def registry_host(self) -> str:
+        return self.registry.split("/", 1)[0]
+
+    @property
+    def repository_prefix(self) -> str:
+        parts = self.registry.split("/", 1)
+        return parts[1] if len(parts) > 1 else "aos"
