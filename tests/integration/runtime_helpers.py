@@ -41,6 +41,14 @@ def leftovers(runtime: Runtime) -> list[str]:
     return found
 
 
+def assert_nothing_left(runtime: Runtime, timeout: float = 10.0) -> None:
+    """No leftovers, allowing a supervisor that just reported its final status time to exit."""
+    deadline = time.monotonic() + timeout
+    while (found := leftovers(runtime)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert found == []
+
+
 def wait_until(condition: Callable[[], T | None], timeout: float = 30.0, what: str = "condition") -> T:
     deadline = time.monotonic() + timeout
     while True:
@@ -71,3 +79,59 @@ def wait_for_status(runtime: Runtime, instance_id: str, predicate: Callable[[Ins
         return status if predicate(status) else None
 
     return wait_until(check, timeout, what)
+
+
+# A service that reports what it sees from inside the container as one JSON line, then waits.
+PROBE_SCRIPT = r'''
+import json, os, resource, socket, sys, time
+
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError as error:
+        return f"error: {error.strerror}"
+
+def status_field(name):
+    for line in read("/proc/self/status").splitlines():
+        if line.startswith(name + ":"):
+            return line.split(":", 1)[1].strip()
+
+def statvfs(path):
+    try:
+        st = os.statvfs(path)
+        return {"total": st.f_blocks * st.f_frsize, "available": st.f_bavail * st.f_frsize}
+    except OSError as error:
+        return {"error": error.strerror}
+
+def writable(path):
+    try:
+        with open(path, "w") as f:
+            f.write("x")
+        return True
+    except OSError as error:
+        return error.strerror
+
+report = {
+    "args": sys.argv, "env": dict(os.environ), "cwd": os.getcwd(), "hostname": socket.gethostname(),
+    "uid": os.getuid(), "gid": os.getgid(), "groups": os.getgroups(),
+    "nofile": resource.getrlimit(resource.RLIMIT_NOFILE), "nproc": resource.getrlimit(resource.RLIMIT_NPROC),
+    "memory_limit": read("/sys/fs/cgroup/memory/memory.limit_in_bytes"),
+    "memsw_limit": read("/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes"),
+    "cfs_quota": read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), "cfs_period": read("/sys/fs/cgroup/cpu/cpu.cfs_period_us"),
+    "pids_max": read("/sys/fs/cgroup/pids/pids.max"),
+    "root_entries": sorted(os.listdir("/")), "hosts": read("/etc/hosts"),
+    "tmp": statvfs("/tmp"), "storage": statvfs("/storage"),
+    "root_writable": writable("/probe-file"), "seccomp": status_field("Seccomp"),
+    "no_new_privs": status_field("NoNewPrivs"), "cap_eff": status_field("CapEff"), "cap_amb": status_field("CapAmb"),
+}
+print("PROBE " + json.dumps(report), flush=True)
+time.sleep(3600)
+'''
+
+
+def probe_report(text: str) -> dict:
+    import json
+
+    line = next(line for line in text.splitlines() if line.startswith("PROBE "))
+    return json.loads(line[len("PROBE "):])

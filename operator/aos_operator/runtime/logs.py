@@ -46,7 +46,8 @@ class CappedLog:
 
 
 class LogFollower:
-    """Reads what is appended to a CappedLog, across rotations, from where it was when created."""
+    """Reads what is appended to a CappedLog from where it was when created, across rotations
+    (every byte, as long as it reads at least once per rotation)."""
 
     def __init__(self, path: Path, from_start: bool = False) -> None:
         self.path = path

@@ -64,19 +64,30 @@ def whiteout_names(base_entries: Iterable[str], visible: Iterable[str]) -> list[
     return sorted(entry for entry in base_entries if entry not in keep)
 
 
-def mount_points(spec: Mapping[str, Any], source_is_dir: Callable[[str], bool]) -> list[tuple[str, bool]]:
-    """(path relative to the root, is a directory) for every mount destination and the cwd."""
-    points: dict[str, bool] = {}
+def _mode_option(options: Sequence[str], default: int) -> int:
+    for option in options:
+        if option.startswith("mode="):
+            return int(option[len("mode="):], 8)
+    return default
+
+
+def mount_points(spec: Mapping[str, Any], source_is_dir: Callable[[str], bool]) -> list[tuple[str, bool, int]]:
+    """(path relative to the root, is a directory, mode) for every mount destination and the cwd.
+
+    The mode comes from a `mode=` option, as AosEdge does: runc gives a tmpfs the mode of the
+    directory it is mounted on, so /tmp's mount point must already be 1777.
+    """
+    points: dict[str, tuple[bool, int]] = {}
     for mount in spec.get("mounts", []):
         destination = mount["destination"].strip("/")
         if not destination:
             continue
         is_dir = mount.get("type") != "bind" or source_is_dir(mount["source"])
-        points[destination] = is_dir
+        points[destination] = (is_dir, _mode_option(mount.get("options", []), 0o755 if is_dir else 0o644))
     cwd = spec.get("process", {}).get("cwd", "/").strip("/")
     if cwd:
-        points.setdefault(cwd, True)
-    return sorted(points.items())
+        points.setdefault(cwd, (True, 0o755))
+    return sorted((path, is_dir, mode) for path, (is_dir, mode) in points.items())
 
 
 def hosts_file(hostname: str | None) -> str:
@@ -91,13 +102,14 @@ def resolv_conf(dns_servers: Sequence[str]) -> str:
 
 
 def _make_top_layer(top: Path, spec: Mapping[str, Any], dns_servers: Sequence[str]) -> None:
-    for relative, is_dir in mount_points(spec, os.path.isdir):
+    for relative, is_dir, mode in mount_points(spec, os.path.isdir):
         path = top / relative
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
         if is_dir:
-            path.mkdir(mode=0o755, exist_ok=True)
+            path.mkdir(exist_ok=True)
         elif not path.exists():
-            path.touch(mode=0o644)
+            path.touch()
+        os.chmod(path, mode)
     etc = top / "etc"
     etc.mkdir(mode=0o755, exist_ok=True)
     (etc / "hosts").write_text(hosts_file(spec.get("hostname")))

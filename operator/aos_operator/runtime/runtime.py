@@ -243,11 +243,15 @@ class Runtime:
 
     # --- supervisors -----------------------------------------------------------------------------
 
+    def _reap_children(self) -> None:
+        """Collect supervisors of this process that have exited, so none stays a zombie."""
+        for instance_id, child in list(self._children.items()):
+            if child.poll() is not None:
+                del self._children[instance_id]
+
     def _supervisor_pid(self, instance_id: str) -> int | None:
         """The PID of the instance's live supervisor (checked against its start time), else None."""
-        child = self._children.get(instance_id)
-        if child is not None and child.poll() is not None:
-            del self._children[instance_id]  # reaped: no zombie left
+        self._reap_children()
         try:
             record = json.loads((self.data_dir(instance_id) / SUPERVISOR_FILE).read_text())
         except (FileNotFoundError, ValueError):
