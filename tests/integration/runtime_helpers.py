@@ -41,6 +41,15 @@ def leftovers(runtime: Runtime) -> list[str]:
     return found
 
 
+def process_gone(pid: int) -> bool:
+    """The process does not exist, or is a zombie waiting for its (new) parent to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"
+
+
 def assert_nothing_left(runtime: Runtime, timeout: float = 10.0) -> None:
     """No leftovers, allowing a supervisor that just reported its final status time to exit."""
     deadline = time.monotonic() + timeout

@@ -230,8 +230,14 @@ def test_state_file_is_capped_and_persists(runtime: Runtime, make_package: Calla
     runtime.stop(identity.instance_id)
     assert_nothing_left(runtime)
     runtime.start(identity, package)
-    second = wait_for_log(runtime, identity.instance_id, "state before: b'persisted-state'")
-    assert second.count("full after") == 2
+    def second_run_done() -> str | None:
+        text = log_text(runtime, identity.instance_id)
+        return text if text.count("done") == 2 else None
+
+    second = wait_until(second_run_done, what="the second run to finish")
+    assert "state before: b'persisted-state'" in second
+    amounts = [int(part.split(":")[0]) for part in second.split("full after ")[1:]]
+    assert len(amounts) == 2 and all(quota <= amount <= quota + 4096 for amount in amounts)
 
 
 def test_skip_resource_limits_applies_none(runtime: Runtime, make_package: Callable[..., Path]) -> None:
