@@ -6,8 +6,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from runtime_helpers import PROBE_SCRIPT, assert_nothing_left, log_text, probe_report, wait_for_log, wait_for_status, wait_until
 
+from aos_operator.errors import RuntimeFailure
 from aos_operator.runtime import InstanceIdentity, Phase, Reason, Runtime
 from aos_operator.runtime.cgroups import InstanceCgroup, detect_cgroups
 
@@ -185,7 +188,7 @@ def test_storage_quota_is_enforced_and_data_survives_a_restart(runtime: Runtime,
     first = _fill(runtime, make_package, "/storage/file", 2 * quota, {"storageLimit": quota})
     assert "kept from before: none" in first
     written = int(first.split("full after ")[1].split(":")[0])
-    assert quota - 8192 <= written <= quota + 64 * 1024  # the cap is the quota, plus a little metadata slack
+    assert quota <= written <= quota + 8192  # the cap is the quota, plus a few blocks of metadata slack
     assert "No space left on device" in first
     assert_nothing_left(runtime)
     second = _fill(runtime, make_package, "/storage/file", quota // 2, {"storageLimit": quota})
@@ -246,3 +249,56 @@ def test_skip_resource_limits_applies_none(runtime: Runtime, make_package: Calla
     assert int(report["memory_limit"]) > 1 << 40
     assert report["cfs_quota"] == "-1" and report["pids_max"] == "max"
     assert report["nofile"] == [1024, 1024]
+
+
+RESIZE_SCRIPT = """
+import os, time
+if not os.path.exists("/storage/keep"):
+    with open("/storage/keep", "wb") as f:
+        f.write(b"k" * 512 * 1024)
+written = 0
+try:
+    with open("/storage/fill", "wb") as f:
+        while True:
+            f.write(b"f" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+            written += 4096
+except OSError as error:
+    print(f"keep {os.path.getsize('/storage/keep')} fill {written} {error.strerror}", flush=True)
+os.remove("/storage/fill")
+print("done", flush=True)
+time.sleep(3600)
+"""
+
+
+def test_storage_quota_change_resizes_the_volume_and_keeps_the_data(runtime: Runtime,
+                                                                    make_package: Callable[..., Path]) -> None:
+    identity = InstanceIdentity("svc-resize", "subject", 0)
+
+    def run_with_quota(quota: int) -> tuple[int, int]:
+        package = runtime.install(make_package({"app/resize.py": RESIZE_SCRIPT},
+                                               cmd=[PYTHON, "-u", "/app/resize.py"],
+                                               service_config={"quotas": {"storageLimit": quota}}))
+        earlier = len(log_text(runtime, identity.instance_id))
+        runtime.start(identity, package)
+
+        def finished() -> str | None:
+            new = log_text(runtime, identity.instance_id)[earlier:]
+            return new if "done" in new else None
+
+        line = next(line for line in wait_until(finished, what="the fill").splitlines() if line.startswith("keep"))
+        runtime.stop(identity.instance_id)
+        keep, fill = int(line.split()[1]), int(line.split()[3])
+        assert "No space left on device" in line
+        return keep, fill
+
+    for quota in (1 << 20, 3 << 20, 768 << 10):
+        keep, fill = run_with_quota(quota)
+        assert keep == 512 * 1024
+        assert quota <= keep + fill <= quota + 8192, quota
+    package = runtime.install(make_package({"app/resize.py": RESIZE_SCRIPT}, cmd=[PYTHON, "/app/resize.py"],
+                                           service_config={"quotas": {"storageLimit": 256 << 10}}))
+    with pytest.raises(RuntimeFailure, match="more than the new quota of 262144 bytes"):
+        runtime.start(identity, package)
+    assert_nothing_left(runtime)
