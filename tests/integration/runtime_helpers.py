@@ -2,42 +2,42 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from aos_operator.runtime import InstanceStatus, Runtime
-from aos_operator.runtime.cgroups import detect_cgroups
-from aos_operator.runtime.mounts import mounts_under
-from aos_operator.runtime.volumes import loop_devices_of
 
 T = TypeVar("T")
 
 
 def leftovers(runtime: Runtime) -> list[str]:
-    """Everything instances put on the node (cgroups, mounts, loop devices, containers, run
-    directories, processes) that is still there."""
+    """Everything instances put on the node that is still there, read the way an operator would:
+    cgroup directories, /proc/mounts, `losetup -a`, `runc list`, the run directory, `ps`."""
     found: list[str] = []
     parent = runtime.config.cgroup_parent.strip("/")
-    for root in detect_cgroups().all_roots:
+    for root in Path("/sys/fs/cgroup").iterdir():
         if (root / parent).exists():
             found.append(f"cgroup {root / parent}")
-    found += [f"mount {point}" for point in mounts_under(runtime.config.run_root)]
-    images = runtime.config.state_root.glob("instances/*/*.img")
-    found += [f"loop {device}" for image in images for device in loop_devices_of(image)]
+    state_root, run_root = str(runtime.config.state_root), str(runtime.config.run_root)
+    found += [f"mount {line}" for line in Path("/proc/mounts").read_text().splitlines() if run_root in line]
+    loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True).stdout
+    found += [f"loop {line}" for line in loops.splitlines() if state_root in line]
     found += [f"container {c['id']} ({c['status']})" for c in runtime.runc.list()]
     instances = runtime.config.run_root / "instances"
     if instances.exists():
         found += [f"run dir {path}" for path in instances.iterdir()]
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if str(runtime.config.state_root) in cmdline or str(runtime.config.run_root) in cmdline:
-                found.append(f"process {proc.name}: {cmdline}")
+    processes = subprocess.run(["ps", "-eo", "pid,stat,args"], capture_output=True, text=True, check=True).stdout
+    found += [f"process {line}" for line in processes.splitlines()
+              if (state_root in line or run_root in line) and " Z" not in line]
+    for proc in Path("/proc").iterdir():  # any process still in one of the instances' cgroups
+        try:
+            if proc.name.isdigit() and f":{runtime.config.cgroup_parent}/" in (proc / "cgroup").read_text():
+                found.append(f"process {proc.name} in {runtime.config.cgroup_parent}")
+        except OSError:
+            continue
     return found
 
 
@@ -130,7 +130,7 @@ report = {
     "cfs_quota": read("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), "cfs_period": read("/sys/fs/cgroup/cpu/cpu.cfs_period_us"),
     "pids_max": read("/sys/fs/cgroup/pids/pids.max"),
     "root_entries": sorted(os.listdir("/")), "hosts": read("/etc/hosts"),
-    "tmp": statvfs("/tmp"), "storage": statvfs("/storage"),
+    "tmp": statvfs("/tmp"), "storage": statvfs("/storage"), "net": sorted(os.listdir("/sys/class/net")),
     "root_writable": writable("/probe-file"), "seccomp": status_field("Seccomp"),
     "no_new_privs": status_field("NoNewPrivs"), "cap_eff": status_field("CapEff"), "cap_amb": status_field("CapAmb"),
 }

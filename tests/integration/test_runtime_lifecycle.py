@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -168,24 +171,42 @@ def test_log_is_capped(runtime: Runtime, make_package: Callable[..., Path]) -> N
     assert "line 19999" in text and "line 00000" not in text  # ~1 MB written, only the newest kept
 
 
-def test_recovery_adopts_running_instances_without_duplicates(runtime: Runtime,
-                                                              make_package: Callable[..., Path]) -> None:
-    package = install(runtime, make_package, SLEEPER)
-    identities = [InstanceIdentity("svc-recover", "subject", index) for index in range(2)]
-    pids = {identity.instance_id: runtime.start(identity, package).pid for identity in identities}
-    config = runtime.config
-    del runtime  # the runtime object (or its process) goes away; the supervisors stay
+STARTER = """
+import json, sys
+from pathlib import Path
+from aos_operator.runtime import InstanceIdentity, Runtime, RuntimeConfig
+options = json.loads(sys.argv[1])
+runtime = Runtime(RuntimeConfig(state_root=Path(options["state_root"]), run_root=Path(options["run_root"]),
+                                cgroup_parent=options["cgroup_parent"]))
+pids = {}
+for index in range(2):
+    status = runtime.start(InstanceIdentity("svc-recover", "subject", index), options["package"])
+    pids[status.instance_id] = status.pid
+print(json.dumps(pids))
+"""
 
-    again = Runtime(config)  # a new object on the same directories
-    recovered = {status.instance_id: status for status in again.recover()}
+
+def test_recovery_after_the_runtime_process_exits(runtime: Runtime, make_package: Callable[..., Path]) -> None:
+    """Another process starts two instances and exits; this one adopts them, without duplicates."""
+    package = install(runtime, make_package, SLEEPER)
+    config = runtime.config
+    options = {"state_root": str(config.state_root), "run_root": str(config.run_root),
+               "cgroup_parent": config.cgroup_parent, "package": package.digest}
+    starter = subprocess.run([sys.executable, "-c", STARTER, json.dumps(options)], capture_output=True, text=True,
+                             check=True, timeout=120)
+    pids = json.loads(starter.stdout)
+    assert all(pid and not process_gone(pid) for pid in pids.values())  # outlived the process that started them
+
+    recovered = {status.instance_id: status for status in runtime.recover()}
     assert {i: s.pid for i, s in recovered.items()} == pids
     assert all(s.phase == Phase.RUNNING for s in recovered.values())
-    assert sorted(c["id"] for c in again.runc.list()) == sorted(pids)
-    for identity in identities:
-        assert again.start(identity, package).pid == pids[identity.instance_id]
-    assert len(again.runc.list()) == 2
-    again.cleanup()
-    assert_nothing_left(again)
+    assert sorted(c["id"] for c in runtime.runc.list()) == sorted(pids)
+    for index in range(2):
+        identity = InstanceIdentity("svc-recover", "subject", index)
+        assert runtime.start(identity, package).pid == pids[identity.instance_id]  # no second container
+    assert len(runtime.runc.list()) == 2
+    runtime.cleanup()
+    assert_nothing_left(runtime)
 
 
 def test_recovery_restarts_an_instance_whose_supervisor_died(runtime: Runtime,

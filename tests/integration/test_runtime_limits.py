@@ -47,6 +47,7 @@ def test_probe_sees_every_limit_identity_and_hardening(runtime: Runtime, make_pa
     assert report["root_entries"] == ["app", "bin", "dev", "etc", "lib", "lib64", "proc", "sbin", "state.dat",
                                       "storage", "sys", "tmp", "usr"]
     assert report["root_writable"] == "Read-only file system"
+    assert report["net"] == ["lo"]  # its own network namespace, loopback only
     assert report["seccomp"] == "2" and report["no_new_privs"] == "1"
     assert report["cap_eff"] == "0000000000000000" and report["cap_amb"] == "0000000000000000"
 

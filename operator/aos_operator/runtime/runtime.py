@@ -18,6 +18,7 @@ On disk:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import shutil
@@ -68,6 +69,14 @@ class RuntimeConfig:
     passwd_file: Path = Path("/etc/passwd")
     group_file: Path = Path("/etc/group")
     stop_timeout: float = 10.0
+
+    def __post_init__(self) -> None:
+        parts = self.cgroup_parent.split("/")
+        if not self.cgroup_parent.startswith("/") or ".." in parts or "" in parts[1:]:
+            raise ValueError(f"runtime config: cgroup_parent must be an absolute cgroup path such as /aos, "
+                             f"got {self.cgroup_parent!r}")
+        if self.log_max_bytes < 1:
+            raise ValueError(f"runtime config: log_max_bytes must be >= 1, got {self.log_max_bytes}")
 
 
 def _process_start_ticks(pid: int) -> tuple[int, str] | None:
@@ -180,6 +189,9 @@ class Runtime:
                                      hint="stop it before starting another package")
             self._tidy(instance_id)
             plan = self._prepare(identity, installed, env_overrides, restart)
+            # No record of a previous supervisor while the new one starts: a missing record means
+            # "being started", a record of a dead process means "lost" (see status()).
+            (Path(plan.data_dir) / SUPERVISOR_FILE).unlink(missing_ok=True)
             previous = read_status(plan.status_path)
             write_status(plan.status_path, InstanceStatus(
                 instance_id, identity, installed.digest, generation=(previous.generation + 1) if previous else 0))
@@ -214,10 +226,13 @@ class Runtime:
 
     def _spawn(self, plan: SupervisorPlan) -> None:
         self.config.run_root.mkdir(parents=True, exist_ok=True)
+        # runc, losetup, mkfs.ext4 and e2fsck live in sbin, which a caller's PATH may lack.
+        path = os.environ.get("PATH", "")
+        environment = dict(os.environ, PATH=":".join(filter(None, [path, "/usr/local/sbin:/usr/sbin:/sbin"])))
         with open(plan.supervisor_log_path, "ab") as log:
             child = subprocess.Popen(
                 [sys.executable, "-m", "aos_operator.runtime.supervisor", str(Path(plan.data_dir) / PLAN_FILE)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd="/",
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd="/", env=environment,
             )
         started = _process_start_ticks(child.pid)
         self._children[plan.instance_id] = child
@@ -247,7 +262,7 @@ class Runtime:
         """Collect supervisors of this process that have exited, so none stays a zombie."""
         for instance_id, child in list(self._children.items()):
             if child.poll() is not None:
-                del self._children[instance_id]
+                self._children.pop(instance_id, None)
 
     def _supervisor_pid(self, instance_id: str) -> int | None:
         """The PID of the instance's live supervisor (checked against its start time), else None."""
@@ -329,7 +344,8 @@ class Runtime:
         status = self._read(instance_id)
         if status is None:
             raise RuntimeFailure(f"no instance {instance_id} on this node")
-        if not status.phase.terminal and self._supervisor_pid(instance_id) is None:
+        being_started = not (self.data_dir(instance_id) / SUPERVISOR_FILE).exists()
+        if not status.phase.terminal and self._supervisor_pid(instance_id) is None and not being_started:
             return replace(status, phase=Phase.FAILED, reason=Reason.SUPERVISOR_LOST,
                            message="its supervisor is gone; recover() restarts it")
         if status.phase == Phase.RUNNING:
@@ -421,7 +437,10 @@ class StatusWatcher:
     def _run(self) -> None:
         while not self._stop.is_set():
             for status in self._poller.poll():
-                self._callback(status)
+                try:
+                    self._callback(status)
+                except Exception:  # a failing callback must not end the watching
+                    logging.getLogger(__name__).exception("status callback failed for %s", status.instance_id)
             self._stop.wait(self._interval)
 
     def close(self) -> None:

@@ -188,12 +188,13 @@ class Supervisor:
         self.update(last_exit=termination)
         return termination
 
-    def _wait(self, pid: int, pidfd: int, output: int) -> int:
+    def _wait(self, pid: int, pidfd: int, output: int) -> int | None:
         """Copy output to the log until the init exits; returns its wait status."""
         killed = False
+        exited = False
         wait_status: int | None = None
         readers = [pidfd, output, self._wake_read]
-        while wait_status is None:
+        while not exited:
             if self.stop_requested and not killed:
                 self.runc.kill(self.plan.instance_id, "KILL")
                 killed = True
@@ -203,7 +204,7 @@ class Supervisor:
             if output in ready and not self._copy_output(output):
                 readers.remove(output)
             if pidfd in ready:
-                wait_status = self._reap(pid)
+                wait_status, exited = self._reap(pid), True
         os.close(pidfd)
         # The init is gone, so is its PID namespace; the pipe ends once the kernel closed their fds.
         deadline = time.monotonic() + _DRAIN_SECONDS
@@ -219,22 +220,25 @@ class Supervisor:
             self.log.write(data)
         return bool(data)
 
-    def _reap(self, pid: int) -> int:
-        """Reap every exited child (runc's helpers are re-parented here too); the init's status."""
+    def _reap(self, pid: int) -> int | None:
+        """Reap every exited child (runc's helpers are re-parented here too); the init's wait
+        status, or None if it was not ours to reap."""
         init_status: int | None = None
         while True:
             try:
                 reaped, wait_status = os.waitpid(-1, 0 if init_status is None else os.WNOHANG)
             except ChildProcessError:
-                break
+                return init_status
             if reaped == 0:
-                break
+                return init_status
             if reaped == pid:
                 init_status = wait_status
-        return init_status if init_status is not None else 0
 
 
-def _termination(wait_status: int, oom_kills: int, killed: bool) -> Termination:
+def _termination(wait_status: int | None, oom_kills: int, killed: bool) -> Termination:
+    if wait_status is None:
+        return Termination(exit_code=-1, reason=Reason.OOM_KILLED if oom_kills else Reason.CRASHED,
+                           finished_at=time.time(), oom_kills=oom_kills, message="exit status unknown")
     code = os.waitstatus_to_exitcode(wait_status)
     signal_number = -code if code < 0 else None
     exit_code = 128 + signal_number if signal_number else code
