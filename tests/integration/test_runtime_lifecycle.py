@@ -160,7 +160,8 @@ def test_status_changes_are_observable(runtime: Runtime, make_package: Callable[
 
 
 def test_log_is_capped(runtime: Runtime, make_package: Callable[..., Path]) -> None:
-    script = "import time\nfor n in range(20000):\n    print(f'line {n:05d} ' + 'x' * 40)\nprint('end', flush=True)\ntime.sleep(3600)\n"
+    script = ("import time\nfor n in range(20000):\n    print(f'line {n:05d} ' + 'x' * 40)\n"
+              "print('end', flush=True)\ntime.sleep(3600)\n")
     package = install(runtime, make_package, script)
     identity = InstanceIdentity("svc-chatty", "subject", 0)
     runtime.start(identity, package)

@@ -8,7 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from runtime_helpers import PROBE_SCRIPT, assert_nothing_left, log_text, probe_report, wait_for_log, wait_for_status, wait_until
+from runtime_helpers import (
+    PROBE_SCRIPT,
+    assert_nothing_left,
+    log_text,
+    probe_report,
+    wait_for_log,
+    wait_for_status,
+    wait_until,
+)
 
 from aos_operator.errors import RuntimeFailure
 from aos_operator.runtime import InstanceIdentity, Phase, Reason, Runtime

@@ -20,7 +20,11 @@ _EXPORTS = {
     "InstanceStatus": "status", "Phase": "status", "Reason": "status", "Termination": "status",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "ForegroundResult", "InstalledPackage", "InstanceIdentity", "InstanceStatus", "NodeFacts", "Phase",
+    "Reason", "Runtime", "RuntimeConfig", "StatusPoller", "StatusWatcher", "Termination",
+    "build_runtime_spec", "detect_node_facts", "run_foreground", "stop_on_signals",
+]
 
 if TYPE_CHECKING:
     from aos_operator.runtime.foreground import ForegroundResult, run_foreground, stop_on_signals

@@ -44,10 +44,8 @@ def detect_cgroups(mountinfo: Path = Path("/proc/self/mountinfo")) -> CgroupMoun
             unified = point
         elif fstype == "cgroup":
             for option in options:
-                if option.startswith("name="):
-                    v1[option] = point
-                elif option not in ("rw", "ro", "relatime", "nosuid", "nodev", "noexec", "clone_children"):
-                    v1[option] = point
+                if option not in ("rw", "ro", "relatime", "nosuid", "nodev", "noexec", "clone_children"):
+                    v1[option] = point  # a controller, or name=<hierarchy>
     return CgroupMounts(version=1 if "memory" in v1 else 2, v1=v1, unified=unified)
 
 

@@ -144,7 +144,7 @@ class Runtime:
                                     str(self.run_dir(instance_id) / "volumes" / kind), uid, gid))
         return found
 
-    def spec_for(self, identity: InstanceIdentity, package: InstalledPackage, uid: int, gid: int,
+    def spec_for(self, identity: InstanceIdentity, package: InstalledPackage, uid: int, gid: int, *,
                  volumes: Sequence[Volume] = (), env_overrides: Sequence[str] = ()) -> dict[str, Any]:
         """The OCI runtime spec an instance gets (the pure builder, fed with this node's choices)."""
         by_kind = {volume.kind: volume.bind_source for volume in volumes}
@@ -210,7 +210,7 @@ class Runtime:
         volumes = self._volumes(package, instance_id, uid, gid)
         for volume in volumes:
             prepare_image(Path(volume.image), volume.kind, volume.quota)
-        spec = self.spec_for(identity, package, uid, gid, volumes, env_overrides)
+        spec = self.spec_for(identity, package, uid, gid, volumes=volumes, env_overrides=env_overrides)
         write_atomically(data_dir / SPEC_FILE, json.dumps(spec, indent=1))
         plan = SupervisorPlan(
             identity=identity, package=package.digest, run_dir=str(self.run_dir(instance_id)),
@@ -272,8 +272,10 @@ class Runtime:
         except (FileNotFoundError, ValueError):
             return None
         found = _process_start_ticks(record["pid"])
-        if found is None or found[1] == "Z" or (record["start_ticks"] is not None and found[0] != record["start_ticks"]):
+        if found is None or found[1] == "Z":
             return None
+        if record["start_ticks"] is not None and found[0] != record["start_ticks"]:
+            return None  # the PID now belongs to another process
         return int(record["pid"])
 
     def _wait_supervisor_exit(self, pid: int, timeout: float) -> bool:

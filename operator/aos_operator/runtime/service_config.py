@@ -20,7 +20,8 @@ DEFAULT_START_INTERVAL = 5.0
 DEFAULT_START_BURST = 3
 DEFAULT_RESTART_INTERVAL = 1.0
 
-_HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
 _NUMBER = r"(\d+(?:[.,]\d+)?)"
 _ISO_DURATION_RE = re.compile(
     rf"^P(?:{_NUMBER}Y)?(?:{_NUMBER}M)?(?:{_NUMBER}W)?(?:{_NUMBER}D)?"
@@ -85,7 +86,8 @@ def _iso_duration_seconds(text: str) -> float | None:
     match = _ISO_DURATION_RE.match(text)
     if not match or not any(match.groups()) or text.endswith("T"):
         return None
-    return sum(float(part.replace(",", ".")) * unit for part, unit in zip(match.groups(), _ISO_UNITS) if part)
+    parts = zip(match.groups(), _ISO_UNITS, strict=True)
+    return sum(float(number.replace(",", ".")) * unit for number, unit in parts if number)
 
 
 def _go_duration_seconds(text: str) -> float | None:

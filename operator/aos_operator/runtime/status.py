@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from aos_operator.runtime.files import write_atomically
 from aos_operator.runtime.identity import InstanceIdentity
 
 
-class Phase(str, Enum):
+class Phase(StrEnum):
     PENDING = "Pending"  # accepted, rootfs and volumes being set up
     STARTING = "Starting"  # runc is creating the container, or a restart is waiting for restartInterval
     RUNNING = "Running"

@@ -182,6 +182,7 @@ class Supervisor:
         return termination
 
     def _start_failed(self, message: str) -> Termination:
+        self.runc.delete(self.plan.instance_id, force=True)  # a half-created container would block the next try
         remove_cgroups(self.plan)
         termination = Termination(exit_code=-1, reason=Reason.START_ERROR, finished_at=time.time(), message=message)
         self.log.write(f"[aos runtime] start failed: {message}\n".encode())

@@ -115,7 +115,8 @@ def _fsck(image: Path, *options: str) -> None:
     """`e2fsck -p`: repairs what is safe to repair (exit 1 and 2 are fixed errors, 4 and up are not)."""
     result = _tool("e2fsck", "-p", *options, str(image))
     if result.returncode >= 4:
-        raise RuntimeFailure(f"{image}: file system errors e2fsck cannot fix: {(result.stdout + result.stderr).strip()}",
+        output = (result.stdout + result.stderr).strip()
+        raise RuntimeFailure(f"{image}: file system errors e2fsck cannot fix: {output}",
                              hint=f"run `e2fsck -f {image}` by hand")
 
 
