@@ -11,10 +11,13 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from runtime_helpers import assert_nothing_left, wait_until
 
 from aos_operator.errors import EXIT_FAILED, EXIT_OK
 from aos_operator.runtime import NodeFacts, Phase, Reason, Runtime, RuntimeConfig, run_foreground
+
+pytestmark = pytest.mark.root  # runc, mounts, loop devices, cgroups
 
 PYTHON = "/usr/bin/python3"
 TICKER = """

@@ -19,6 +19,8 @@ from aos_operator.errors import RuntimeFailure
 from aos_operator.runtime import InstanceIdentity, InstanceStatus, Phase, Reason, Runtime, RuntimeConfig
 from aos_operator.runtime.runtime import SUPERVISOR_FILE
 
+pytestmark = pytest.mark.root  # runc, mounts, loop devices, cgroups
+
 PYTHON = "/usr/bin/python3"
 FAST_RESTARTS = {"startInterval": "PT30S", "startBurst": 3, "restartInterval": "PT0.2S"}
 

@@ -22,6 +22,8 @@ from aos_operator.errors import RuntimeFailure
 from aos_operator.runtime import InstanceIdentity, Phase, Reason, Runtime
 from aos_operator.runtime.cgroups import InstanceCgroup, detect_cgroups
 
+pytestmark = pytest.mark.root  # runc, mounts, loop devices, cgroups
+
 PYTHON = "/usr/bin/python3"  # the host's, seen through the base layer
 QUOTAS = {"cpuDmipsLimit": 5000, "ramLimit": 96 << 20, "pidsLimit": 48, "noFileLimit": 200,
           "tmpLimit": 1 << 20, "storageLimit": 2 << 20, "stateLimit": 16384}

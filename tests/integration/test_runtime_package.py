@@ -16,6 +16,8 @@ from aos_operator.errors import InputError, PackageError
 from aos_operator.runtime import Runtime
 from aos_operator.runtime.package import PackageStore
 
+pytestmark = pytest.mark.root  # runc, mounts, loop devices, cgroups
+
 CMD = ["/usr/bin/python3", "/app/main.py"]
 
 

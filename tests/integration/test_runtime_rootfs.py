@@ -18,6 +18,8 @@ from aos_operator.runtime import InstanceIdentity, Phase, Runtime, RuntimeConfig
 from aos_operator.runtime.mounts import umount
 from aos_operator.runtime.spec import runc_example_spec
 
+pytestmark = pytest.mark.root  # runc, mounts, loop devices, cgroups
+
 EXAMPLE_SERVICE = """
 import json, os, sys, time
 
