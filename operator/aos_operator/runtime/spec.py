@@ -5,6 +5,10 @@ caller passes every fact about the node and every path it chose.
 Order of application follows AosEdge: runc's example spec, instance overrides (user, cgroup,
 root, host binds, Aos env), image config (args, cwd, env), service config (hostname, sysctl,
 quotas), then per-instance env overrides, which win over everything.
+
+Network: runc's default, a new network namespace per instance with only loopback. AosEdge puts
+each instance on a CNI bridge with a firewall; that needs CNI plugins and a network manager on
+the node, left for later. Services can talk to themselves and nothing else.
 """
 
 from __future__ import annotations
