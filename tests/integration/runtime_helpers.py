@@ -132,6 +132,7 @@ report = {
     "pids_max": read("/sys/fs/cgroup/pids/pids.max"),
     "root_entries": sorted(os.listdir("/")), "hosts": read("/etc/hosts"),
     "tmp": statvfs("/tmp"), "storage": statvfs("/storage"), "net": sorted(os.listdir("/sys/class/net")),
+    "somaxconn": read("/proc/sys/net/core/somaxconn"),
     "root_writable": writable("/probe-file"), "seccomp": status_field("Seccomp"),
     "no_new_privs": status_field("NoNewPrivs"), "cap_eff": status_field("CapEff"), "cap_amb": status_field("CapAmb"),
 }

@@ -38,7 +38,8 @@ def start_script(runtime: Runtime, make_package: Callable[..., Path], script: st
 
 
 def test_probe_sees_every_limit_identity_and_hardening(runtime: Runtime, make_package: Callable[..., Path]) -> None:
-    status = start_script(runtime, make_package, PROBE_SCRIPT, QUOTAS, hostname="probe-host")
+    status = start_script(runtime, make_package, PROBE_SCRIPT, QUOTAS, hostname="probe-host",
+                          sysctl={"net.core.somaxconn": "321"})
     assert status.phase == Phase.RUNNING
     report = probe_report(wait_for_log(runtime, status.instance_id, "PROBE "))
     assert report["memory_limit"] == str(96 << 20) and report["memsw_limit"] == str(96 << 20)
@@ -58,6 +59,7 @@ def test_probe_sees_every_limit_identity_and_hardening(runtime: Runtime, make_pa
                                       "storage", "sys", "tmp", "usr"]
     assert report["root_writable"] == "Read-only file system"
     assert report["net"] == ["lo"]  # its own network namespace, loopback only
+    assert report["somaxconn"] == "321"
     assert report["seccomp"] == "2" and report["no_new_privs"] == "1"
     assert report["cap_eff"] == "0000000000000000" and report["cap_amb"] == "0000000000000000"
 
