@@ -5,8 +5,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SIGNER_VENVS := .cache/signer
 # System packages the tests and the demo use: runc runs services, docker-registry is the
-# real OCI registry, skopeo and umoci check our OCI output.
-APT_PACKAGES := runc umoci skopeo docker-registry busybox-static pigz
+# real OCI registry, skopeo and umoci check our OCI output. The runtime also needs e2fsprogs
+# (mkfs.ext4, e2fsck, resize2fs, debugfs for the storage/state volumes), mount (losetup) and
+# procps (ps, in the runtime tests); Debian installs them by default, listed to be explicit.
+APT_PACKAGES := runc umoci skopeo docker-registry busybox-static pigz e2fsprogs mount procps
 
 .PHONY: all system-deps venv signer-venvs test test-fast demo bench crds manifests clean
 

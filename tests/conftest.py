@@ -130,3 +130,24 @@ def generated_tree(tmp_path: Path) -> Path:
 
 
 # --- end of image room ------------------------------------------------------------------------
+
+
+# ---------------------------------------------------------------------------------------------
+# runtime: test service packages made with tarfile (runtime_test_packages.py), for tests that
+# need packages the real builder refuses to make (hostile layers, bad digests)
+# ---------------------------------------------------------------------------------------------
+
+from runtime_test_packages import FileContent, build_test_package  # noqa: E402
+
+
+@pytest.fixture
+def make_package(tmp_path: Path) -> Callable[..., Path]:
+    """build_test_package() into a fresh directory under tmp_path."""
+    counter = iter(range(1_000_000))
+
+    def make(files: dict[str, FileContent] | None = None, **options: Any) -> Path:
+        return build_test_package(tmp_path / f"package{next(counter)}", files, **options)
+
+    return make
+
+# --------------------------------------------------------------------------- end of runtime section

@@ -1,0 +1,34 @@
+"""Who an instance is: service, subject and index, and the instance ID derived from them."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class InstanceIdentity:
+    """AosEdge's InstanceIdent: one running copy of a service for one subject."""
+
+    service_id: str
+    subject_id: str
+    index: int
+
+    def __post_init__(self) -> None:
+        for field, value in (("service_id", self.service_id), ("subject_id", self.subject_id)):
+            if not isinstance(value, str) or not value or any(ch in value for ch in "\n\r\0"):
+                raise ValueError(f"instance identity: {field} must be a non-empty single-line string, got {value!r}")
+        if not isinstance(self.index, int) or isinstance(self.index, bool) or self.index < 0:
+            raise ValueError(f"instance identity: index must be an integer >= 0, got {self.index!r}")
+
+    @property
+    def instance_id(self) -> str:
+        """The deterministic instance ID of AosEdge v9: UUIDv3 in the OID namespace."""
+        return str(uuid.uuid3(uuid.NAMESPACE_OID, f"{self.service_id}:{self.subject_id}:{self.index}"))
+
+    def to_json(self) -> dict[str, object]:
+        return {"serviceId": self.service_id, "subjectId": self.subject_id, "index": self.index}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> InstanceIdentity:
+        return cls(str(data["serviceId"]), str(data["subjectId"]), int(data["index"]))  # type: ignore[arg-type]

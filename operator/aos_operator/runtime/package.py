@@ -1,0 +1,211 @@
+"""Install an AosEdge service package on the node: verify it, keep its configs, unpack its layer.
+
+The package is a directory as devices receive it (reference §2.1-2.3): `manifest.json` (an OCI
+image manifest with a top-level `aosService` descriptor) and `blobs/sha256/<hex>`. Every blob's
+size and digest is checked before anything is written; a mismatch names the digest and nothing is
+installed. Installed packages live in the store by manifest digest; their layers are shared.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aos_operator.digests import digest_hex, is_digest, sha256_digest
+from aos_operator.errors import InputError, PackageError
+from aos_operator.runtime.files import write_atomically
+from aos_operator.runtime.layers import LayerStore
+from aos_operator.runtime.service_config import ImageConfig, ServiceConfig, parse_image_config, parse_service_config
+
+MANIFEST = "manifest.json"
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    digest: str
+    size: int
+    media_type: str
+
+
+@dataclass(frozen=True)
+class InstalledPackage:
+    """A verified, unpacked package on this node: what `Runtime.start` runs."""
+
+    digest: str  # of manifest.json
+    image_config: ImageConfig
+    service_config: ServiceConfig
+    layer_digest: str
+    layer_path: Path
+
+
+def _descriptor(value: Any, where: str) -> Descriptor:
+    if not isinstance(value, dict):
+        raise PackageError(f"{where}: expected a descriptor object, got {value!r}")
+    digest, size = value.get("digest"), value.get("size")
+    if not isinstance(digest, str) or not is_digest(digest):
+        raise PackageError(f"{where}.digest: {digest!r} is not a sha256:<64 hex> digest")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise PackageError(f"{where}.size: expected an integer >= 0, got {size!r}")
+    return Descriptor(digest, size, str(value.get("mediaType", "")))
+
+
+def _file_digest(path: Path) -> tuple[str, int]:
+    hasher = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as stream:
+        while chunk := stream.read(1 << 20):
+            hasher.update(chunk)
+            size += len(chunk)
+    return "sha256:" + hasher.hexdigest(), size
+
+
+class _PackageDir:
+    """A package directory being read: manifest, descriptors, verified blobs."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        manifest_path = directory / MANIFEST
+        if not directory.is_dir():
+            raise InputError(f"{directory}: not a directory", hint="pass an unpacked service package directory")
+        try:
+            self.manifest_bytes = manifest_path.read_bytes()
+        except OSError as error:
+            raise InputError(f"{manifest_path}: cannot read: {error.strerror}",
+                             hint="a service package directory holds manifest.json and blobs/sha256/") from None
+        try:
+            manifest = json.loads(self.manifest_bytes)
+        except (ValueError, UnicodeDecodeError) as error:
+            raise PackageError(f"{manifest_path}: not valid JSON: {error}") from None
+        if not isinstance(manifest, dict):
+            raise PackageError(f"{manifest_path}: expected a JSON object")
+        if manifest.get("schemaVersion") != 2:
+            raise PackageError(f"{manifest_path}: schemaVersion: expected 2, got {manifest.get('schemaVersion')!r}")
+        self.digest = sha256_digest(self.manifest_bytes)
+        self.config = _descriptor(manifest.get("config"), f"{manifest_path}: config")
+        self.service = (None if manifest.get("aosService") is None
+                        else _descriptor(manifest["aosService"], f"{manifest_path}: aosService"))
+        layers = manifest.get("layers")
+        if not isinstance(layers, list) or not layers:
+            raise PackageError(f"{manifest_path}: layers: expected at least one layer (the service rootfs)")
+        self.layers = [_descriptor(layer, f"{manifest_path}: layers[{i}]") for i, layer in enumerate(layers)]
+        if len(self.layers) > 1:
+            raise PackageError(
+                f"{manifest_path}: layers[1:]: {len(self.layers) - 1} Aos layer(s) referenced "
+                f"({', '.join(layer.digest for layer in self.layers[1:])}); this runtime runs single-layer services",
+                hint="bake the files of Aos layers into the service's src/ tree",
+            )
+
+    def blob_path(self, descriptor: Descriptor) -> Path:
+        return self.directory / "blobs" / "sha256" / digest_hex(descriptor.digest)
+
+    def verify(self, descriptor: Descriptor, role: str) -> Path:
+        path = self.blob_path(descriptor)
+        try:
+            actual_size = os.stat(path).st_size
+        except OSError:
+            raise PackageError(f"{role} blob {descriptor.digest}: missing ({path})",
+                               hint="the package is incomplete; fetch or build it again") from None
+        if actual_size != descriptor.size:
+            raise PackageError(f"{role} blob {descriptor.digest}: size {actual_size} bytes, manifest says "
+                               f"{descriptor.size}; nothing was installed", hint="the package is corrupt or altered")
+        actual_digest, _ = _file_digest(path)
+        if actual_digest != descriptor.digest:
+            raise PackageError(f"{role} blob {descriptor.digest}: content has digest {actual_digest}; "
+                               "nothing was installed", hint="the package is corrupt or altered")
+        return path
+
+    def json_blob(self, path: Path, descriptor: Descriptor, role: str) -> Any:
+        try:
+            return json.loads(path.read_bytes())
+        except (ValueError, UnicodeDecodeError) as error:
+            raise PackageError(f"{role} blob {descriptor.digest}: not valid JSON: {error}") from None
+
+
+class PackageStore:
+    """Installed packages under `root`: `packages/<hex>.json` (manifest), `blobs/` (configs), `layers/`."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.layers = LayerStore(root / "layers")
+        self._blobs = root / "blobs" / "sha256"
+        self._manifests = root / "packages"
+
+    def install(self, package_dir: Path) -> InstalledPackage:
+        package = _PackageDir(Path(package_dir))
+        # Verify every blob before writing anything.
+        config_path = package.verify(package.config, "image config")
+        service_path = package.verify(package.service, "service config") if package.service else None
+        layer = package.layers[0]
+        layer_blob = package.verify(layer, "rootfs layer")
+        # Parse both configs now, so a bad one is refused at install time rather than at start.
+        parse_image_config(package.json_blob(config_path, package.config, "image config"),
+                           f"image config {package.config.digest}")
+        service_data = ({} if service_path is None or package.service is None
+                        else package.json_blob(service_path, package.service, "service config"))
+        service_where = f"service config {package.service.digest}" if package.service else "service config"
+        parse_service_config(service_data, service_where)
+
+        self.layers.ensure(layer.digest, layer_blob, f"rootfs layer {layer.digest}")
+        self._blobs.mkdir(parents=True, exist_ok=True)
+        self._manifests.mkdir(parents=True, exist_ok=True)
+        for descriptor, path in ((package.config, config_path), (package.service, service_path)):
+            if descriptor is not None and path is not None and not self._blob(descriptor.digest).exists():
+                write_atomically(self._blob(descriptor.digest), path.read_bytes())
+        write_atomically(self._manifests / f"{digest_hex(package.digest)}.json", package.manifest_bytes)
+        return self.get(package.digest)
+
+    def _blob(self, digest: str) -> Path:
+        return self._blobs / digest_hex(digest)
+
+    def get(self, digest: str) -> InstalledPackage:
+        """An installed package by manifest digest; PackageError when it is not installed."""
+        if not is_digest(digest):
+            raise PackageError(f"{digest!r} is not a sha256:<64 hex> package digest")
+        manifest_path = self._manifests / f"{digest_hex(digest)}.json"
+        try:
+            manifest = json.loads(manifest_path.read_bytes())
+        except FileNotFoundError:
+            raise PackageError(f"package {digest} is not installed", hint="install it first") from None
+        config = _descriptor(manifest["config"], f"{manifest_path}: config")
+        service = manifest.get("aosService")
+        layer = _descriptor(manifest["layers"][0], f"{manifest_path}: layers[0]")
+        image_config = parse_image_config(json.loads(self._blob(config.digest).read_bytes()),
+                                          f"image config {config.digest}")
+        if service is None:
+            service_config = parse_service_config({}, "service config")
+        else:
+            service_digest = _descriptor(service, f"{manifest_path}: aosService").digest
+            service_config = parse_service_config(json.loads(self._blob(service_digest).read_bytes()),
+                                                  f"service config {service_digest}")
+        if not self.layers.has(layer.digest):
+            raise PackageError(f"package {digest}: its layer {layer.digest} is missing from {self.layers.root}",
+                               hint="install the package again")
+        return InstalledPackage(digest, image_config, service_config, layer.digest, self.layers.path(layer.digest))
+
+    def digests(self) -> list[str]:
+        if not self._manifests.is_dir():
+            return []
+        return sorted("sha256:" + path.stem for path in self._manifests.glob("*.json"))
+
+    def uninstall(self, digest: str) -> None:
+        """Remove a package, and its blobs and layer when no other installed package uses them."""
+        package = self.get(digest)
+        manifest = json.loads((self._manifests / f"{digest_hex(digest)}.json").read_bytes())
+        (self._manifests / f"{digest_hex(digest)}.json").unlink()
+        still_used: set[str] = set()
+        for other in self.digests():
+            other_manifest = json.loads((self._manifests / f"{digest_hex(other)}.json").read_bytes())
+            still_used.update(_referenced(other_manifest))
+        for blob_digest in _referenced(manifest) - still_used:
+            self._blob(blob_digest).unlink(missing_ok=True)
+        if package.layer_digest not in still_used:
+            self.layers.remove(package.layer_digest)
+
+
+def _referenced(manifest: dict[str, Any]) -> set[str]:
+    descriptors = [manifest.get("config"), manifest.get("aosService"), *manifest.get("layers", [])]
+    return {d["digest"] for d in descriptors if isinstance(d, dict) and "digest" in d}

@@ -1,0 +1,167 @@
+"""The root file system of an instance, assembled as AosEdge does (reference §3.7).
+
+A read-only overlay with lower layers only, top first:
+
+1. a generated top layer: a mount point for every mount of the spec, the working directory,
+   `etc/hosts` and `etc/resolv.conf`;
+2. the service layer (unpacked `layers[0]`, shared by all instances of the package);
+3. a generated whiteouts layer hiding every top-level entry of the base except the visible ones
+   (default `bin sbin lib lib64 usr`);
+4. the base: the node's own root file system `/` (configurable).
+
+The two generated layers live on a small tmpfs per instance. Overlayfs refuses a layer that is
+an ancestor of another layer on the same file system ("overlapping lowerdir path"), and `/` is
+an ancestor of everything on the root file system, including the layer store. When that is the
+case, the whiteouts layer and the base are first mounted as their own overlay (the "base view")
+and that becomes the bottom layer; otherwise it is one overlay of four layers.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aos_operator.errors import RuntimeFailure
+from aos_operator.runtime import mounts
+
+DEFAULT_BASE_VISIBLE = ("bin", "sbin", "lib", "lib64", "usr")
+_SCRATCH_OPTIONS = "mode=755,size=16m"
+
+
+@dataclass(frozen=True)
+class RootfsPlan:
+    run_dir: str
+    service_layer: str
+    base_path: str = "/"
+    base_visible: tuple[str, ...] = DEFAULT_BASE_VISIBLE
+    dns_servers: tuple[str, ...] = ()
+
+    @property
+    def rootfs(self) -> Path:
+        return Path(self.run_dir) / "rootfs"
+
+    @property
+    def scratch(self) -> Path:
+        return Path(self.run_dir) / "layers"
+
+    def to_json(self) -> dict[str, Any]:
+        return {"run_dir": self.run_dir, "service_layer": self.service_layer, "base_path": self.base_path,
+                "base_visible": list(self.base_visible), "dns_servers": list(self.dns_servers)}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RootfsPlan:
+        return cls(data["run_dir"], data["service_layer"], data["base_path"], tuple(data["base_visible"]),
+                   tuple(data["dns_servers"]))
+
+
+def whiteout_names(base_entries: Iterable[str], visible: Iterable[str]) -> list[str]:
+    """Top-level entries of the base to hide."""
+    keep = set(visible)
+    return sorted(entry for entry in base_entries if entry not in keep)
+
+
+def _mode_option(options: Sequence[str], default: int) -> int:
+    for option in options:
+        if option.startswith("mode="):
+            return int(option[len("mode="):], 8)
+    return default
+
+
+def mount_points(spec: Mapping[str, Any], source_is_dir: Callable[[str], bool]) -> list[tuple[str, bool, int]]:
+    """(path relative to the root, is a directory, mode) for every mount destination and the cwd.
+
+    The mode comes from a `mode=` option, as AosEdge does: runc gives a tmpfs the mode of the
+    directory it is mounted on, so /tmp's mount point must already be 1777.
+    """
+    points: dict[str, tuple[bool, int]] = {}
+    for mount in spec.get("mounts", []):
+        destination = mount["destination"].strip("/")
+        if not destination:
+            continue
+        is_dir = mount.get("type") != "bind" or source_is_dir(mount["source"])
+        points[destination] = (is_dir, _mode_option(mount.get("options", []), 0o755 if is_dir else 0o644))
+    cwd = spec.get("process", {}).get("cwd", "/").strip("/")
+    if cwd:
+        points.setdefault(cwd, (True, 0o755))
+    return sorted((path, is_dir, mode) for path, (is_dir, mode) in points.items())
+
+
+def hosts_file(hostname: str | None) -> str:
+    lines = ["127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback"]
+    if hostname:
+        lines.append(f"127.0.1.1\t{hostname}")
+    return "\n".join(lines) + "\n"
+
+
+def resolv_conf(dns_servers: Sequence[str]) -> str:
+    return "".join(f"nameserver {server}\n" for server in dns_servers)
+
+
+def _make_top_layer(top: Path, spec: Mapping[str, Any], dns_servers: Sequence[str]) -> None:
+    for relative, is_dir, mode in mount_points(spec, os.path.isdir):
+        path = top / relative
+        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if is_dir:
+            path.mkdir(exist_ok=True)
+        elif not path.exists():
+            path.touch()
+        os.chmod(path, mode)
+    etc = top / "etc"
+    etc.mkdir(mode=0o755, exist_ok=True)
+    (etc / "hosts").write_text(hosts_file(spec.get("hostname")))
+    (etc / "resolv.conf").write_text(resolv_conf(dns_servers))
+    for name in ("hosts", "resolv.conf"):
+        os.chmod(etc / name, 0o644)
+
+
+def _make_whiteouts(whiteouts: Path, base: Path, visible: Sequence[str]) -> None:
+    whiteouts.mkdir(mode=0o755)
+    for name in whiteout_names(os.listdir(base), visible):
+        os.mknod(whiteouts / name, stat.S_IFCHR | 0o600, os.makedev(0, 0))
+
+
+def _overlapping(layers: Sequence[Path]) -> bool:
+    """Whether one layer is an ancestor of another on the same file system (overlayfs refuses that)."""
+    resolved = [(os.path.realpath(layer), os.stat(layer).st_dev) for layer in layers]
+    for path, device in resolved:
+        prefix = path.rstrip("/") + "/"
+        if any(other != path and other_device == device and other.startswith(prefix)
+               for other, other_device in resolved):
+            return True
+    return False
+
+
+def _overlay_options(layers: Sequence[Path]) -> str:
+    for layer in layers:
+        if any(ch in str(layer) for ch in ":,="):
+            raise RuntimeFailure(f"{layer}: overlay layer paths cannot contain ':', ',' or '='",
+                                 hint="choose state and run directories without those characters")
+    return "lowerdir=" + ":".join(str(layer) for layer in layers)
+
+
+def assemble(plan: RootfsPlan, spec: Mapping[str, Any]) -> Path:
+    """Mount the instance's root file system at `plan.rootfs`; returns that path."""
+    base = Path(plan.base_path)
+    if not base.is_dir():
+        raise RuntimeFailure(f"base file system {base}: not a directory", hint="check the runtime's base_path")
+    scratch = plan.scratch
+    scratch.mkdir(parents=True, exist_ok=True)
+    plan.rootfs.mkdir(exist_ok=True)
+    mounts.mount("tmpfs", scratch, "tmpfs", mounts.MS_NOSUID | mounts.MS_NODEV, _SCRATCH_OPTIONS)
+    top, whiteouts = scratch / "top", scratch / "whiteouts"
+    top.mkdir(mode=0o755)
+    _make_top_layer(top, spec, plan.dns_servers)
+    _make_whiteouts(whiteouts, base, plan.base_visible)
+    service = Path(plan.service_layer)
+    layers = [top, service, whiteouts, base]
+    if _overlapping(layers):
+        base_view = scratch / "base"
+        base_view.mkdir()
+        mounts.mount("overlay", base_view, "overlay", mounts.MS_RDONLY, _overlay_options([whiteouts, base]))
+        layers = [top, service, base_view]
+    mounts.mount("overlay", plan.rootfs, "overlay", mounts.MS_RDONLY, _overlay_options(layers))
+    return plan.rootfs

@@ -1,0 +1,86 @@
+"""The runc command line, as the runtime uses it: create, start, state, list, kill, delete.
+
+All containers of one runtime live under their own runc state directory (`--root`), so
+`runc list` shows exactly this runtime's containers.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from aos_operator.errors import RuntimeFailure
+
+
+class Runc:
+    def __init__(self, root: Path, binary: str = "runc") -> None:
+        self.root = root
+        self.binary = binary
+
+    def _command(self, *args: str) -> list[str]:
+        return [self.binary, "--root", str(self.root), *args]
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        try:
+            result = subprocess.run(self._command(*args), stdin=subprocess.DEVNULL, capture_output=True,
+                                    text=True, timeout=60)
+        except FileNotFoundError:
+            raise RuntimeFailure(f"{self.binary}: not found", hint="install runc (apt-get install runc)") from None
+        if check and result.returncode != 0:
+            raise RuntimeFailure(f"runc {args[0]} failed: {result.stderr.strip() or f'exit {result.returncode}'}")
+        return result
+
+    def create(self, container_id: str, bundle: Path, pid_file: Path, stdio_fd: int, log_file: Path) -> None:
+        """`runc create`; the container's stdout and stderr are `stdio_fd` (runc passes them through)."""
+        command = [self.binary, "--root", str(self.root), "--log", str(log_file), "--log-format", "json",
+                   "create", "--bundle", str(bundle), "--pid-file", str(pid_file), container_id]
+        try:
+            result = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=stdio_fd, stderr=stdio_fd,
+                                    timeout=60)
+        except FileNotFoundError:
+            raise RuntimeFailure(f"{self.binary}: not found", hint="install runc (apt-get install runc)") from None
+        if result.returncode != 0:
+            raise RuntimeFailure(f"runc create failed: {last_error(log_file) or f'exit {result.returncode}'}")
+
+    def start(self, container_id: str) -> None:
+        self._run("start", container_id)
+
+    def state(self, container_id: str) -> dict[str, Any] | None:
+        """`runc state`, or None when runc does not know the container."""
+        result = self._run("state", container_id, check=False)
+        if result.returncode != 0:
+            return None
+        return json.loads(result.stdout)
+
+    def list(self) -> list[dict[str, Any]]:
+        if not self.root.exists():
+            return []
+        result = self._run("list", "--format", "json")
+        return json.loads(result.stdout or "null") or []
+
+    def kill(self, container_id: str, signal: str = "KILL") -> None:
+        self._run("kill", container_id, signal, check=False)
+
+    def delete(self, container_id: str, force: bool = False) -> None:
+        args = ["delete", "--force", container_id] if force else ["delete", container_id]
+        result = self._run(*args, check=False)
+        if result.returncode != 0 and self.state(container_id) is not None:
+            raise RuntimeFailure(f"runc delete {container_id} failed: {result.stderr.strip()}")
+
+
+def last_error(log_file: Path) -> str | None:
+    """The last error message in a runc JSON log."""
+    try:
+        lines = log_file.read_text(errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if entry.get("level") in ("error", "fatal"):
+            return str(entry.get("msg", "")).strip()
+    return None

@@ -1,0 +1,238 @@
+"""Read the two JSON blobs a package carries for the runtime: the OCI image config and the Aos
+service config. Pure: data in, typed values out; every problem is a PackageError naming the blob
+and the field.
+
+Keys are matched case-insensitively, as AosEdge's Go and C++ readers do (`cpuDmipsLimit` and
+`cpuDMIPSLimit` are the same key).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aos_operator.errors import PackageError
+
+# AosEdge's systemd drop-in defaults (reference §3.9).
+DEFAULT_START_INTERVAL = 5.0
+DEFAULT_START_BURST = 3
+DEFAULT_RESTART_INTERVAL = 1.0
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
+_NUMBER = r"(\d+(?:[.,]\d+)?)"
+_ISO_DURATION_RE = re.compile(
+    rf"^P(?:{_NUMBER}Y)?(?:{_NUMBER}M)?(?:{_NUMBER}W)?(?:{_NUMBER}D)?"
+    rf"(?:T(?:{_NUMBER}H)?(?:{_NUMBER}M)?(?:{_NUMBER}S)?)?$"
+)
+_ISO_UNITS = (365 * 86400, 30 * 86400, 7 * 86400, 86400, 3600, 60, 1)
+_GO_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """The fields of an OCI image config that AosEdge uses (User, Volumes, StopSignal are ignored)."""
+
+    os: str
+    architecture: str
+    entrypoint: tuple[str, ...]
+    cmd: tuple[str, ...]
+    working_dir: str
+    env: tuple[str, ...]
+
+    @property
+    def args(self) -> tuple[str, ...]:
+        return self.entrypoint + self.cmd
+
+
+@dataclass(frozen=True)
+class Quotas:
+    """`quotas` of the service config: DMIPS, bytes and counts; None when absent."""
+
+    cpu_dmips_limit: int | None = None
+    cpu_percent_limit: int | None = None  # legacy `cpuLimit` (percent), used only without cpuDmipsLimit
+    ram_limit: int | None = None
+    pids_limit: int | None = None
+    no_file_limit: int | None = None
+    tmp_limit: int | None = None
+    state_limit: int | None = None
+    storage_limit: int | None = None
+
+
+@dataclass(frozen=True)
+class RunParameters:
+    """The restart policy: systemd's StartLimitIntervalSec, StartLimitBurst and RestartSec."""
+
+    start_interval: float = DEFAULT_START_INTERVAL
+    start_burst: int = DEFAULT_START_BURST
+    restart_interval: float = DEFAULT_RESTART_INTERVAL
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    """The parts of the Aos service config that decide how an instance runs on a node."""
+
+    hostname: str | None = None
+    sysctl: Mapping[str, str] = field(default_factory=dict)
+    quotas: Quotas = field(default_factory=Quotas)
+    run_parameters: RunParameters = field(default_factory=RunParameters)
+    skip_resource_limits: bool = False
+
+
+def _iso_duration_seconds(text: str) -> float | None:
+    match = _ISO_DURATION_RE.match(text)
+    if not match or not any(match.groups()) or text.endswith("T"):
+        return None
+    parts = zip(match.groups(), _ISO_UNITS, strict=True)
+    return sum(float(number.replace(",", ".")) * unit for number, unit in parts if number)
+
+
+def _go_duration_seconds(text: str) -> float | None:
+    if not text or _GO_DURATION_PART_RE.sub("", text):
+        return None
+    return sum(float(number) * _GO_UNITS[unit] for number, unit in _GO_DURATION_PART_RE.findall(text))
+
+
+def parse_duration(value: Any, where: str) -> float:
+    """Seconds from an ISO 8601 duration (`PT10S`), a Go duration (`1m30s`) or a number of seconds,
+    the forms AosEdge's Go reader accepts."""
+    seconds: float | None = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        seconds = _iso_duration_seconds(text)
+        if seconds is None:
+            seconds = _go_duration_seconds(text)
+    if seconds is None:
+        raise PackageError(f"{where}: {value!r} is not a duration", hint="use ISO 8601, e.g. PT1S, PT10S, PT1M")
+    if seconds < 0:
+        raise PackageError(f"{where}: a duration cannot be negative, got {value!r}")
+    return seconds
+
+
+class _Fields:
+    """Case-insensitive view of one JSON object, with typed getters that name the field on error."""
+
+    def __init__(self, data: Any, where: str) -> None:
+        if not isinstance(data, Mapping):
+            raise PackageError(f"{where}: expected a JSON object, got {type(data).__name__}")
+        self.where = where
+        self._items = {str(key).lower(): (str(key), value) for key, value in data.items()}
+
+    def raw(self, key: str) -> tuple[str, Any] | None:
+        found = self._items.get(key.lower())
+        if found is None or found[1] is None:
+            return None
+        return found
+
+    def path(self, key: str) -> str:
+        found = self._items.get(key.lower())
+        return f"{self.where}.{found[0] if found else key}"
+
+    def string(self, key: str) -> str | None:
+        found = self.raw(key)
+        if found is None:
+            return None
+        if not isinstance(found[1], str):
+            raise PackageError(f"{self.path(key)}: expected a string, got {found[1]!r}")
+        return found[1]
+
+    def strings(self, key: str) -> tuple[str, ...]:
+        found = self.raw(key)
+        if found is None:
+            return ()
+        if not isinstance(found[1], list) or not all(isinstance(item, str) for item in found[1]):
+            raise PackageError(f"{self.path(key)}: expected a list of strings, got {found[1]!r}")
+        return tuple(found[1])
+
+    def unsigned(self, key: str) -> int | None:
+        found = self.raw(key)
+        if found is None:
+            return None
+        value = found[1]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise PackageError(f"{self.path(key)}: expected an integer >= 0, got {value!r}")
+        return value
+
+    def boolean(self, key: str) -> bool:
+        found = self.raw(key)
+        if found is None:
+            return False
+        if not isinstance(found[1], bool):
+            raise PackageError(f"{self.path(key)}: expected true or false, got {found[1]!r}")
+        return found[1]
+
+    def object(self, key: str) -> _Fields | None:
+        found = self.raw(key)
+        return None if found is None else _Fields(found[1], self.path(key))
+
+
+def parse_image_config(data: Any, where: str) -> ImageConfig:
+    """The image config as AosEdge reads it; `os` must be linux."""
+    top = _Fields(data, where)
+    os_name = top.string("os") or ""
+    if os_name.lower() != "linux":
+        raise PackageError(f"{top.path('os')}: must be linux, got {os_name!r}",
+                           hint="AosEdge runs Linux images only; rebuild the package with os: linux")
+    config = top.object("config") or _Fields({}, top.path("config"))
+    image = ImageConfig(
+        os=os_name,
+        architecture=top.string("architecture") or "",
+        entrypoint=config.strings("Entrypoint"),
+        cmd=config.strings("Cmd"),
+        working_dir=config.string("WorkingDir") or "",
+        env=config.strings("Env"),
+    )
+    if not image.args:
+        raise PackageError(f"{config.where}: neither Entrypoint nor Cmd is set: nothing to run",
+                           hint="set cmd in the service's config.yaml")
+    if image.working_dir and not image.working_dir.startswith("/"):
+        raise PackageError(f"{config.path('WorkingDir')}: must be an absolute path, got {image.working_dir!r}")
+    for entry in image.env:
+        if "=" not in entry or not entry.split("=", 1)[0].strip():
+            raise PackageError(f"{config.path('Env')}: {entry!r} is not NAME=value")
+    return image
+
+
+def parse_service_config(data: Any, where: str) -> ServiceConfig:
+    """The Aos service config (reference §2.4); unknown keys are ignored as on AosEdge devices."""
+    top = _Fields(data, where)
+    hostname = top.string("hostname")
+    if hostname is not None and (len(hostname) > 64 or not _HOSTNAME_RE.match(hostname)):
+        raise PackageError(f"{top.path('hostname')}: {hostname!r} is not a valid host name",
+                           hint="use letters, digits, '-' and '.', at most 64 characters")
+    sysctl = top.raw("sysctl")
+    if sysctl is not None and (not isinstance(sysctl[1], Mapping)
+                               or not all(isinstance(v, str) for v in sysctl[1].values())):
+        raise PackageError(f"{top.path('sysctl')}: expected an object of string values, got {sysctl[1]!r}")
+    quotas = top.object("quotas") or _Fields({}, top.path("quotas"))
+    run = top.object("runParameters") or _Fields({}, top.path("runParameters"))
+    start_interval = run.raw("startInterval")
+    restart_interval = run.raw("restartInterval")
+    start_burst = run.unsigned("startBurst")
+    return ServiceConfig(
+        hostname=hostname,
+        sysctl=dict(sysctl[1]) if sysctl else {},
+        quotas=Quotas(
+            cpu_dmips_limit=quotas.unsigned("cpuDmipsLimit"),
+            cpu_percent_limit=quotas.unsigned("cpuLimit"),
+            ram_limit=quotas.unsigned("ramLimit"),
+            pids_limit=quotas.unsigned("pidsLimit"),
+            no_file_limit=quotas.unsigned("noFileLimit"),
+            tmp_limit=quotas.unsigned("tmpLimit"),
+            state_limit=quotas.unsigned("stateLimit"),
+            storage_limit=quotas.unsigned("storageLimit"),
+        ),
+        run_parameters=RunParameters(
+            start_interval=DEFAULT_START_INTERVAL if start_interval is None
+            else parse_duration(start_interval[1], run.path("startInterval")),
+            start_burst=DEFAULT_START_BURST if start_burst is None else start_burst,
+            restart_interval=DEFAULT_RESTART_INTERVAL if restart_interval is None
+            else parse_duration(restart_interval[1], run.path("restartInterval")),
+        ),
+        skip_resource_limits=top.boolean("skipResourceLimits"),
+    )

@@ -1,0 +1,108 @@
+"""The status of an instance as the runtime reports it, and its file on disk.
+
+The instance's supervisor is the only writer while it lives; it replaces `status.json`
+atomically and bumps `generation` on every change, so a poller sees each change once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from aos_operator.runtime.files import write_atomically
+from aos_operator.runtime.identity import InstanceIdentity
+
+
+class Phase(StrEnum):
+    PENDING = "Pending"  # accepted, rootfs and volumes being set up
+    STARTING = "Starting"  # runc is creating the container, or a restart is waiting for restartInterval
+    RUNNING = "Running"
+    FAILED = "Failed"  # gave up: start limit hit, or setup failed
+    STOPPED = "Stopped"  # stopped on request
+
+    @property
+    def terminal(self) -> bool:
+        return self in (Phase.FAILED, Phase.STOPPED)
+
+
+class Reason:
+    """Why a container ended or an instance is in its phase."""
+
+    COMPLETED = "Completed"  # exited 0
+    CRASHED = "Crashed"  # exited non-zero or died of a signal
+    OOM_KILLED = "OOMKilled"  # the memory cgroup's OOM killer killed a process of it
+    START_ERROR = "StartError"  # runc could not create or start it
+    KILLED = "Killed"  # killed by a stop request
+    CRASH_LOOP = "CrashLoop"  # more than startBurst starts within startInterval
+    SETUP_ERROR = "SetupError"  # rootfs, volumes or supervisor could not be set up
+    SUPERVISOR_LOST = "SupervisorLost"  # the supervisor process died; found by recover()
+    STOPPED = "Stopped"
+
+
+@dataclass(frozen=True)
+class Termination:
+    """How one run of the container ended."""
+
+    exit_code: int  # the exit status, or 128 + signal
+    reason: str
+    finished_at: float
+    signal: int | None = None
+    oom_kills: int = 0
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class InstanceStatus:
+    instance_id: str
+    identity: InstanceIdentity
+    package: str
+    phase: Phase = Phase.PENDING
+    reason: str | None = None
+    message: str = ""
+    starts: int = 0
+    restarts: int = 0
+    start_time: float | None = None  # of the current or last run (epoch seconds)
+    pid: int | None = None  # container init, host PID namespace
+    last_exit: Termination | None = None
+    generation: int = 0
+    # Sampled from the cgroup when the status is read; never stored.
+    cpu_millicores: float | None = field(default=None, compare=False)
+    ram_bytes: int | None = field(default=None, compare=False)
+
+    @property
+    def exit_code(self) -> int | None:
+        return None if self.last_exit is None else self.last_exit.exit_code
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["identity"] = self.identity.to_json()
+        data["phase"] = self.phase.value
+        data.pop("cpu_millicores")
+        data.pop("ram_bytes")
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> InstanceStatus:
+        values = dict(data)
+        values["identity"] = InstanceIdentity.from_json(values["identity"])
+        values["phase"] = Phase(values["phase"])
+        if values.get("last_exit"):
+            values["last_exit"] = Termination(**values["last_exit"])
+        return cls(**values)
+
+    def evolve(self, **changes: Any) -> InstanceStatus:
+        return replace(self, generation=self.generation + 1, **changes)
+
+
+def write_status(path: Path, status: InstanceStatus) -> None:
+    write_atomically(path, json.dumps(status.to_json(), sort_keys=True))
+
+
+def read_status(path: Path) -> InstanceStatus | None:
+    try:
+        return InstanceStatus.from_json(json.loads(path.read_text()))
+    except FileNotFoundError:
+        return None

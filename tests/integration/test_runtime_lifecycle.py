@@ -1,0 +1,268 @@
+"""Start, stop, restart policy, exit codes, status, logs, recovery and teardown (real runc, as root)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from runtime_helpers import assert_nothing_left, log_text, process_gone, wait_for_log, wait_for_status, wait_until
+
+from aos_operator.errors import RuntimeFailure
+from aos_operator.runtime import InstanceIdentity, InstanceStatus, Phase, Reason, Runtime, RuntimeConfig
+from aos_operator.runtime.runtime import SUPERVISOR_FILE
+
+pytestmark = pytest.mark.root  # runc, mounts, loop devices, cgroups
+
+PYTHON = "/usr/bin/python3"
+FAST_RESTARTS = {"startInterval": "PT30S", "startBurst": 3, "restartInterval": "PT0.2S"}
+
+
+def install(runtime: Runtime, make_package: Callable[..., Path], script: str, **service: object):
+    return runtime.install(make_package({"app/main.py": script}, cmd=[PYTHON, "-u", "/app/main.py"],
+                                        service_config=service))
+
+
+SLEEPER = "import time\nprint('up', flush=True)\ntime.sleep(3600)\n"
+
+
+def test_exit_code_and_restart_policy_gives_up_after_the_burst(runtime: Runtime,
+                                                              make_package: Callable[..., Path]) -> None:
+    package = install(runtime, make_package, "print('attempt', flush=True)\nraise SystemExit(7)\n",
+                      runParameters=FAST_RESTARTS)
+    identity = InstanceIdentity("svc-crash", "subject", 0)
+    runtime.start(identity, package)
+    status = wait_for_status(runtime, identity.instance_id, lambda s: s.phase == Phase.FAILED, what="Failed")
+    assert status.reason == Reason.CRASH_LOOP
+    assert (status.starts, status.restarts) == (3, 2)
+    assert status.last_exit is not None and status.last_exit.exit_code == 7
+    assert status.last_exit.reason == Reason.CRASHED and status.exit_code == 7
+    assert log_text(runtime, identity.instance_id).count("attempt") == 3
+    assert_nothing_left(runtime)
+
+
+def test_restarts_within_the_burst_then_keeps_running(runtime: Runtime, make_package: Callable[..., Path]) -> None:
+    script = """
+import os, time
+count = int(open("/storage/count").read()) + 1 if os.path.exists("/storage/count") else 1
+open("/storage/count", "w").write(str(count))
+print(f"run {count}", flush=True)
+if count < 3:
+    raise SystemExit(1)
+time.sleep(3600)
+"""
+    package = install(runtime, make_package, script, runParameters=FAST_RESTARTS,
+                      quotas={"storageLimit": 1 << 20})
+    identity = InstanceIdentity("svc-flaky", "subject", 0)
+    runtime.start(identity, package)
+    wait_for_log(runtime, identity.instance_id, "run 3")
+    status = wait_for_status(runtime, identity.instance_id, lambda s: s.phase == Phase.RUNNING, what="Running")
+    assert status.restarts == 2 and status.last_exit is not None and status.last_exit.exit_code == 1
+
+
+def test_restart_after_interval_with_aosedge_defaults_when_not_configured(runtime: Runtime,
+                                                                         make_package: Callable[..., Path]) -> None:
+    package = install(runtime, make_package, "print('once', flush=True)\n")
+    identity = InstanceIdentity("svc-defaults", "subject", 0)
+    runtime.start(identity, package)
+    # Restart=always: a clean exit is restarted too, after restartInterval (1 s).
+    status = wait_for_status(runtime, identity.instance_id, lambda s: s.starts >= 2, what="a second start")
+    assert status.last_exit is not None and status.last_exit.reason == Reason.COMPLETED
+    assert package.service_config.run_parameters.restart_interval == 1.0
+
+
+def test_no_restart_mode_ends_with_the_exit(runtime: Runtime, make_package: Callable[..., Path]) -> None:
+    package = install(runtime, make_package, "print('bye', flush=True)\n")
+    identity = InstanceIdentity("svc-once", "subject", 0)
+    status = runtime.start(identity, package, restart=False)
+    status = wait_for_status(runtime, identity.instance_id, lambda s: s.phase.terminal, what="the end")
+    assert (status.phase, status.reason, status.exit_code, status.starts) == (Phase.STOPPED, Reason.COMPLETED, 0, 1)
+    assert_nothing_left(runtime)
+
+
+def test_stop_kills_and_removes_everything_but_the_data(runtime: Runtime, make_package: Callable[..., Path]) -> None:
+    package = install(runtime, make_package, SLEEPER, quotas={"storageLimit": 1 << 20, "stateLimit": 4096,
+                                                              "tmpLimit": 65536})
+    identity = InstanceIdentity("svc-stop", "subject", 0)
+    started = runtime.start(identity, package)
+    assert started.phase == Phase.RUNNING and started.pid
+    wait_for_log(runtime, identity.instance_id, "up")
+    stopped = runtime.stop(identity.instance_id)
+    assert (stopped.phase, stopped.reason) == (Phase.STOPPED, Reason.STOPPED)
+    assert stopped.last_exit is not None and stopped.last_exit.exit_code == 137  # SIGKILL, as AosEdge
+    assert stopped.last_exit.reason == Reason.KILLED
+    assert process_gone(started.pid)
+    assert_nothing_left(runtime)
+    data = runtime.data_dir(identity.instance_id)
+    assert (data / "storage.img").exists() and (data / "state.img").exists()
+    assert runtime.stop(identity.instance_id).phase == Phase.STOPPED  # stopping twice is fine
+
+
+def test_start_is_idempotent_and_refuses_another_package(runtime: Runtime, make_package: Callable[..., Path]) -> None:
+    package = install(runtime, make_package, SLEEPER)
+    other = install(runtime, make_package, SLEEPER + "# other\n")
+    identity = InstanceIdentity("svc-idem", "subject", 0)
+    first = runtime.start(identity, package)
+    again = runtime.start(identity, package)
+    assert again.pid == first.pid and again.starts == 1
+    assert len(runtime.runc.list()) == 1
+    with pytest.raises(RuntimeFailure, match="already runs package"):
+        runtime.start(identity, other)
+
+
+def test_instances_share_the_layer_get_own_uids_and_one_gid(runtime: Runtime,
+                                                            make_package: Callable[..., Path]) -> None:
+    script = "import os, time\nprint(f'ids {os.getuid()} {os.getgid()}', flush=True)\ntime.sleep(3600)\n"
+    package = install(runtime, make_package, script)
+    ids = []
+    for index in range(3):
+        identity = InstanceIdentity("svc-many", "subject", index)
+        runtime.start(identity, package)
+        line = next(line for line in wait_for_log(runtime, identity.instance_id, "ids ").splitlines()
+                    if line.startswith("ids "))
+        ids.append(tuple(int(value) for value in line.split()[1:]))
+    assert len({uid for uid, _ in ids}) == 3 and len({gid for _, gid in ids}) == 1
+    assert len(runtime.runc.list()) == 3
+    assert [p.name for p in runtime.packages.layers.root.iterdir()] == [package.layer_path.name]
+    runtime.cleanup()
+    assert_nothing_left(runtime)
+
+
+def test_status_changes_are_observable(runtime: Runtime, make_package: Callable[..., Path]) -> None:
+    package = install(runtime, make_package, SLEEPER)
+    identity = InstanceIdentity("svc-watch", "subject", 0)
+    seen: list[InstanceStatus] = []
+    stopped = threading.Event()
+
+    def on_change(status: InstanceStatus) -> None:
+        seen.append(status)
+        if status.phase == Phase.STOPPED:
+            stopped.set()
+
+    watcher = runtime.watch(on_change, interval=0.02)
+    try:
+        runtime.start(identity, package)
+        wait_until(lambda: any(s.phase == Phase.RUNNING for s in seen), what="Running seen")
+        runtime.stop(identity.instance_id)
+        assert stopped.wait(10)
+    finally:
+        watcher.close()
+    phases = [s.phase for s in seen]
+    assert phases[-1] == Phase.STOPPED and Phase.RUNNING in phases
+    assert phases.index(Phase.RUNNING) < phases.index(Phase.STOPPED)
+    generations = [s.generation for s in seen]
+    assert generations == sorted(set(generations))  # each change once, in order
+
+
+def test_log_is_capped(runtime: Runtime, make_package: Callable[..., Path]) -> None:
+    script = ("import time\nfor n in range(20000):\n    print(f'line {n:05d} ' + 'x' * 40)\n"
+              "print('end', flush=True)\ntime.sleep(3600)\n")
+    package = install(runtime, make_package, script)
+    identity = InstanceIdentity("svc-chatty", "subject", 0)
+    runtime.start(identity, package)
+    text = wait_for_log(runtime, identity.instance_id, "end")
+    log = runtime.log_path(identity.instance_id)
+    cap = runtime.config.log_max_bytes
+    assert log.stat().st_size <= cap and log.with_name("service.log.1").stat().st_size <= cap
+    assert "line 19999" in text and "line 00000" not in text  # ~1 MB written, only the newest kept
+
+
+STARTER = """
+import json, sys
+from pathlib import Path
+from aos_operator.runtime import InstanceIdentity, Runtime, RuntimeConfig
+options = json.loads(sys.argv[1])
+runtime = Runtime(RuntimeConfig(state_root=Path(options["state_root"]), run_root=Path(options["run_root"]),
+                                cgroup_parent=options["cgroup_parent"]))
+pids = {}
+for index in range(2):
+    status = runtime.start(InstanceIdentity("svc-recover", "subject", index), options["package"])
+    pids[status.instance_id] = status.pid
+print(json.dumps(pids))
+"""
+
+
+def test_recovery_after_the_runtime_process_exits(runtime: Runtime, make_package: Callable[..., Path]) -> None:
+    """Another process starts two instances and exits; this one adopts them, without duplicates."""
+    package = install(runtime, make_package, SLEEPER)
+    config = runtime.config
+    options = {"state_root": str(config.state_root), "run_root": str(config.run_root),
+               "cgroup_parent": config.cgroup_parent, "package": package.digest}
+    starter = subprocess.run([sys.executable, "-c", STARTER, json.dumps(options)], capture_output=True, text=True,
+                             check=True, timeout=120)
+    pids = json.loads(starter.stdout)
+    assert all(pid and not process_gone(pid) for pid in pids.values())  # outlived the process that started them
+
+    recovered = {status.instance_id: status for status in runtime.recover()}
+    assert {i: s.pid for i, s in recovered.items()} == pids
+    assert all(s.phase == Phase.RUNNING for s in recovered.values())
+    assert sorted(c["id"] for c in runtime.runc.list()) == sorted(pids)
+    for index in range(2):
+        identity = InstanceIdentity("svc-recover", "subject", index)
+        assert runtime.start(identity, package).pid == pids[identity.instance_id]  # no second container
+    assert len(runtime.runc.list()) == 2
+    runtime.cleanup()
+    assert_nothing_left(runtime)
+
+
+def test_recovery_restarts_an_instance_whose_supervisor_died(runtime: Runtime,
+                                                             make_package: Callable[..., Path]) -> None:
+    package = install(runtime, make_package, SLEEPER)
+    identity = InstanceIdentity("svc-orphan", "subject", 0)
+    first = runtime.start(identity, package)
+    record = (runtime.data_dir(identity.instance_id) / SUPERVISOR_FILE).read_text()
+    supervisor_pid = int(record.split('"pid": ')[1].split(",")[0])
+    os.kill(supervisor_pid, signal.SIGKILL)
+    wait_until(lambda: runtime.status(identity.instance_id).reason == Reason.SUPERVISOR_LOST, what="lost")
+
+    again = Runtime(runtime.config)
+    again.recover()
+    status = wait_for_status(again, identity.instance_id, lambda s: s.phase == Phase.RUNNING and s.pid != first.pid,
+                             what="a new run")
+    assert status.starts == 2
+    wait_until(lambda: process_gone(first.pid), what="the old container process to go")
+    assert [c["id"] for c in again.runc.list()] == [identity.instance_id]
+    again.cleanup()
+    assert_nothing_left(again)
+
+
+def test_remove_deletes_data_and_releases_the_uid(runtime: Runtime, make_package: Callable[..., Path]) -> None:
+    package = install(runtime, make_package, SLEEPER, quotas={"storageLimit": 1 << 20})
+    identity = InstanceIdentity("svc-remove", "subject", 0)
+    runtime.start(identity, package)
+    runtime.remove(identity.instance_id)
+    assert not runtime.data_dir(identity.instance_id).exists()
+    assert runtime.list() == []
+    assert_nothing_left(runtime)
+    with pytest.raises(RuntimeFailure, match="no instance"):
+        runtime.status(identity.instance_id)
+
+
+def test_setup_failure_is_reported_and_leaves_nothing(runtime_config: RuntimeConfig,
+                                                      make_package: Callable[..., Path]) -> None:
+    broken = Runtime(replace(runtime_config, base_path="/nonexistent-base"))
+    package = install(broken, make_package, SLEEPER)
+    identity = InstanceIdentity("svc-broken", "subject", 0)
+    with pytest.raises(RuntimeFailure, match="setup failed: base file system /nonexistent-base: not a directory"):
+        broken.start(identity, package)
+    status = broken.status(identity.instance_id)
+    assert (status.phase, status.reason) == (Phase.FAILED, Reason.SETUP_ERROR)
+    assert_nothing_left(broken)
+
+
+def test_start_error_of_a_missing_executable(runtime: Runtime, make_package: Callable[..., Path]) -> None:
+    package = runtime.install(make_package({"app/x": "x"}, cmd=["/app/no-such-binary"],
+                                           service_config={"runParameters": {**FAST_RESTARTS, "startBurst": 2}}))
+    identity = InstanceIdentity("svc-nobin", "subject", 0)
+    runtime.start(identity, package)
+    status = wait_for_status(runtime, identity.instance_id, lambda s: s.phase == Phase.FAILED, what="Failed")
+    assert status.reason == Reason.CRASH_LOOP and status.last_exit is not None
+    assert status.last_exit.reason == Reason.START_ERROR and "no-such-binary" in status.last_exit.message
+    assert_nothing_left(runtime)

@@ -1,0 +1,83 @@
+"""Test service packages, written with Python's tarfile and gzip.
+
+build_test_package() writes a package directory as AosEdge devices receive it (manifest.json with
+an aosService descriptor + blobs/sha256/<hex>). It stands in for the image room's package builder
+until that lands; the lead swaps it for the real builder. Used by the runtime tests and
+benchmarks/run.py.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+FileContent = bytes | str | tuple[bytes | str, int]  # content, or (content, mode)
+ExtraMember = tuple[tarfile.TarInfo, bytes | None]
+
+
+def _blob(directory: Path, data: bytes) -> dict[str, Any]:
+    digest = hashlib.sha256(data).hexdigest()
+    blobs = directory / "blobs" / "sha256"
+    blobs.mkdir(parents=True, exist_ok=True)
+    (blobs / digest).write_bytes(data)
+    return {"digest": f"sha256:{digest}", "size": len(data)}
+
+
+def build_test_layer(files: Mapping[str, FileContent], extra_members: Sequence[ExtraMember] = ()) -> bytes:
+    """A tar of `files` (parents added as directories), then `extra_members` as given (hostile ones too)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        directories: set[str] = set()
+        for path in sorted(files):
+            parts = path.strip("/").split("/")
+            for depth in range(1, len(parts)):
+                directory = "/".join(parts[:depth])
+                if directory not in directories:
+                    directories.add(directory)
+                    info = tarfile.TarInfo(directory)
+                    info.type, info.mode = tarfile.DIRTYPE, 0o755
+                    tar.addfile(info)
+            content = files[path]
+            data, mode = content if isinstance(content, tuple) else (content, 0o644)
+            raw = data.encode() if isinstance(data, str) else data
+            info = tarfile.TarInfo(path.strip("/"))
+            info.size, info.mode = len(raw), mode
+            tar.addfile(info, io.BytesIO(raw))
+        for info, data in extra_members:
+            tar.addfile(info, io.BytesIO(data) if data is not None else None)
+    return buffer.getvalue()
+
+
+def build_test_package(directory: Path, files: Mapping[str, FileContent] | None = None, *,
+                       cmd: Sequence[str], entrypoint: Sequence[str] = (), env: Sequence[str] = (),
+                       working_dir: str = "", service_config: Mapping[str, Any] | None = None,
+                       image_os: str = "linux", extra_members: Sequence[ExtraMember] = (),
+                       layer: bytes | None = None) -> Path:
+    """Write a test package into `directory`; returns it."""
+    directory.mkdir(parents=True, exist_ok=True)
+    tar = layer if layer is not None else build_test_layer(files or {}, extra_members)
+    compressed = gzip.compress(tar, mtime=0)
+    image_config = {
+        "architecture": "amd64", "os": image_os,
+        "config": {"Cmd": list(cmd), "Entrypoint": list(entrypoint) or None, "Env": list(env),
+                   "WorkingDir": working_dir},
+        "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(tar).hexdigest()}"]},
+    }
+    config = _blob(directory, json.dumps(image_config).encode())
+    service = _blob(directory, json.dumps(dict(service_config or {})).encode())
+    layer_descriptor = _blob(directory, compressed)
+    manifest = {
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+        "aosService": {"mediaType": "application/vnd.aos.service.config.v1+json", **service},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **layer_descriptor}],
+    }
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return directory

@@ -1,0 +1,33 @@
+"""The pure parts of rootfs assembly: what to hide, which mount points, hosts and resolv.conf."""
+
+from __future__ import annotations
+
+from aos_operator.runtime.rootfs import hosts_file, mount_points, resolv_conf, whiteout_names
+
+
+def test_everything_but_the_visible_entries_is_hidden() -> None:
+    entries = ["bin", "boot", "etc", "home", "lib", "lib64", "proc", "run", "sbin", "tmp", "usr", "var", "work"]
+    assert whiteout_names(entries, ["bin", "sbin", "lib", "lib64", "usr"]) == \
+        ["boot", "etc", "home", "proc", "run", "tmp", "var", "work"]
+
+
+def test_mount_points_for_every_mount_and_the_cwd() -> None:
+    spec = {
+        "process": {"cwd": "/app/work"},
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc"},
+            {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "mode=1777"]},
+            {"destination": "/storage", "type": "bind", "source": "/host/dir"},
+            {"destination": "/state.dat", "type": "bind", "source": "/host/file"},
+        ],
+    }
+    points = mount_points(spec, lambda source: source == "/host/dir")
+    assert points == [("app/work", True, 0o755), ("proc", True, 0o755), ("state.dat", False, 0o644),
+                      ("storage", True, 0o755), ("tmp", True, 0o1777)]
+
+
+def test_hosts_and_resolv_conf() -> None:
+    assert hosts_file(None) == "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    assert hosts_file("svc").endswith("127.0.1.1\tsvc\n")
+    assert resolv_conf(["10.0.0.1", "1.1.1.1"]) == "nameserver 10.0.0.1\nnameserver 1.1.1.1\n"
+    assert resolv_conf([]) == ""
