@@ -5,8 +5,8 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SIGNER_VENVS := .cache/signer
 # System packages the tests and the demo use: runc runs services, docker-registry is the
-# real OCI registry, skopeo and umoci check our OCI output.
-APT_PACKAGES := runc umoci skopeo docker-registry busybox-static pigz
+# real OCI registry, skopeo and umoci check our OCI output; shellcheck lints tests/kind/e2e.sh.
+APT_PACKAGES := runc umoci skopeo docker-registry busybox-static pigz shellcheck
 
 .PHONY: all system-deps venv test test-fast demo bench crds manifests clean
 
@@ -51,6 +51,12 @@ demo: system-deps venv
 
 crds: venv
 	$(BIN)/aosctl crds --output crds
+	cp crds/*.yaml charts/aos-operator/crds/
+	$(BIN)/python -m tools.chart_manifests
+
+# manifests/install.yaml: the Helm chart rendered with its defaults, for `kubectl apply -f`.
+manifests: venv
+	$(BIN)/python -m tools.chart_manifests
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache build *.egg-info operator/*.egg-info
