@@ -25,9 +25,10 @@ LABEL org.opencontainers.image.title="aos-operator" \
 # hadolint ignore=DL3008
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install --yes --no-install-recommends runc \
+    && apt-get clean \
     && rm -rf /var/lib/apt/lists/* \
-    && groupadd --system --gid 10001 aos \
-    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+    && groupadd --gid 10001 aos \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
         --shell /usr/sbin/nologin aos
 COPY --from=build /opt/aos /opt/aos
 ENV PATH=/opt/aos/bin:$PATH \
