@@ -48,6 +48,7 @@ test-fast: venv
 
 demo: system-deps venv
 	$(BIN)/aosctl validate examples/hello-world
+	$(BIN)/aosctl build examples/hello-world -o out/hello-world.tar
 
 crds: venv
 	$(BIN)/aosctl crds --output crds
@@ -57,6 +58,10 @@ crds: venv
 # manifests/install.yaml: the Helm chart rendered with its defaults, for `kubectl apply -f`.
 manifests: venv
 	$(BIN)/python -m tools.chart_manifests
+
+# Speed of the package build against tar|gzip, tar|pigz and umoci (one run; prints ratios).
+bench: system-deps venv
+	$(BIN)/python benchmarks/build.py
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache build *.egg-info operator/*.egg-info

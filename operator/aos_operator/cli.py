@@ -7,14 +7,34 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from aos_operator import __version__
-from aos_operator.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_INVALID, EXIT_OK, EXIT_UNREADABLE, AosError
-from aos_operator.service import ConfigResult, ServiceDescription, image_config, read_config, service_config
+from aos_operator.errors import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_INVALID,
+    EXIT_OK,
+    EXIT_UNREADABLE,
+    AosError,
+    InputError,
+)
+from aos_operator.image import BuildResult, Progress, open_package
+from aos_operator.packaging import build_service, pull_package, push_package, registry_client, source_folder
+from aos_operator.registry import RegistryClient
+from aos_operator.service import (
+    ConfigResult,
+    ServiceDescription,
+    image_config,
+    load_service,
+    read_config,
+    service_config,
+)
+from aos_operator.service.description import Image
 from aos_operator.service.schema import config_json_schema
 from aos_operator.service.units import human_bytes
 
@@ -108,6 +128,125 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# --- build, push, pull ---------------------------------------------------------------------------
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "aosctl" / "build"
+
+
+class ProgressBar:
+    """A one-line progress bar on stderr, drawn only when stderr is a terminal."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.drawn = False
+
+    def __call__(self, progress: Progress) -> None:
+        if not self.enabled:
+            return
+        if progress.total_bytes:
+            fraction = min(progress.done_bytes / progress.total_bytes, 1.0)
+            bar = "#" * int(fraction * 30)
+            text = f"{progress.phase:6} [{bar:<30}] {human_bytes(progress.done_bytes)} / {human_bytes(progress.total_bytes)}"
+        else:
+            text = f"{progress.phase:6} {progress.done_files} files"
+        sys.stderr.write("\r" + text.ljust(78)[:78])
+        sys.stderr.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.drawn:
+            sys.stderr.write("\r" + " " * 78 + "\r")
+            sys.stderr.flush()
+
+
+def _load_for_build(path: Path, item: str | None) -> tuple[ServiceDescription, ConfigResult]:
+    service, result = load_service(path, item=item)
+    for issue in result.warnings:
+        print(issue.render(), file=sys.stderr)
+    return service, result
+
+
+def _build(args: argparse.Namespace, *, archive: Path | None, oci_layout: Path | None) -> BuildResult:
+    service, result = _load_for_build(Path(args.path), args.item)
+    image = _image(service, args.arch)
+    source = source_folder(service, image, result.base_dir or Path(args.path))
+    bar = ProgressBar(sys.stderr.isatty() and not args.quiet)
+    try:
+        built = build_service(
+            service,
+            source,
+            architecture=image.platform.architecture,
+            archive=archive,
+            oci_layout=oci_layout,
+            tag=getattr(args, "tag", None),
+            cache_dir=None if args.no_cache else Path(args.cache_dir or default_cache_dir()),
+            progress=bar,
+        )
+    finally:
+        bar.close()
+    for warning in built.warnings:
+        print(f"aosctl: warning: {warning}", file=sys.stderr)
+    return built
+
+
+def _image(service: ServiceDescription, architecture: str | None) -> Image:
+    try:
+        return service.image_for(architecture)
+    except LookupError as error:
+        raise InputError(str(error), hint="choose one with --arch") from None
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    archive = Path(args.output) if args.output else None
+    oci_layout = Path(args.oci_layout) if args.oci_layout else None
+    if archive is None and oci_layout is None:
+        service, _ = load_service(path, item=args.item)
+        archive = Path(f"{(service.name or path.resolve().name)}-{service.version}.tar")
+    built = _build(args, archive=archive, oci_layout=oci_layout)
+    if not args.quiet:
+        for output in (built.archive, built.oci_layout):
+            if output is not None:
+                print(f"wrote {output}", file=sys.stderr)
+        cached = " (layer from cache)" if built.layer_from_cache else ""
+        print(f"layer {built.layer.digest} {human_bytes(built.layer.size)}{cached}", file=sys.stderr)
+    print(built.manifest_digest)
+    return EXIT_OK
+
+
+def _registry(args: argparse.Namespace) -> RegistryClient:
+    return registry_client(
+        insecure=args.insecure,
+        ca_file=Path(args.ca) if args.ca else None,
+        auth_file=Path(args.auth) if args.auth else None,
+    )
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    with tempfile.TemporaryDirectory(prefix="aosctl-push-") as scratch:
+        if path.is_dir() and not (path / "manifest.json").exists() and not (path / "oci-layout").exists():
+            built = _build(args, archive=None, oci_layout=Path(scratch) / "layout")
+            package = open_package(built.oci_layout)  # type: ignore[arg-type]
+        else:
+            package = open_package(path)
+        with _registry(args) as client:
+            digest = push_package(client, package, args.reference)
+    print(f"{args.reference.split('@')[0]}@{digest}")
+    return EXIT_OK
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    with _registry(args) as client:
+        digest, output = pull_package(client, args.reference, Path(args.output))
+    print(f"wrote {output}", file=sys.stderr)
+    print(digest)
+    return EXIT_OK
+
+
 def cmd_crds(args: argparse.Namespace) -> int:
     from aos_operator.api import crds
 
@@ -145,6 +284,48 @@ def _parser() -> argparse.ArgumentParser:
     schema = commands.add_parser("schema", help="print JSON Schemas for editors")
     schema.add_argument("kind", choices=["config"], help="config: config.yaml (both schema versions)")
     schema.set_defaults(func=cmd_schema)
+
+    def build_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--item", metavar="CODENAME", help="the service item of a schema-version-2 config")
+        command.add_argument("--arch", metavar="ARCH", help="the image's architecture when there are several")
+        command.add_argument("--cache-dir", metavar="DIR", help=f"build cache (default {default_cache_dir()})")
+        command.add_argument("--no-cache", action="store_true", help="build without the cache")
+        command.add_argument("--quiet", "-q", action="store_true", help="print only the digest")
+
+    def registry_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--insecure", action="store_true", help="plain HTTP to the registry (loopback is allowed anyway)")
+        command.add_argument("--ca", metavar="FILE", help="CA bundle for the registry's TLS certificate")
+        command.add_argument("--auth", metavar="FILE", help="docker config.json with registry credentials")
+
+    build = commands.add_parser(
+        "build",
+        help="build a service's OCI package, reproducibly",
+        description="Build the AosEdge service package (manifest.json + blobs) of a service directory "
+        "and print its manifest digest. The same inputs give the same bytes (SOURCE_DATE_EPOCH sets the time).",
+    )
+    build.add_argument("path", metavar="DIR", help="service directory (meta/config.yaml + src/) or config.yaml")
+    build.add_argument("-o", "--output", metavar="FILE.tar", help="the package archive, as devices receive it")
+    build.add_argument("--oci-layout", metavar="DIR", help="also (or instead) write an OCI image layout")
+    build.add_argument("--tag", help="tag recorded in the OCI layout's index")
+    build_options(build)
+    build.set_defaults(func=cmd_build)
+
+    push = commands.add_parser(
+        "push", help="push a package (building it from a service directory) to an OCI registry",
+        description="Push a package archive, package directory or OCI layout to REF; a service directory is "
+        "built first. Prints REF@sha256:... Blobs the registry has are skipped.",
+    )
+    push.add_argument("path", metavar="DIR|ARCHIVE", help="service directory, package archive or directory, OCI layout")
+    push.add_argument("reference", metavar="REF", help="registry/repository:tag, e.g. localhost:5000/aos/hello:1.0.0")
+    build_options(push)
+    registry_options(push)
+    push.set_defaults(func=cmd_push)
+
+    pull = commands.add_parser("pull", help="pull a package from an OCI registry, verified")
+    pull.add_argument("reference", metavar="REF", help="registry/repository:tag or registry/repository@sha256:...")
+    pull.add_argument("-o", "--output", metavar="DIR|FILE.tar", required=True, help="package directory, or archive")
+    registry_options(pull)
+    pull.set_defaults(func=cmd_pull)
 
     crds = commands.add_parser("crds", help="print or write the CustomResourceDefinitions")
     crds.add_argument("--output", "-o", metavar="DIR", help="write one YAML file per CRD into DIR")

@@ -75,7 +75,6 @@ def test_schema_version_1_image_config() -> None:
     service = full_v1()
     document = image_config(service, service.image_for("arm64"))
     assert document == {
-        "created": "1970-01-01T00:00:00Z",
         "architecture": "arm64",
         "os": "linux",
         "author": "Jane Doe <jane@example.com>",

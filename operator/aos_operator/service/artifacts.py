@@ -34,8 +34,8 @@ def rfc3339(epoch: int) -> str:
     return datetime.fromtimestamp(epoch, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def image_config(service: ServiceDescription, image: Image, *, created_epoch: int = 0) -> dict[str, Any]:
-    """The OCI image config without `rootfs`, which the image builder fills from the layer."""
+def image_config(service: ServiceDescription, image: Image) -> dict[str, Any]:
+    """The OCI image config without `rootfs` and `created`, which the image build fills in."""
     config: dict[str, Any] = {"Cmd": list(image.command)}
     if image.working_dir:
         config["WorkingDir"] = image.working_dir
@@ -44,7 +44,6 @@ def image_config(service: ServiceDescription, image: Image, *, created_epoch: in
     if service.exposed_ports:
         config["ExposedPorts"] = {port: {} for port in service.exposed_ports}
     document: dict[str, Any] = {
-        "created": rfc3339(created_epoch),
         "architecture": image.platform.architecture,
         "os": image.platform.os,
         "config": config,

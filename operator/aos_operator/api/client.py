@@ -1,0 +1,177 @@
+"""A small synchronous client for the project's resources and the few core ones it touches.
+
+Built on the official `kubernetes` client. The agent calls it from its threads; the operator,
+which runs on kopf's event loop, calls it through `asyncio.to_thread`. Every call sends a
+User-Agent that names the component, so API traffic can be told apart.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import kubernetes
+from kubernetes.client.exceptions import ApiException
+
+from aos_operator.api.models import GROUP, VERSION, Kind
+
+
+@dataclass(frozen=True)
+class Connection:
+    """Where the API server is: an explicit URL (tests, benchmarks), in-cluster, or kubeconfig."""
+
+    server: str | None = None
+    kubeconfig: str | None = None
+
+    def configuration(self) -> kubernetes.client.Configuration:
+        if self.server:
+            configuration = kubernetes.client.Configuration()
+            configuration.host = self.server.rstrip("/")
+            return configuration
+        configuration = kubernetes.client.Configuration()
+        if os.environ.get("KUBERNETES_SERVICE_HOST") and not self.kubeconfig:
+            kubernetes.config.load_incluster_config(client_configuration=configuration)
+        else:
+            kubernetes.config.load_kube_config(config_file=self.kubeconfig, client_configuration=configuration)
+        return configuration
+
+
+def is_not_found(error: BaseException) -> bool:
+    return isinstance(error, ApiException) and error.status == 404
+
+
+def is_conflict(error: BaseException) -> bool:
+    return isinstance(error, ApiException) and error.status == 409
+
+
+class KubeClient:
+    def __init__(self, connection: Connection, user_agent: str, timeout: float = 30.0) -> None:
+        configuration = connection.configuration()
+        self.api = kubernetes.client.ApiClient(configuration)
+        self.api.user_agent = user_agent
+        self.custom = kubernetes.client.CustomObjectsApi(self.api)
+        self.core = kubernetes.client.CoreV1Api(self.api)
+        self.timeout = timeout
+
+    def close(self) -> None:
+        self.api.close()
+
+    # --- custom resources ---------------------------------------------------------------------
+
+    def get(self, kind: Kind, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+        try:
+            if kind.namespaced:
+                return self.custom.get_namespaced_custom_object(
+                    GROUP, VERSION, namespace, kind.plural, name, _request_timeout=self.timeout
+                )
+            return self.custom.get_cluster_custom_object(GROUP, VERSION, kind.plural, name, _request_timeout=self.timeout)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def list(
+        self, kind: Kind, namespace: str | None = None, label_selector: str | None = None
+    ) -> tuple[list[dict[str, Any]], str | None]:
+        options: dict[str, Any] = {"_request_timeout": self.timeout}
+        if label_selector:
+            options["label_selector"] = label_selector
+        if kind.namespaced and namespace:
+            result = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, kind.plural, **options)
+        else:
+            result = self.custom.list_cluster_custom_object(GROUP, VERSION, kind.plural, **options)
+        return list(result.get("items") or []), (result.get("metadata") or {}).get("resourceVersion")
+
+    def create(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
+        if kind.namespaced:
+            namespace = body["metadata"]["namespace"]
+            return self.custom.create_namespaced_custom_object(
+                GROUP, VERSION, namespace, kind.plural, body, _request_timeout=self.timeout
+            )
+        return self.custom.create_cluster_custom_object(GROUP, VERSION, kind.plural, body, _request_timeout=self.timeout)
+
+    def patch(
+        self, kind: Kind, name: str, patch: Any, namespace: str | None = None, *, status: bool = False
+    ) -> dict[str, Any]:
+        """A merge patch (a dict) or a JSON patch (a list), of the object or of its status."""
+        content_type = "application/json-patch+json" if isinstance(patch, list) else "application/merge-patch+json"
+        path = self._path(kind, name, namespace) + ("/status" if status else "")
+        response = self.api.call_api(
+            path,
+            "PATCH",
+            header_params={"Content-Type": content_type, "Accept": "application/json"},
+            body=patch,
+            response_type="object",
+            auth_settings=["BearerToken"],
+            _request_timeout=self.timeout,
+            _return_http_data_only=True,
+        )
+        return response  # type: ignore[no-any-return]
+
+    def delete(self, kind: Kind, name: str, namespace: str | None = None) -> bool:
+        """Delete; False when it was already gone."""
+        try:
+            if kind.namespaced:
+                self.custom.delete_namespaced_custom_object(
+                    GROUP, VERSION, namespace, kind.plural, name, _request_timeout=self.timeout
+                )
+            else:
+                self.custom.delete_cluster_custom_object(GROUP, VERSION, kind.plural, name, _request_timeout=self.timeout)
+            return True
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+
+    def watch(
+        self,
+        kind: Kind,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        resource_version: str | None = None,
+        timeout_seconds: int = 300,
+    ) -> Iterator[dict[str, Any]]:
+        """Events ({type, object}) until the server ends the stream."""
+        watcher = kubernetes.watch.Watch()
+        options: dict[str, Any] = {"timeout_seconds": timeout_seconds, "allow_watch_bookmarks": True}
+        if label_selector:
+            options["label_selector"] = label_selector
+        if resource_version:
+            options["resource_version"] = resource_version
+        if kind.namespaced and namespace:
+            stream = watcher.stream(
+                self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, kind.plural, **options
+            )
+        else:
+            stream = watcher.stream(self.custom.list_cluster_custom_object, GROUP, VERSION, kind.plural, **options)
+        try:
+            yield from stream
+        finally:
+            watcher.stop()
+
+    def _path(self, kind: Kind, name: str, namespace: str | None) -> str:
+        if kind.namespaced:
+            return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{kind.plural}/{name}"
+        return f"/apis/{GROUP}/{VERSION}/{kind.plural}/{name}"
+
+    # --- core resources -----------------------------------------------------------------------
+
+    def config_map(self, name: str, namespace: str) -> dict[str, Any] | None:
+        try:
+            result = self.core.read_namespaced_config_map(name, namespace, _request_timeout=self.timeout)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+        return self.api.sanitize_for_serialization(result)  # type: ignore[no-any-return]
+
+    def node_labels(self, name: str) -> dict[str, str] | None:
+        try:
+            node = self.core.read_node(name, _request_timeout=self.timeout)
+        except ApiException as error:
+            if error.status in (403, 404):
+                return None
+            raise
+        return dict(node.metadata.labels or {})

@@ -1,0 +1,1 @@
+"""The kopf operator: AosService -> build, push, placement of AosServiceInstances, status."""

@@ -1,0 +1,214 @@
+"""Placement: which AosServiceInstances should exist for a service, and what to change to get there.
+
+Pure: it reads views of the service, the devices and the existing instances and returns a plan.
+A device gets instances when it matches the selector, is Ready and schedulable, has the
+architecture of one of the service's images and a runner the service accepts. A device that
+stops being Ready keeps its instances (it may be offline for a while: edge autonomy); a device
+that leaves the selector or is deleted loses them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from aos_operator.api import naming
+from aos_operator.api.models import (
+    API_VERSION,
+    FINALIZER_OPERATOR,
+    LABEL_DEVICE,
+    LABEL_INDEX,
+    LABEL_SERVICE,
+    LabelSelector,
+)
+from aos_operator.api.selectors import matches
+
+# AosEdge's rule: a device that declares no runners accepts services that allow runc or crun.
+DEFAULT_DEVICE_RUNNERS = ("runc", "crun")
+
+
+@dataclass(frozen=True)
+class DeviceView:
+    name: str
+    labels: Mapping[str, str]
+    ready: bool
+    architecture: str | None
+    runners: tuple[str, ...] = ()
+    unschedulable: bool = False
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> DeviceView:
+        status = body.get("status") or {}
+        conditions = status.get("conditions") or []
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+        return cls(
+            name=body["metadata"]["name"],
+            labels=dict(body["metadata"].get("labels") or {}),
+            ready=ready,
+            architecture=status.get("architecture"),
+            runners=tuple(status.get("runners") or ()),
+            unschedulable=bool((body.get("spec") or {}).get("unschedulable")),
+        )
+
+    def fingerprint(self) -> tuple[Any, ...]:
+        """What placement depends on; heartbeats that change nothing else do not matter."""
+        return (tuple(sorted(self.labels.items())), self.ready, self.architecture, self.runners, self.unschedulable)
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    name: str
+    device: str
+    index: int
+    digest: str | None
+    deleting: bool
+    phase: str | None = None
+    running_digest: str | None = None
+    reason: str | None = None
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> InstanceView:
+        spec = body.get("spec") or {}
+        status = body.get("status") or {}
+        return cls(
+            name=body["metadata"]["name"],
+            device=spec.get("device", ""),
+            index=int(spec.get("index", 0)),
+            digest=(spec.get("image") or {}).get("digest"),
+            deleting=bool(body["metadata"].get("deletionTimestamp")),
+            phase=status.get("phase"),
+            running_digest=status.get("imageDigest"),
+            reason=status.get("reason"),
+        )
+
+
+@dataclass(frozen=True)
+class PackageRef:
+    repository: str  # registry/repository, no tag
+    digest: str
+    architecture: str
+
+    @property
+    def reference(self) -> str:
+        return f"{self.repository}@{self.digest}"
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    namespace: str
+    name: str
+    uid: str
+    service_id: str
+    subject: str
+    version: str
+    instances_per_device: int
+    runners: tuple[str, ...]
+    selector: LabelSelector | None
+    packages: Mapping[str, PackageRef]  # by architecture
+
+
+@dataclass
+class Plan:
+    create: list[dict[str, Any]] = field(default_factory=list)
+    update: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # (name, merge patch)
+    delete: list[str] = field(default_factory=list)
+    desired: int = 0
+
+    @property
+    def empty(self) -> bool:
+        return not (self.create or self.update or self.delete)
+
+
+def runners_compatible(service_runners: Iterable[str], device_runners: Iterable[str]) -> bool:
+    offered = tuple(device_runners) or DEFAULT_DEVICE_RUNNERS
+    wanted = tuple(service_runners) or DEFAULT_DEVICE_RUNNERS
+    return bool(set(offered) & set(wanted))
+
+
+def eligible(service: ServiceView, device: DeviceView) -> bool:
+    """May the device get new instances of the service?"""
+    return (
+        device.ready
+        and not device.unschedulable
+        and device.architecture in service.packages
+        and runners_compatible(service.runners, device.runners)
+        and matches(service.selector, device.labels)
+    )
+
+
+def keeps(service: ServiceView, device: DeviceView) -> bool:
+    """May the device keep the instances it has? Not being Ready or schedulable is no reason to drop them."""
+    return device.architecture in service.packages and matches(service.selector, device.labels)
+
+
+def instance_body(service: ServiceView, device: str, index: int, package: PackageRef) -> dict[str, Any]:
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "AosServiceInstance",
+        "metadata": {
+            "name": naming.instance_name(service.name, device, index),
+            "namespace": service.namespace,
+            "labels": {
+                LABEL_SERVICE: naming.label_value(service.name),
+                LABEL_DEVICE: naming.label_value(device),
+                LABEL_INDEX: str(index),
+            },
+            "finalizers": [FINALIZER_OPERATOR],
+            "ownerReferences": [
+                {
+                    "apiVersion": API_VERSION,
+                    "kind": "AosService",
+                    "name": service.name,
+                    "uid": service.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": instance_spec(service, device, index, package),
+    }
+
+
+def instance_spec(service: ServiceView, device: str, index: int, package: PackageRef) -> dict[str, Any]:
+    return {
+        "service": service.name,
+        "device": device,
+        "index": index,
+        "serviceId": service.service_id,
+        "subject": service.subject,
+        "instanceId": naming.instance_id(service.service_id, service.subject, index),
+        "version": service.version,
+        "image": {"reference": package.reference, "digest": package.digest, "architecture": package.architecture},
+    }
+
+
+def plan(service: ServiceView, devices: Iterable[DeviceView], instances: Iterable[InstanceView]) -> Plan:
+    by_device = {device.name: device for device in devices}
+    existing = {(instance.device, instance.index): instance for instance in instances}
+    result = Plan()
+    wanted: set[tuple[str, int]] = set()
+    for device in sorted(by_device.values(), key=lambda device: device.name):
+        has_some = any(key[0] == device.name for key in existing)
+        if not (eligible(service, device) or (has_some and keeps(service, device))):
+            continue
+        for index in range(service.instances_per_device):
+            key = (device.name, index)
+            if key not in existing and not eligible(service, device):
+                continue  # a device that may only keep its instances gets no new ones
+            wanted.add(key)
+    result.desired = len(wanted)
+    for key in sorted(wanted):
+        device = by_device[key[0]]
+        package = service.packages[device.architecture]  # type: ignore[index]
+        current = existing.get(key)
+        if current is None:
+            result.create.append(instance_body(service, key[0], key[1], package))
+        elif current.deleting:
+            continue  # being removed; it is recreated once it is gone
+        elif current.digest != package.digest:
+            result.update.append((current.name, {"spec": instance_spec(service, key[0], key[1], package)}))
+    for key, instance in sorted(existing.items()):
+        if key not in wanted and not instance.deleting:
+            result.delete.append(instance.name)
+    return result

@@ -1,0 +1,110 @@
+"""The pipeline `aosctl` and the operator share: a service's files and description become a
+package (image room), and a package goes to or comes from a registry (registry room)."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from aos_operator.digests import digest_hex
+from aos_operator.errors import BuildError, InputError
+from aos_operator.image import MEDIA_TYPE_MANIFEST, BuildResult, Package, ProgressCallback, build_package, open_package
+from aos_operator.image.package import source_date_epoch_from, write_archive
+from aos_operator.image.progress import ProgressReporter
+from aos_operator.image.store import StoredBlob
+from aos_operator.image.tree import SymlinkPolicy
+from aos_operator.registry import RegistryClient
+from aos_operator.registry.content import BlobSource
+from aos_operator.registry.credentials import DockerConfig
+from aos_operator.service import image_config, service_config
+from aos_operator.service.description import Image, ServiceDescription
+
+
+def source_folder(service: ServiceDescription, image: Image, base_dir: Path) -> Path:
+    folder = (base_dir / image.source_folder).resolve()
+    if not folder.is_dir():
+        raise InputError(
+            f"{folder}: the service's source folder does not exist",
+            hint="create it, or set build.source_folder (schema version 1) or sourceFolder (version 2)",
+        )
+    return folder
+
+
+def build_service(
+    service: ServiceDescription,
+    source_dir: Path,
+    *,
+    architecture: str | None = None,
+    archive: Path | None = None,
+    oci_layout: Path | None = None,
+    tag: str | None = None,
+    cache_dir: Path | None = None,
+    source_date_epoch: int | None = None,
+    progress: ProgressCallback | None = None,
+    symlinks: SymlinkPolicy | None = None,
+) -> BuildResult:
+    """Build the package of one of the service's images from the files in `source_dir`."""
+    try:
+        image = service.image_for(architecture)
+    except LookupError as error:
+        raise InputError(str(error), hint="pass --arch") from None
+    epoch = source_date_epoch_from(source_date_epoch)
+    return build_package(
+        source_dir,
+        image_config(service, image),
+        service_config(service, created_epoch=epoch),
+        symlinks=symlinks or service.symlinks,
+        archive=archive,
+        oci_layout=oci_layout,
+        tag=tag,
+        source_date_epoch=epoch,
+        cache_dir=cache_dir,
+        progress=progress,
+    )
+
+
+@dataclass(frozen=True)
+class _PackageBlob:
+    """A package blob as the registry client wants it: digest, size, and fresh verified readers."""
+
+    package: Package
+    digest: str
+    size: int
+
+    def open(self) -> BinaryIO:
+        return self.package.reader(self.digest)
+
+
+def blob_sources(package: Package) -> Mapping[str, BlobSource]:
+    return {d.digest: _PackageBlob(package, d.digest, d.size) for d in package.manifest.descriptors}
+
+
+def registry_client(*, insecure: bool = False, ca_file: Path | None = None, auth_file: Path | None = None) -> RegistryClient:
+    credentials = DockerConfig.from_file(auth_file) if auth_file else None
+    return RegistryClient(credentials=credentials, ca_file=ca_file, insecure=insecure)
+
+
+def push_package(client: RegistryClient, package: Package, reference: str, mount_from: tuple[str, ...] = ()) -> str:
+    return client.push(reference, package.manifest_bytes, MEDIA_TYPE_MANIFEST, blob_sources(package), mount_from=mount_from)
+
+
+def pull_package(client: RegistryClient, reference: str, output: Path) -> tuple[str, Path]:
+    """Pull into a package directory, or into a package archive when `output` ends in .tar."""
+    if output.suffix != ".tar":
+        return client.pull(reference, output).digest, output
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".aos-pull-") as scratch:
+        pulled = client.pull(reference, Path(scratch))
+        package = open_package(Path(scratch))
+        blobs = [
+            StoredBlob(d.digest, d.size, Path(scratch) / "blobs" / "sha256" / digest_hex(d.digest))
+            for d in package.manifest.descriptors
+        ]
+        try:
+            write_archive(output, package.manifest_bytes, blobs, source_date_epoch_from(None), ProgressReporter(None))
+        except OSError as error:
+            raise BuildError(f"{output}: cannot write: {error.strerror or error}") from error
+        return pulled.digest, output
