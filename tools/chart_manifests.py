@@ -98,7 +98,7 @@ def render_notes(values: dict[str, Any] | None = None) -> str:
 
     with helm_python.Chart.load(CHART_DIR) as chart:
         rendered = chart.render(values or {}, name=RELEASE_NAME, namespace=RELEASE_NAMESPACE, is_install=True)
-    return next(text for source, text in rendered.items() if source.endswith("NOTES.txt"))
+    return str(next(text for source, text in rendered.items() if source.endswith("NOTES.txt")))
 
 
 def namespace_document(namespace: str = RELEASE_NAMESPACE) -> Document:
@@ -144,12 +144,18 @@ def write_atomically(path: Path, text: str) -> None:
 
 
 def main() -> int:
+    import helm_python
+
     try:
         text = install_manifest()
-    except Exception as error:  # helm_python's errors carry the template file and line
+    except helm_python.HelmError as error:  # names the template file and line, or the value
         print(f"{CHART_DIR}: cannot render the chart: {error}", file=sys.stderr)
         return 1
-    write_atomically(MANIFESTS, text)
+    try:
+        write_atomically(MANIFESTS, text)
+    except OSError as error:
+        print(f"{MANIFESTS}: cannot write: {error.strerror}", file=sys.stderr)
+        return 1
     print(f"wrote {MANIFESTS.relative_to(REPO)}")
     return 0
 

@@ -23,7 +23,7 @@ def tool(name: str, installed_by: str) -> str:
 
 
 def run(*command: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120)
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO, timeout=120, check=False)
 
 
 def test_e2e_script_parses_and_is_executable() -> None:
