@@ -5,10 +5,10 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SIGNER_VENVS := .cache/signer
 # System packages the tests and the demo use: runc runs services, docker-registry is the
-# real OCI registry, skopeo and umoci check our OCI output. The runtime also needs e2fsprogs
-# (mkfs.ext4, e2fsck, resize2fs, debugfs for the storage/state volumes), mount (losetup) and
-# procps (ps, in the runtime tests); Debian installs them by default, listed to be explicit.
-APT_PACKAGES := runc umoci skopeo docker-registry busybox-static pigz e2fsprogs mount procps
+# real OCI registry, skopeo and umoci check our OCI output, shellcheck lints tests/kind/e2e.sh.
+# The runtime also needs e2fsprogs (mkfs.ext4, e2fsck, resize2fs, debugfs for the storage and
+# state volumes), mount (losetup) and procps (ps); Debian installs them by default.
+APT_PACKAGES := runc umoci skopeo docker-registry busybox-static pigz shellcheck e2fsprogs mount procps
 
 .PHONY: all system-deps venv signer-venvs test test-fast demo bench crds manifests clean
 
@@ -56,6 +56,12 @@ demo: system-deps venv
 
 crds: venv
 	$(BIN)/aosctl crds --output crds
+	cp crds/*.yaml charts/aos-operator/crds/
+	$(BIN)/python -m tools.chart_manifests
+
+# manifests/install.yaml: the Helm chart rendered with its defaults, for `kubectl apply -f`.
+manifests: venv
+	$(BIN)/python -m tools.chart_manifests
 
 # Speed of the package build against tar|gzip, tar|pigz and umoci (one run; prints ratios).
 bench: system-deps venv

@@ -1,0 +1,164 @@
+"""Render the Helm chart offline (helm-python-sdk) and write manifests/install.yaml for `kubectl apply -f`.
+
+`make manifests` runs this module; the chart tests use its rendering functions, so the committed
+manifests and the tested objects come from one code path.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+CHART_DIR = REPO / "charts" / "aos-operator"
+MANIFESTS = REPO / "manifests" / "install.yaml"
+RELEASE_NAME = "aos-operator"
+RELEASE_NAMESPACE = "aos-system"
+
+# Helm's install order by kind (helm.sh/helm pkg/release/util/kind_sorter.go); other kinds go last.
+INSTALL_ORDER = [
+    "PriorityClass", "Namespace", "NetworkPolicy", "ResourceQuota", "LimitRange", "PodSecurityPolicy",
+    "PodDisruptionBudget", "ServiceAccount", "Secret", "SecretList", "ConfigMap", "StorageClass",
+    "PersistentVolume", "PersistentVolumeClaim", "CustomResourceDefinition", "ClusterRole",
+    "ClusterRoleList", "ClusterRoleBinding", "ClusterRoleBindingList", "Role", "RoleList", "RoleBinding",
+    "RoleBindingList", "Service", "DaemonSet", "Pod", "ReplicationController", "ReplicaSet", "Deployment",
+    "HorizontalPodAutoscaler", "StatefulSet", "Job", "CronJob", "IngressClass", "Ingress", "APIService",
+    "MutatingWebhookConfiguration", "ValidatingWebhookConfiguration",
+]
+
+
+@dataclass(frozen=True)
+class Document:
+    """One rendered YAML document: where it came from, its text and the object it holds."""
+
+    source: str
+    text: str
+    obj: dict[str, Any]
+
+    @property
+    def kind(self) -> str:
+        return str(self.obj.get("kind", ""))
+
+    @property
+    def is_hook(self) -> bool:
+        annotations = self.obj.get("metadata", {}).get("annotations") or {}
+        return "helm.sh/hook" in annotations
+
+
+def _documents(source: str, rendered: str) -> list[Document]:
+    documents = []
+    for chunk in rendered.split("\n---"):
+        text = chunk.strip("\n")
+        obj = yaml.safe_load(text)
+        if obj:
+            documents.append(Document(source, text, obj))
+    return documents
+
+
+def _install_rank(document: Document) -> tuple[int, int]:
+    kind_rank = INSTALL_ORDER.index(document.kind) if document.kind in INSTALL_ORDER else len(INSTALL_ORDER)
+    return (1 if document.is_hook else 0, kind_rank)
+
+
+def render(
+    values: dict[str, Any] | None = None,
+    *,
+    name: str = RELEASE_NAME,
+    namespace: str = RELEASE_NAMESPACE,
+    chart_dir: Path = CHART_DIR,
+) -> list[Document]:
+    """The chart's objects, CRDs first, then templates in Helm's install order, hooks last.
+
+    Raises helm_python.HelmValuesError for values the schema rejects and HelmRenderError for
+    values a template refuses.
+    """
+    import helm_python  # a test-only dependency: only rendering needs it
+
+    with helm_python.Chart.load(chart_dir) as chart:
+        crds = [document for crd in chart.crds for document in _documents(f"crds/{crd['filename'].rsplit('/', 1)[-1]}", crd["data"])]
+        rendered = chart.render(values or {}, name=name, namespace=namespace, is_install=True)
+    templates = [
+        document
+        for source, text in sorted(rendered.items())
+        if source.endswith((".yaml", ".yml"))
+        for document in _documents(source.split("/", 1)[1], text)
+    ]
+    return crds + sorted(templates, key=_install_rank)
+
+
+def render_notes(values: dict[str, Any] | None = None) -> str:
+    """The NOTES.txt Helm prints after an install."""
+    import helm_python
+
+    with helm_python.Chart.load(CHART_DIR) as chart:
+        rendered = chart.render(values or {}, name=RELEASE_NAME, namespace=RELEASE_NAMESPACE, is_install=True)
+    return str(next(text for source, text in rendered.items() if source.endswith("NOTES.txt")))
+
+
+def namespace_document(namespace: str = RELEASE_NAMESPACE) -> Document:
+    """The Namespace that `helm install --create-namespace` would make, labelled for the privileged agent."""
+    obj = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": namespace,
+            "labels": {
+                "app.kubernetes.io/part-of": "aos-operator",
+                # The agent DaemonSet is privileged (it runs runc).
+                "pod-security.kubernetes.io/enforce": "privileged",
+            },
+        },
+    }
+    return Document("namespace", yaml.safe_dump(obj, sort_keys=False).strip("\n"), obj)
+
+
+def install_manifest() -> str:
+    """manifests/install.yaml: a Namespace, the CRDs and the chart rendered with its defaults."""
+    header = (
+        "# aos-operator for `kubectl apply -f`: the Helm chart charts/aos-operator rendered with its default\n"
+        f"# values (release {RELEASE_NAME}, namespace {RELEASE_NAMESPACE}), plus the Namespace and the CRDs.\n"
+        "# Generated by `make manifests`; do not edit (a test keeps it in sync with the chart).\n"
+    )
+    documents = [namespace_document(), *render()]
+    body = "".join(f"---\n# Source: {document.source}\n{document.text}\n" for document in documents)
+    return header + body
+
+
+def write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def main() -> int:
+    import helm_python
+
+    try:
+        text = install_manifest()
+    except helm_python.HelmError as error:  # names the template file and line, or the value
+        print(f"{CHART_DIR}: cannot render the chart: {error}", file=sys.stderr)
+        return 1
+    try:
+        write_atomically(MANIFESTS, text)
+    except OSError as error:
+        print(f"{MANIFESTS}: cannot write: {error.strerror}", file=sys.stderr)
+        return 1
+    print(f"wrote {MANIFESTS.relative_to(REPO)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
