@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from runtime_test_packages import build_test_package  # noqa: E402  (stands in for the image builder)
+from tests.runtime_test_packages import build_test_package  # noqa: E402  (stands in for the image builder)
 
 from aos_operator.runtime import InstanceIdentity, Runtime, RuntimeConfig  # noqa: E402
 from aos_operator.runtime.logs import LogFollower  # noqa: E402

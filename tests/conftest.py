@@ -137,7 +137,7 @@ def generated_tree(tmp_path: Path) -> Path:
 # need packages the real builder refuses to make (hostile layers, bad digests)
 # ---------------------------------------------------------------------------------------------
 
-from runtime_test_packages import FileContent, build_test_package  # noqa: E402
+from tests.runtime_test_packages import FileContent, build_test_package  # noqa: E402
 
 
 @pytest.fixture
