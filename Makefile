@@ -4,6 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SIGNER_VENVS := .cache/signer
+DEMO_SECONDS ?= 8
 # System packages the tests and the demo use: runc runs services, docker-registry is the
 # real OCI registry, skopeo and umoci check our OCI output, shellcheck lints tests/kind/e2e.sh.
 # The runtime also needs e2fsprogs (mkfs.ext4, e2fsck, resize2fs, debugfs for the storage and
@@ -50,9 +51,13 @@ test: system-deps venv signer-venvs
 test-fast: venv
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
+# The example service end to end: validate its config, build its package, run it under runc
+# with its quotas for a few seconds (needs root), then stop and clean up.
 demo: system-deps venv
 	$(BIN)/aosctl validate examples/hello-world
+	mkdir -p out
 	$(BIN)/aosctl build examples/hello-world -o out/hello-world.tar
+	$(BIN)/aosctl run out/hello-world.tar --service-id 0c3f6b8e-5a47-4a4b-9d8b-6f1c2b7e4a10 --timeout $(DEMO_SECONDS)
 
 crds: venv
 	$(BIN)/aosctl crds --output crds

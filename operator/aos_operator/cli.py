@@ -8,6 +8,7 @@ import os
 import shlex
 import sys
 import tempfile
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -22,9 +23,17 @@ from aos_operator.errors import (
     EXIT_UNREADABLE,
     AosError,
     InputError,
+    RuntimeFailure,
 )
 from aos_operator.image import BuildResult, Progress, open_package
-from aos_operator.packaging import build_service, pull_package, push_package, registry_client, source_folder
+from aos_operator.packaging import (
+    build_service,
+    materialize,
+    pull_package,
+    push_package,
+    registry_client,
+    source_folder,
+)
 from aos_operator.registry import RegistryClient
 from aos_operator.service import (
     ConfigResult,
@@ -169,10 +178,10 @@ def _load_for_build(path: Path, item: str | None) -> tuple[ServiceDescription, C
     return service, result
 
 
-def _build(args: argparse.Namespace, *, archive: Path | None, oci_layout: Path | None) -> BuildResult:
-    service, result = _load_for_build(Path(args.path), args.item)
+def _build(args: argparse.Namespace, path: Path, *, archive: Path | None, oci_layout: Path | None) -> BuildResult:
+    service, result = _load_for_build(path, args.item)
     image = _image(service, args.arch)
-    source = source_folder(service, image, result.base_dir or Path(args.path))
+    source = source_folder(service, image, result.base_dir or path)
     bar = ProgressBar(sys.stderr.isatty() and not args.quiet)
     try:
         built = build_service(
@@ -206,7 +215,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     if archive is None and oci_layout is None:
         service, _ = load_service(path, item=args.item)
         archive = Path(f"{(service.name or path.resolve().name)}-{service.version}.tar")
-    built = _build(args, archive=archive, oci_layout=oci_layout)
+    built = _build(args, path, archive=archive, oci_layout=oci_layout)
     if not args.quiet:
         for output in (built.archive, built.oci_layout):
             if output is not None:
@@ -229,7 +238,7 @@ def cmd_push(args: argparse.Namespace) -> int:
     path = Path(args.path)
     with tempfile.TemporaryDirectory(prefix="aosctl-push-") as scratch:
         if path.is_dir() and not (path / "manifest.json").exists() and not (path / "oci-layout").exists():
-            built = _build(args, archive=None, oci_layout=Path(scratch) / "layout")
+            built = _build(args, path, archive=None, oci_layout=Path(scratch) / "layout")
             package = open_package(built.oci_layout)  # type: ignore[arg-type]
         else:
             package = open_package(path)
@@ -245,6 +254,60 @@ def cmd_pull(args: argparse.Namespace) -> int:
     print(f"wrote {output}", file=sys.stderr)
     print(digest)
     return EXIT_OK
+
+
+# --- run ----------------------------------------------------------------------------------------
+
+
+def _package_for_run(args: argparse.Namespace, scratch: Path) -> tuple[Path, str]:
+    """A package directory for the runtime, and the service ID its instances run as."""
+    path = Path(args.target)
+    directory = scratch / "package"
+    if path.exists():
+        if path.is_dir() and not (path / "manifest.json").exists() and not (path / "oci-layout").exists():
+            built = _build(args, path, archive=None, oci_layout=scratch / "layout")
+            service, _ = load_service(path, item=args.item)
+            materialize(open_package(built.oci_layout), directory)  # type: ignore[arg-type]
+            return directory, args.service_id or service.service_id or "local"
+        materialize(open_package(path), directory)
+        return directory, args.service_id or "local"
+    if "/" not in args.target:
+        raise InputError(f"{args.target}: no such file or directory, and not an image reference (registry/repo:tag)")
+    with _registry(args) as client:
+        client.pull(args.target, directory)
+    return directory, args.service_id or "local"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from aos_operator.runtime import RuntimeConfig, detect_node_facts, run_foreground, stop_on_signals
+
+    if os.geteuid() != 0:
+        raise RuntimeFailure(
+            "aosctl run needs root: it runs the service under runc with cgroup limits and mounts",
+            hint="run it with sudo",
+        )
+    if args.instances < 1:
+        raise InputError(f"--instances must be at least 1, got {args.instances}")
+    config = RuntimeConfig(state_root=Path(args.state_dir), run_root=Path(args.run_dir))
+    with tempfile.TemporaryDirectory(prefix="aosctl-run-") as scratch:
+        package_dir, service_id = _package_for_run(args, Path(scratch))
+        stop = threading.Event()
+        if args.timeout:
+            timer = threading.Timer(args.timeout, stop.set)
+            timer.daemon = True
+            timer.start()
+        with stop_on_signals(stop):
+            result = run_foreground(
+                package_dir,
+                instances=args.instances,
+                node=detect_node_facts(dmips=args.node_dmips),
+                stop_event=stop,
+                config=config,
+                service_id=service_id,
+                subject_id=args.subject,
+                restart=not args.no_restart,
+            )
+    return result.exit_code
 
 
 def cmd_crds(args: argparse.Namespace) -> int:
@@ -326,6 +389,26 @@ def _parser() -> argparse.ArgumentParser:
     pull.add_argument("-o", "--output", metavar="DIR|FILE.tar", required=True, help="package directory, or archive")
     registry_options(pull)
     pull.set_defaults(func=cmd_pull)
+
+    run = commands.add_parser(
+        "run",
+        help="run a service under runc with its quotas, in the foreground (root)",
+        description="Build (a service directory), open (an archive) or pull (a reference) a package, install it "
+        "as an AosEdge device does and run its instances under runc with the quotas as Linux limits. Output is "
+        "streamed; Ctrl-C or SIGTERM stops and cleans up. Storage and state persist in --state-dir.",
+    )
+    run.add_argument("target", metavar="DIR|ARCHIVE|REF", help="service directory, package, or registry reference")
+    run.add_argument("--instances", "-n", type=int, default=1, help="instances to run (default 1)")
+    run.add_argument("--node-dmips", type=int, help="the node's total DMIPS (default: cores x 10000)")
+    run.add_argument("--service-id", help="AOS_SERVICE_ID (default: the config's service UID)")
+    run.add_argument("--subject", default="local", help="AOS_SUBJECT_ID (default local)")
+    run.add_argument("--no-restart", action="store_true", help="do not restart an instance that ends")
+    run.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after this long")
+    run.add_argument("--state-dir", default="/var/lib/aosctl", help="installed packages, storage and state")
+    run.add_argument("--run-dir", default="/run/aosctl", help="runtime state (bundles, logs, runc)")
+    build_options(run)
+    registry_options(run)
+    run.set_defaults(func=cmd_run)
 
     crds = commands.add_parser("crds", help="print or write the CustomResourceDefinitions")
     crds.add_argument("--output", "-o", metavar="DIR", help="write one YAML file per CRD into DIR")

@@ -3,6 +3,7 @@ package (image room), and a package goes to or comes from a registry (registry r
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from aos_operator.errors import BuildError, InputError
 from aos_operator.image import MEDIA_TYPE_MANIFEST, BuildResult, Package, ProgressCallback, build_package, open_package
 from aos_operator.image.package import source_date_epoch_from, write_archive
 from aos_operator.image.progress import ProgressReporter
-from aos_operator.image.store import StoredBlob
+from aos_operator.image.store import BlobStore, StoredBlob
 from aos_operator.image.tree import SymlinkPolicy
 from aos_operator.registry import RegistryClient
 from aos_operator.registry.content import BlobSource
@@ -89,6 +90,21 @@ def registry_client(*, insecure: bool = False, ca_file: Path | None = None, auth
 
 def push_package(client: RegistryClient, package: Package, reference: str, mount_from: tuple[str, ...] = ()) -> str:
     return client.push(reference, package.manifest_bytes, MEDIA_TYPE_MANIFEST, blob_sources(package), mount_from=mount_from)
+
+
+def materialize(package: Package, directory: Path) -> Path:
+    """Write any package (archive, layout, directory) as a package directory, verified blob by blob:
+    `manifest.json` + `blobs/sha256/<hex>`, the form devices install from. The manifest goes last."""
+    store = BlobStore(directory / "blobs")
+    for descriptor in package.manifest.descriptors:
+        if not store.has(descriptor.digest, descriptor.size):
+            store.put_stream(package.iter_blob(descriptor.digest), descriptor.digest, descriptor.size)
+    shutil.rmtree(directory / "blobs" / "tmp", ignore_errors=True)
+    manifest = directory / "manifest.json"
+    partial = manifest.with_name(".manifest.json.partial")
+    partial.write_bytes(package.manifest_bytes)
+    partial.replace(manifest)
+    return directory
 
 
 def pull_package(client: RegistryClient, reference: str, output: Path) -> tuple[str, Path]:
