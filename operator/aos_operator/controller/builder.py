@@ -1,0 +1,188 @@
+"""Build and push the packages of an AosService (blocking; the reconciler runs it in a thread).
+
+The source is either files from ConfigMaps, written as a root filesystem tree and built like
+`aosctl build` does, or the root filesystem layer of an existing OCI image, which is reused by
+digest: only the two small config blobs and the manifest are new, and the layer is mounted
+from its repository when it lives in the same registry.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from aos_operator.api import naming
+from aos_operator.api.models import AosServiceSpec, ImageStatus
+from aos_operator.controller.settings import OperatorSettings
+from aos_operator.controller.source import SourceError, SourceFile, content_digest, files_from_config_maps, write_tree
+from aos_operator.digests import canonical_json, sha256_digest
+from aos_operator.image import MEDIA_TYPE_MANIFEST, open_package
+from aos_operator.image.oci import (
+    MEDIA_TYPE_AOS_SERVICE_CONFIG,
+    MEDIA_TYPE_IMAGE_CONFIG,
+    Descriptor,
+    manifest_json,
+    parse_manifest,
+)
+from aos_operator.packaging import build_service, push_package
+from aos_operator.registry import BytesBlob, RegistryClient
+from aos_operator.registry.reference import Reference
+from aos_operator.service import image_config, service_config
+from aos_operator.service.description import Image, ServiceDescription
+
+# Part of every content digest: a new builder that lays packages out differently must rebuild.
+BUILDER_VERSION = 1
+SOURCE_DATE_EPOCH = 0  # packages are reproducible; their time is the epoch
+
+
+@dataclass(frozen=True)
+class Source:
+    """What a build reads: files from ConfigMaps, or the layer of an existing image."""
+
+    files: tuple[SourceFile, ...] = ()
+    image: Reference | None = None
+    image_manifest: bytes | None = None  # the source image's manifest, when image is set
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        if self.image is not None and self.image_manifest is not None:
+            return {"image": f"{self.image.registry}/{self.image.repository}@{sha256_digest(self.image_manifest)}"}
+        return {}
+
+
+def gather_source(
+    spec: AosServiceSpec,
+    namespace: str,
+    config_map: Callable[[str, str], Mapping[str, Any] | None],
+    registry: RegistryClient,
+) -> Source:
+    if spec.source is not None and spec.source.image is not None:
+        reference = Reference.parse(spec.source.image.reference)
+        return Source(image=reference, image_manifest=registry.pull_manifest(reference).data)
+    if spec.source is not None and spec.source.configMaps:
+        return Source(files=tuple(files_from_config_maps(spec.source, namespace, config_map)))
+    return Source()
+
+
+def source_digest(spec: AosServiceSpec, source: Source, repository: str) -> str:
+    settings = {"builder": BUILDER_VERSION, "item": spec.item, "repository": repository, **source.identity}
+    return content_digest(spec.config, settings, list(source.files))
+
+
+def repository_for(settings: OperatorSettings, namespace: str, name: str) -> str:
+    return f"{settings.registry_host}/{naming.repository(settings.repository_prefix, namespace, name)}"
+
+
+def tag_for(service: ServiceDescription, image: Image) -> str:
+    version = service.version.replace("+", "_")  # '+' is not allowed in tags
+    return version if len(service.images) == 1 else f"{version}-{image.platform.architecture}"
+
+
+def build_and_push(
+    settings: OperatorSettings,
+    registry: RegistryClient,
+    service: ServiceDescription,
+    source: Source,
+    repository: str,
+) -> list[ImageStatus]:
+    """Every image of the service, built and pushed; their references by digest."""
+    pushed = []
+    for image in service.images:
+        reference = f"{repository}:{tag_for(service, image)}"
+        if source.image is not None:
+            digest = _push_from_layer(registry, service, image, source, reference)
+        else:
+            digest = _build_and_push_files(settings, registry, service, image, source.files, reference)
+        pushed.append(ImageStatus(architecture=image.platform.architecture, ref=f"{reference}@{digest}", digest=digest))
+    return pushed
+
+
+def _build_and_push_files(
+    settings: OperatorSettings,
+    registry: RegistryClient,
+    service: ServiceDescription,
+    image: Image,
+    files: tuple[SourceFile, ...],
+    reference: str,
+) -> str:
+    settings.work_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=settings.work_dir, prefix="build-") as scratch:
+        root = Path(scratch) / "rootfs"
+        write_tree(list(files), root)
+        built = build_service(
+            service,
+            root,
+            architecture=image.platform.architecture,
+            oci_layout=Path(scratch) / "layout",
+            cache_dir=settings.work_dir / "cache",
+            source_date_epoch=SOURCE_DATE_EPOCH,
+        )
+        package = open_package(Path(scratch) / "layout")
+        return push_package(registry, package, reference)
+
+
+class _LazyBlob:
+    """A blob of another repository, fetched only if the registry can neither skip nor mount it."""
+
+    def __init__(self, registry: RegistryClient, repository: Reference, descriptor: Descriptor, scratch: Path) -> None:
+        self.registry, self.repository, self.scratch = registry, repository, scratch
+        self.digest, self.size = descriptor.digest, descriptor.size
+        self._path: Path | None = None
+
+    def open(self) -> BinaryIO:
+        if self._path is None:
+            path = self.scratch / self.digest.replace(":", "-")
+            self.registry.pull_blob(self.repository, self.digest, self.size, path)
+            self._path = path
+        return self._path.open("rb")
+
+
+def _push_from_layer(
+    registry: RegistryClient, service: ServiceDescription, image: Image, source: Source, reference: str
+) -> str:
+    assert source.image is not None and source.image_manifest is not None
+    origin = source.image
+    where = f"spec.source.image {origin}"
+    manifest = parse_manifest(source.image_manifest, where)
+    layer = manifest.layers[0]
+    with tempfile.TemporaryDirectory(prefix="aos-layer-") as scratch:
+        config_path = Path(scratch) / "origin-config.json"
+        registry.pull_blob(origin, manifest.config.digest, manifest.config.size, config_path)
+        origin_config = _json(config_path.read_bytes(), where)
+        diff_ids = (origin_config.get("rootfs") or {}).get("diff_ids") or []
+        if not diff_ids:
+            raise SourceError(f"{where}: its image config has no rootfs.diff_ids; cannot reuse its layer")
+        config = {
+            **image_config(service, image),
+            "created": "1970-01-01T00:00:00Z",
+            "rootfs": {"type": "layers", "diff_ids": [diff_ids[0]]},
+        }
+        config_blob = BytesBlob(canonical_json(config))
+        service_blob = BytesBlob(canonical_json(service_config(service, created_epoch=SOURCE_DATE_EPOCH)))
+        document = manifest_json(
+            Descriptor(MEDIA_TYPE_IMAGE_CONFIG, config_blob.digest, config_blob.size),
+            [layer],
+            Descriptor(MEDIA_TYPE_AOS_SERVICE_CONFIG, service_blob.digest, service_blob.size),
+        )
+        target = Reference.parse(reference)
+        mount_from = (origin.repository,) if origin.registry == target.registry else ()
+        blobs = {
+            config_blob.digest: config_blob,
+            service_blob.digest: service_blob,
+            layer.digest: _LazyBlob(registry, origin, layer, Path(scratch)),
+        }
+        return registry.push(reference, document, MEDIA_TYPE_MANIFEST, blobs, mount_from=mount_from)
+
+
+def _json(data: bytes, where: str) -> dict[str, Any]:
+    try:
+        value = json.loads(data)
+    except ValueError as error:
+        raise SourceError(f"{where}: its image config is not JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise SourceError(f"{where}: its image config is not a JSON object")
+    return value

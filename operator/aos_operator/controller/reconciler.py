@@ -1,0 +1,332 @@
+"""Reconciling one AosService: validate its config, build and push its packages when their
+inputs changed, place its instances, and write its status.
+
+Level-triggered: each pass compares what should be with what is (the in-memory indexes of
+AosDevices and AosServiceInstances that kopf keeps) and writes only the differences, so a pass
+with nothing to do makes no API request. Blocking work (API calls, builds, pushes) runs in
+threads; the event loop stays free.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import kopf
+from kubernetes.client.exceptions import ApiException
+from pydantic import ValidationError
+from urllib3.exceptions import HTTPError
+
+from aos_operator.api import naming
+from aos_operator.api.client import KubeClient
+from aos_operator.api.models import (
+    AOS_SERVICE,
+    AOS_SERVICE_INSTANCE,
+    FINALIZER_OPERATOR,
+    AosServiceSpec,
+    ImageStatus,
+)
+from aos_operator.controller import builder
+from aos_operator.controller.conditions import (
+    CONFIG_VALID,
+    IMAGE_PUSHED,
+    READY,
+    RECONCILING,
+    STALLED,
+    Wanted,
+    count_instances,
+    merge_conditions,
+    rollout_conditions,
+)
+from aos_operator.controller.placement import DeviceView, InstanceView, PackageRef, ServiceView, plan
+from aos_operator.controller.settings import OperatorSettings
+from aos_operator.controller.source import SourceError
+from aos_operator.errors import AosError, BuildError, ConfigError, InputError, PackageError, RegistryError
+from aos_operator.registry import RegistryClient
+from aos_operator.service import parse_config_data
+from aos_operator.service.description import ServiceDescription
+from aos_operator.service.loader import select_service
+
+T = TypeVar("T")
+log = logging.getLogger("aos_operator.controller")
+
+
+class Retry(Exception):
+    """The pass could not finish for a reason that time may fix; try again after `delay`."""
+
+    def __init__(self, message: str, delay: float) -> None:
+        super().__init__(message)
+        self.delay = delay
+
+
+@dataclass
+class Operator:
+    """What every handler shares: settings, clients, and the wake-up signals of service loops."""
+
+    settings: OperatorSettings
+    kube: KubeClient
+    registry: RegistryClient
+    build_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
+    wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
+    device_fingerprints: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    failures: dict[tuple[str, str], int] = field(default_factory=dict)
+
+    async def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        return await asyncio.to_thread(function, *args, **kwargs)
+
+    def wake(self, namespace: str, name: str) -> None:
+        self.wakeups.setdefault((namespace, name), asyncio.Event()).set()
+
+    def wake_all(self) -> None:
+        for event in self.wakeups.values():
+            event.set()
+
+    def backoff(self, key: tuple[str, str]) -> float:
+        failures = self.failures.get(key, 0) + 1
+        self.failures[key] = failures
+        return min(self.settings.retry_min_seconds * 2 ** (failures - 1), self.settings.retry_max_seconds)
+
+
+# --- status ---------------------------------------------------------------------------------------
+
+
+def _condition(status: Mapping[str, Any], kind: str) -> Mapping[str, Any]:
+    for condition in status.get("conditions") or ():
+        if condition.get("type") == kind:
+            return condition
+    return {}
+
+
+def _changed(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in wanted.items() if current.get(key) != value}
+
+
+def _events_for(body: Any, old: Mapping[str, Any], new: list[dict[str, Any]]) -> None:
+    """Post an Event when a condition that users watch changes."""
+    for condition in new:
+        before = _condition(old, condition["type"])
+        if (before.get("status"), before.get("reason")) == (condition["status"], condition["reason"]):
+            continue
+        kind, status, reason, message = condition["type"], condition["status"], condition["reason"], condition["message"]
+        if kind == CONFIG_VALID and status == "False":
+            kopf.warn(body, reason=reason, message=message[:1000])
+        elif kind == STALLED and status == "True" and reason != "InvalidConfig":
+            kopf.warn(body, reason=reason, message=message[:1000])
+        elif kind == READY and status == "True":
+            kopf.info(body, reason="Ready", message=message)
+        elif kind == IMAGE_PUSHED and status == "True":
+            kopf.info(body, reason="Pushed", message=message)
+
+
+async def write_status(op: Operator, body: Any, wanted: list[Wanted], extra: Mapping[str, Any]) -> None:
+    status = dict(body.get("status") or {})
+    generation = body["metadata"].get("generation")
+    conditions = merge_conditions(status.get("conditions"), wanted, generation)
+    update = _changed(status, {**extra, "conditions": conditions, "observedGeneration": generation})
+    if set(update) == {"conditions"} and _same_but_times(status.get("conditions"), conditions):
+        return
+    if not update:
+        return
+    _events_for(body, status, conditions)
+    meta = body["metadata"]
+    await op.call(op.kube.patch, AOS_SERVICE, meta["name"], {"status": update}, meta["namespace"], status=True)
+
+
+def _same_but_times(old: Iterable[Mapping[str, Any]] | None, new: list[dict[str, Any]]) -> bool:
+    strip = lambda items: [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in items or ()]  # noqa: E731
+    return strip(old) == strip(new)
+
+
+# --- the pass -------------------------------------------------------------------------------------
+
+
+def _describe(spec: AosServiceSpec, namespace: str, name: str) -> tuple[ServiceDescription | None, str]:
+    result = parse_config_data(spec.config, f"AosService {namespace}/{name} spec.config")
+    if result.errors:
+        return None, "; ".join(f"{issue.field or 'config'}: {issue.message}" for issue in result.errors)
+    try:
+        return select_service(result, spec.item), ""
+    except AosError as error:
+        return None, error.message
+
+
+async def _ensure_packages(
+    op: Operator, body: Any, spec: AosServiceSpec, service: ServiceDescription
+) -> list[ImageStatus]:
+    """The service's packages: reused when config and source are unchanged, else built and pushed."""
+    meta, status = body["metadata"], body.get("status") or {}
+    namespace, name = meta["namespace"], meta["name"]
+    repository = builder.repository_for(op.settings, namespace, name)
+    source = await op.call(builder.gather_source, spec, namespace, op.kube.config_map, op.registry)
+    digest = builder.source_digest(spec, source, repository)
+    recorded = [ImageStatus.model_validate(image) for image in status.get("images") or ()]
+    if status.get("sourceDigest") == digest and recorded:
+        return recorded
+    await write_status(op, body, [Wanted(RECONCILING, True, "Building", f"building {service.version}")], {})
+    async with op.build_slots:
+        images = await op.call(builder.build_and_push, op.settings, op.registry, service, source, repository)
+    summary = ", ".join(f"{image.architecture}: {image.ref}" for image in images)
+    await write_status(
+        op,
+        body,
+        [Wanted(IMAGE_PUSHED, True, "Pushed", summary)],
+        {
+            "sourceDigest": digest,
+            "images": [image.model_dump(exclude_none=True) for image in images],
+            "image": images[0].model_dump(exclude_none=True),
+            "version": service.version,
+        },
+    )
+    return images
+
+
+def _service_view(body: Any, spec: AosServiceSpec, service: ServiceDescription, images: list[ImageStatus]) -> ServiceView:
+    meta = body["metadata"]
+    packages = {}
+    for image in images:
+        repository = image.ref.split("@", 1)[0].rsplit(":", 1)[0]
+        packages[image.architecture or ""] = PackageRef(repository, image.digest, image.architecture or "")
+    return ServiceView(
+        namespace=meta["namespace"],
+        name=meta["name"],
+        uid=meta["uid"],
+        service_id=naming.service_id(service.service_id, meta["namespace"], meta["name"]),
+        subject=spec.subject,
+        version=service.version,
+        instances_per_device=spec.instancesPerDevice
+        if spec.instancesPerDevice is not None
+        else service.instances.min_instances,
+        runners=service.runners,
+        selector=spec.selector,
+        packages=packages,
+    )
+
+
+async def apply_plan(op: Operator, body: Any, service: ServiceView, devices: list[DeviceView], instances: list[InstanceView]) -> int:
+    """Create, update and delete instances to match the plan; return the desired count."""
+    work = plan(service, devices, instances)
+    namespace = service.namespace
+    for instance in work.create:
+        try:
+            await op.call(op.kube.create, AOS_SERVICE_INSTANCE, instance)
+        except ApiException as error:
+            if error.status != 409:  # already there: the index has not seen it yet
+                raise
+    for name, patch in work.update:
+        await op.call(op.kube.patch, AOS_SERVICE_INSTANCE, name, patch, namespace)
+    for name in work.delete:
+        await op.call(op.kube.delete, AOS_SERVICE_INSTANCE, name, namespace)
+    if work.create:
+        devices_named = sorted({instance["spec"]["device"] for instance in work.create})
+        kopf.info(body, reason="InstancesCreated", message=f"{len(work.create)} on {', '.join(devices_named)}")
+    if work.update:
+        kopf.info(body, reason="InstancesUpdated", message=f"{len(work.update)} to the new package")
+    if work.delete:
+        kopf.info(body, reason="InstancesDeleted", message=", ".join(work.delete))
+    return work.desired
+
+
+async def release_stopped(op: Operator, instances: Iterable[Mapping[str, Any]], devices: Mapping[str, DeviceView]) -> None:
+    """Remove our finalizer from removed instances once their agent reports them stopped, their
+    device is gone, or the agent has not answered within the stop timeout."""
+    now = datetime.now(UTC)
+    for body in instances:
+        meta = body["metadata"]
+        if not meta.get("deletionTimestamp") or FINALIZER_OPERATOR not in (meta.get("finalizers") or ()):
+            continue
+        phase = (body.get("status") or {}).get("phase")
+        device = (body.get("spec") or {}).get("device")
+        since = datetime.fromisoformat(meta["deletionTimestamp"].replace("Z", "+00:00"))
+        overdue = (now - since).total_seconds() > op.settings.instance_stop_timeout
+        if phase in ("Stopped", "Failed", None) or device not in devices or overdue:
+            if overdue and phase not in ("Stopped", "Failed", None):
+                log.warning("instance %s/%s: no stop report from device %s; releasing it", meta["namespace"], meta["name"], device)
+            remaining = [f for f in meta.get("finalizers") or () if f != FINALIZER_OPERATOR]
+            patch = [
+                {"op": "test", "path": "/metadata/finalizers", "value": meta["finalizers"]},
+                {"op": "replace", "path": "/metadata/finalizers", "value": remaining},
+            ]
+            try:
+                await op.call(op.kube.patch, AOS_SERVICE_INSTANCE, meta["name"], patch, meta["namespace"])
+            except ApiException as error:
+                if error.status not in (404, 409, 422):
+                    raise
+
+
+async def reconcile(
+    op: Operator,
+    body: Any,
+    devices: Mapping[str, DeviceView],
+    instance_bodies: list[Mapping[str, Any]],
+) -> float:
+    """One pass over one AosService; returns when to look again (seconds)."""
+    meta = body["metadata"]
+    key = (meta["namespace"], meta["name"])
+    try:
+        spec = AosServiceSpec.model_validate(dict(body.get("spec") or {}))
+    except ValidationError as error:
+        message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        await write_status(op, body, _invalid("InvalidSpec", message), {})
+        return op.settings.resync_seconds
+    if spec.suspend:
+        await write_status(op, body, [Wanted(RECONCILING, False, "Suspended", "spec.suspend is true")], {})
+        return op.settings.resync_seconds
+    service, problem = _describe(spec, *key)
+    if service is None:
+        await write_status(op, body, _invalid("InvalidConfig", problem), {})
+        return op.settings.resync_seconds
+    try:
+        images = await _ensure_packages(op, body, spec, service)
+    except (SourceError, BuildError, InputError, PackageError, ConfigError) as error:
+        await write_status(op, body, _stalled(IMAGE_PUSHED, "BuildFailed", str(error)), {})
+        return op.backoff(key)
+    except RegistryError as error:
+        await write_status(op, body, _stalled(IMAGE_PUSHED, "RegistryUnavailable", str(error)), {})
+        return op.backoff(key)
+    view = _service_view(body, spec, service, images)
+    instances = [InstanceView.from_body(instance) for instance in instance_bodies]
+    desired = await apply_plan(op, body, view, list(devices.values()), instances)
+    await release_stopped(op, instance_bodies, devices)
+    counts = count_instances(instances, {package.digest for package in view.packages.values()}, desired)
+    await write_status(
+        op,
+        body,
+        [Wanted(CONFIG_VALID, True, "Valid", f"schema version {service.dialect}"), *rollout_conditions(counts)],
+        {
+            "desired": counts.desired,
+            "ready": counts.ready,
+            "updated": counts.updated,
+            "failed": counts.failed,
+            "readyRatio": counts.ratio,
+            "serviceId": view.service_id,
+            "version": service.version,
+        },
+    )
+    op.failures.pop(key, None)
+    return op.settings.resync_seconds
+
+
+def _invalid(reason: str, message: str) -> list[Wanted]:
+    """The config cannot be used: say so, and leave what runs alone."""
+    return [
+        Wanted(CONFIG_VALID, False, reason, message),
+        Wanted(READY, False, reason, message),
+        Wanted(RECONCILING, False, reason, message),
+        Wanted(STALLED, True, reason, message),
+    ]
+
+
+def _stalled(kind: str, reason: str, message: str) -> list[Wanted]:
+    return [
+        Wanted(kind, False, reason, message),
+        Wanted(READY, False, reason, message),
+        Wanted(RECONCILING, True, reason, "retrying with backoff: " + message),
+        Wanted(STALLED, True, reason, message),
+    ]
+
+
+TRANSIENT_ERRORS = (ApiException, HTTPError, OSError)
