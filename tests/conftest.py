@@ -14,3 +14,8 @@ EXAMPLES = REPO / "examples"
 @pytest.fixture
 def hello_world() -> Path:
     return EXAMPLES / "hello-world"
+
+
+# --- Kubernetes API emulator harness (tests/harness) -------------------------------------------
+# `kube`: the emulator on the test's event loop; `kube_process`: the emulator as a subprocess.
+from tests.harness.fixtures import kube, kube_process  # noqa: E402,F401
