@@ -232,6 +232,17 @@ class KubeEmulator(kmock.KubernetesScaffold):
         matches = object_matcher(parse_label_selector(label_selector), ())
         return [obj for obj in self._live(spec, namespace) if matches(obj)]
 
+    def patch(self, resource: str, namespace: str | None, name: str, patch: Any, *,
+              content_type: str = "application/merge-patch+json", subresource: str | None = None) -> Object:
+        """Patch an object as a PATCH request would (merge-patch unless told otherwise)."""
+        return self._patch(self._spec_named(resource), namespace, name, patch, content_type, subresource)
+
+    def delete(self, resource: str, namespace: str | None, name: str,
+               propagation_policy: str | None = None) -> Object:
+        """Delete an object as a DELETE request would (finalizers and garbage collection included)."""
+        options = {"propagationPolicy": propagation_policy} if propagation_policy else {}
+        return self._delete(self._spec_named(resource), namespace, name, options)
+
     def ensure_namespace(self, name: str, labels: Mapping[str, str] | None = None) -> Object:
         existing = self._current(self._table.get("", "v1", "namespaces"), None, name)  # type: ignore[arg-type]
         if existing is not None:
