@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import kopf
 import kubernetes
+import pytest
 
 from tests.harness import KubeEmulator, eventually, sync_api_client
 from tests.harness.conftest import GROUP, VERSION, off_loop, service
@@ -84,17 +86,25 @@ class OperatorThread:
         assert not self.thread.is_alive(), "kopf did not stop"
 
 
-async def test_kopf_operator_creates_owned_child_and_finalizes(kube: KubeEmulator, namespace: str) -> None:
+def reconciled(kube: KubeEmulator, namespace: str, name: str) -> Callable[[], dict[str, Any] | None]:
+    def check() -> dict[str, Any] | None:
+        svc = kube.get("aosservices", namespace, name)
+        return svc if svc and svc.get("status", {}).get("phase") == "Ready" else None
+    return check
+
+
+@pytest.mark.parametrize("created", ["before-start", "after-ready"])
+async def test_kopf_operator_creates_owned_child_and_finalizes(kube: KubeEmulator, namespace: str,
+                                                                created: str) -> None:
     calls: Counter[str] = Counter()
     user = kubernetes.client.CustomObjectsApi(sync_api_client(kube.url, "kubectl"))
-    async with OperatorThread(build_registry(kube.url, calls), namespace) as operator:
+    if created == "before-start":  # kopf finds it by listing
         await off_loop(user.create_namespaced_custom_object, GROUP, VERSION, namespace, "aosservices", service("svc"))
-
-        def reconciled() -> dict[str, Any] | None:
-            svc = kube.get("aosservices", namespace, "svc")
-            return svc if svc and svc.get("status", {}).get("phase") == "Ready" else None
-
-        svc = await eventually(reconciled, timeout=30, message="the create handler's status")
+    async with OperatorThread(build_registry(kube.url, calls), namespace) as operator:
+        if created == "after-ready":  # kopf finds it by listing or by watching, never both
+            await off_loop(user.create_namespaced_custom_object, GROUP, VERSION, namespace, "aosservices",
+                           service("svc"))
+        svc = await eventually(reconciled(kube, namespace, "svc"), timeout=30, message="the create handler's status")
         assert svc["status"]["make-instance"] == {"instance": "svc-0"}
         assert FINALIZER in svc["metadata"]["finalizers"]
         child = kube.get("aosserviceinstances", namespace, "svc-0")
@@ -109,4 +119,22 @@ async def test_kopf_operator_creates_owned_child_and_finalizes(kube: KubeEmulato
                          message="the child's garbage collection")
         assert calls == {"create": 1, "delete": 1}
         assert kube.metrics.total(client_prefix="kopf/", watch=True) >= 1
+    assert operator.error is None, operator.error
+
+
+async def test_kopf_operator_recovers_after_losing_the_api(kube: KubeEmulator, namespace: str) -> None:
+    calls: Counter[str] = Counter()
+    proxy = await kube.client_proxy("operator")
+    async with OperatorThread(build_registry(proxy.url, calls), namespace) as operator:
+        kube.create({**service("first"), "metadata": {"name": "first", "namespace": namespace}})
+        await eventually(reconciled(kube, namespace, "first"), timeout=30, message="the first service")
+
+        proxy.block()
+        kube.create({**service("second"), "metadata": {"name": "second", "namespace": namespace}})
+        await asyncio.sleep(1.0)
+        assert kube.get("aosservices", namespace, "second").get("status") is None  # cut off: nothing done
+        proxy.unblock()
+
+        await eventually(reconciled(kube, namespace, "second"), timeout=60, message="the service made while cut off")
+        assert calls == {"create": 2}
     assert operator.error is None, operator.error
