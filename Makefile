@@ -49,6 +49,10 @@ test-fast: venv
 demo: system-deps venv
 	$(BIN)/aosctl validate examples/hello-world
 
+# The Kubernetes API emulator of the e2e tests against stock KMock, and its watch fan-out.
+bench-kube-emulator: venv
+	$(BIN)/python -m benchmarks.kube_emulator
+
 crds: venv
 	$(BIN)/aosctl crds --output crds
 

@@ -26,10 +26,14 @@ def main(argv: list[str] | None = None) -> int:
                        help="keep KMock's request log (memory grows with every request)")
     args = parser.parse_args(argv)
 
-    emulator = KubeEmulator(
-        host=args.host, port=args.port, crd_dir=None if args.no_crds else args.crd_dir,
-        bookmark_interval=args.bookmark_interval, keep_requests=args.keep_requests,
-    )
+    try:
+        emulator = KubeEmulator(
+            host=args.host, port=args.port, crd_dir=None if args.no_crds else args.crd_dir,
+            bookmark_interval=args.bookmark_interval, keep_requests=args.keep_requests,
+        )
+    except (OSError, ValueError, KeyError) as error:
+        print(f"python -m tests.harness serve: {error}", file=sys.stderr)
+        return 2
 
     def ready(url: str) -> None:
         if args.print_url:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import urllib.error
 import urllib.request
@@ -109,14 +110,16 @@ class HarnessProcess:
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen[str] | None = None
         self.client: HarnessClient | None = None
+        # A file, not a pipe: nobody drains stderr while the harness runs, and a full pipe blocks it.
+        self.stderr = tempfile.TemporaryFile(mode="w+")
 
     def __enter__(self) -> HarnessClient:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tests.harness", "serve", "--port", "0", "--print-url", *self.extra_args],
-            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
         )
-        url = _read_line(self.process, self.startup_timeout)
+        url = _read_line(self.process, self.startup_timeout, self.stderr)
         if not url.startswith("http://"):
             self.__exit__(None, None, None)
             raise HarnessError(f"the harness process did not print its URL (got {url!r})")
@@ -133,13 +136,13 @@ class HarnessProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
-        for stream in (self.process.stdout, self.process.stderr):
-            if stream is not None:
-                stream.close()
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self.stderr.close()
         self.process = None
 
 
-def _read_line(process: subprocess.Popen[str], timeout: float) -> str:
+def _read_line(process: subprocess.Popen[str], timeout: float, stderr: Any) -> str:
     result: list[str] = []
     reader = threading.Thread(target=lambda: result.append(process.stdout.readline() if process.stdout else ""),
                               daemon=True)
@@ -148,8 +151,9 @@ def _read_line(process: subprocess.Popen[str], timeout: float) -> str:
     if not result:
         process.kill()
         raise HarnessError(f"the harness process printed nothing within {timeout} s")
-    if not result[0] and process.poll() is not None:
-        errors = process.stderr.read() if process.stderr else ""
+    if not result[0] and process.wait(timeout=5) is not None:
+        stderr.seek(0)
+        errors = stderr.read()
         raise HarnessError(f"the harness process exited with {process.returncode}: {errors}")
     return result[0].strip()
 

@@ -121,6 +121,8 @@ def specs_from_crd(crd: Mapping[str, Any]) -> list[ResourceSpec]:
 
 def load_crds(directory: Path = CRD_DIR) -> list[dict[str, Any]]:
     """The CustomResourceDefinition documents in `directory` (*.yaml), sorted by file name."""
+    if not directory.is_dir():
+        raise FileNotFoundError(f"CRD directory {directory} does not exist: pass a directory of CRD YAML files")
     crds: list[dict[str, Any]] = []
     for path in sorted(directory.glob("*.yaml")):
         for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
