@@ -125,9 +125,12 @@ def load_crds(directory: Path = CRD_DIR) -> list[dict[str, Any]]:
         raise FileNotFoundError(f"CRD directory {directory} does not exist: pass a directory of CRD YAML files")
     crds: list[dict[str, Any]] = []
     for path in sorted(directory.glob("*.yaml")):
-        for document in yaml.safe_load_all(path.read_text(encoding="utf-8")):
-            if isinstance(document, dict) and document.get("kind") == "CustomResourceDefinition":
-                crds.append(document)
+        try:
+            documents = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path}: not valid YAML: {error}") from None
+        crds += [document for document in documents
+                 if isinstance(document, dict) and document.get("kind") == "CustomResourceDefinition"]
     return crds
 
 
