@@ -59,6 +59,10 @@ demo: system-deps venv
 	$(BIN)/aosctl build examples/hello-world -o out/hello-world.tar
 	$(BIN)/aosctl run out/hello-world.tar --service-id 0c3f6b8e-5a47-4a4b-9d8b-6f1c2b7e4a10 --timeout $(DEMO_SECONDS)
 
+# The Kubernetes API emulator of the e2e tests against stock KMock, and its watch fan-out.
+bench-kube-emulator: venv
+	$(BIN)/python -m benchmarks.kube_emulator
+
 crds: venv
 	$(BIN)/aosctl crds --output crds
 	cp crds/*.yaml charts/aos-operator/crds/
