@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -63,6 +64,16 @@ class Retry(Exception):
         self.delay = delay
 
 
+@dataclass(frozen=True)
+class PackageMemo:
+    """When a service's sources were last read, so that passes between changes read nothing."""
+
+    generation: int | None
+    source_digest: str
+    images: tuple[ImageStatus, ...]
+    checked_at: float
+
+
 @dataclass
 class Operator:
     """What every handler shares: settings, clients, and the wake-up signals of service loops."""
@@ -74,6 +85,15 @@ class Operator:
     wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
     device_fingerprints: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     failures: dict[tuple[str, str], int] = field(default_factory=dict)
+    memos: dict[tuple[str, str], PackageMemo] = field(default_factory=dict)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _devices: dict[str, DeviceView] = field(default_factory=dict)
+
+    def remember_devices(self, devices: Mapping[str, DeviceView]) -> None:
+        self._devices = dict(devices)
+
+    def known_devices(self) -> dict[str, DeviceView]:
+        return dict(self._devices)
 
     async def call(self, function: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await asyncio.to_thread(function, *args, **kwargs)
@@ -160,12 +180,19 @@ async def _ensure_packages(
     """The service's packages: reused when config and source are unchanged, else built and pushed."""
     meta, status = body["metadata"], body.get("status") or {}
     namespace, name = meta["namespace"], meta["name"]
+    key = (namespace, name)
+    memo = op.memos.get(key)
+    if memo and memo.generation == meta.get("generation"):
+        if time.monotonic() - memo.checked_at < op.settings.source_refresh_seconds:
+            return list(memo.images)  # nothing changed since the sources were last read
     repository = builder.repository_for(op.settings, namespace, name)
     source = await op.call(builder.gather_source, spec, namespace, op.kube.config_map, op.registry)
     digest = builder.source_digest(spec, source, repository)
-    recorded = [ImageStatus.model_validate(image) for image in status.get("images") or ()]
-    if status.get("sourceDigest") == digest and recorded:
-        return recorded
+    # After a restart the status remembers what was built: no rebuild for unchanged inputs.
+    recorded = memo.images if memo else tuple(ImageStatus.model_validate(i) for i in status.get("images") or ())
+    if recorded and (memo.source_digest if memo else status.get("sourceDigest")) == digest:
+        op.memos[key] = PackageMemo(meta.get("generation"), digest, tuple(recorded), time.monotonic())
+        return list(recorded)
     await write_status(op, body, [Wanted(RECONCILING, True, "Building", f"building {service.version}")], {})
     async with op.build_slots:
         images = await op.call(builder.build_and_push, op.settings, op.registry, service, source, repository)
@@ -181,6 +208,7 @@ async def _ensure_packages(
             "version": service.version,
         },
     )
+    op.memos[key] = PackageMemo(meta.get("generation"), digest, tuple(images), time.monotonic())
     return images
 
 

@@ -18,6 +18,7 @@ class OperatorSettings:
     registry_ca: Path | None = None
     registry_auth: Path | None = None
     resync_seconds: float = 30.0  # a service is re-checked at least this often, events or not
+    source_refresh_seconds: float = 60.0  # ConfigMap and image sources are re-read this often
     instance_stop_timeout: float = 120.0  # how long a removed instance waits for its agent to stop it
     build_concurrency: int = 2  # builds at once; each uses a CPU core or more
     retry_min_seconds: float = 2.0

@@ -1,0 +1,201 @@
+"""The kopf operator: handler registration and the process entry point (`aosctl operator`).
+
+One daemon per AosService runs reconciler passes, woken when its spec, its instances or the
+placement-relevant facts of a device change, and at least every `resync_seconds`. kopf's
+indexes keep AosDevices and AosServiceInstances in memory, so passes read no lists from the
+API. Deletion goes through kopf's finalizer: the handler removes the service's instances and
+waits, for a bounded time, until their agents report them stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from aos_operator.api.client import KubeClient
+from aos_operator.api.models import AOS_SERVICE_INSTANCE, GROUP, LABEL_SERVICE, VERSION
+from aos_operator.api.naming import label_value
+from aos_operator.controller import reconciler
+from aos_operator.controller.placement import DeviceView
+from aos_operator.controller.reconciler import Operator, release_stopped
+from aos_operator.controller.settings import OperatorSettings
+from aos_operator.packaging import registry_client
+
+log = logging.getLogger("aos_operator.controller")
+SERVICES = f"{GROUP}/{VERSION}/aosservices"
+DEVICES = f"{GROUP}/{VERSION}/aosdevices"
+INSTANCES = f"{GROUP}/{VERSION}/aosserviceinstances"
+FINALIZER = f"{GROUP}/operator"
+
+
+def _devices_of(index: kopf.Index[str, DeviceView]) -> dict[str, DeviceView]:
+    return {name: view for name, store in index.items() for view in store}
+
+
+def _instances_of(index: kopf.Index[tuple[str, str], Mapping[str, Any]], namespace: str, name: str) -> list[Mapping[str, Any]]:
+    return list(index.get((namespace, name), ()))
+
+
+def make_registry(op: Operator) -> kopf.OperatorRegistry:
+    registry = kopf.OperatorRegistry()
+    generations: dict[tuple[str, str], Any] = {}
+    deleting: dict[tuple[str, str], Mapping[str, Any]] = {}
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.finalizer = FINALIZER
+        settings.posting.level = logging.WARNING  # our own events say what happened; no log echo
+        settings.networking.request_timeout = 60
+        settings.watching.server_timeout = 300
+        if op.settings.peering:
+            settings.peering.name = op.settings.peering
+        sweeper = asyncio.create_task(_sweep(), name="aos-instance-sweeper")
+        op.tasks.append(sweeper)
+
+    @kopf.on.cleanup(registry=registry)
+    async def stop(**_: Any) -> None:
+        for task in op.tasks:
+            task.cancel()
+        await asyncio.gather(*op.tasks, return_exceptions=True)
+        await asyncio.to_thread(op.registry.close)
+        await asyncio.to_thread(op.kube.close)
+
+    @kopf.index(DEVICES, registry=registry)
+    def devices(name: str, body: kopf.Body, **_: Any) -> dict[str, DeviceView]:
+        return {name: DeviceView.from_body(body)}
+
+    @kopf.index(INSTANCES, registry=registry)
+    def instances(namespace: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], Mapping[str, Any]]:
+        return {(namespace, body.get("spec", {}).get("service", "")): copy.deepcopy(dict(body))}
+
+    @kopf.on.event(DEVICES, registry=registry)
+    def device_changed(name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
+        fingerprint = None if type == "DELETED" else DeviceView.from_body(body).fingerprint()
+        if op.device_fingerprints.get(name) != fingerprint:
+            op.device_fingerprints[name] = fingerprint  # type: ignore[assignment]
+            op.wake_all()
+
+    @kopf.on.event(INSTANCES, registry=registry)
+    def instance_changed(namespace: str, name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
+        service = body.get("spec", {}).get("service")
+        if service:
+            op.wake(namespace, service)
+        if type == "DELETED" or not body.get("metadata", {}).get("deletionTimestamp"):
+            deleting.pop((namespace, name), None)
+        else:
+            deleting[(namespace, name)] = copy.deepcopy(dict(body))
+
+    @kopf.on.event(SERVICES, registry=registry)
+    def service_changed(namespace: str, name: str, meta: kopf.Meta, **_: Any) -> None:
+        generation = meta.get("generation")
+        if generations.get((namespace, name)) != generation:
+            generations[(namespace, name)] = generation
+            op.wake(namespace, name)
+
+    @kopf.daemon(SERVICES, registry=registry, id="reconcile", cancellation_timeout=10.0)
+    async def service_loop(
+        namespace: str,
+        name: str,
+        body: kopf.Body,
+        devices: kopf.Index[str, DeviceView],
+        instances: kopf.Index[tuple[str, str], Mapping[str, Any]],
+        **_: Any,
+    ) -> None:
+        key = (namespace, name)
+        wakeup = op.wakeups.setdefault(key, asyncio.Event())
+        try:
+            while True:
+                wakeup.clear()
+                delay = await _guarded_pass(op, body, _devices_of(devices), _instances_of(instances, namespace, name))
+                try:
+                    await asyncio.wait_for(wakeup.wait(), timeout=delay)
+                except TimeoutError:
+                    pass
+        finally:
+            op.wakeups.pop(key, None)
+            op.memos.pop(key, None)
+
+    @kopf.on.delete(SERVICES, registry=registry, id="release-instances")
+    async def service_deleted(
+        namespace: str, name: str, devices: kopf.Index[str, DeviceView], logger: logging.Logger, **_: Any
+    ) -> None:
+        selector = f"{LABEL_SERVICE}={label_value(name)}"
+        while True:
+            items, _version = await op.call(op.kube.list, AOS_SERVICE_INSTANCE, namespace, selector)
+            items = [item for item in items if (item.get("spec") or {}).get("service") == name]
+            if not items:
+                logger.info("every instance is stopped and removed")
+                return
+            for item in items:
+                if not item["metadata"].get("deletionTimestamp"):
+                    await op.call(op.kube.delete, AOS_SERVICE_INSTANCE, item["metadata"]["name"], namespace)
+            await release_stopped(op, items, _devices_of(devices))
+            await asyncio.sleep(1.0)
+
+    async def _sweep() -> None:
+        """Instances whose service is gone (deleted while the operator was down) still get released."""
+        while True:
+            await asyncio.sleep(5.0)
+            try:
+                devices_now = {name: view for name, view in op.known_devices().items()}
+                await release_stopped(op, list(deleting.values()), devices_now)
+            except reconciler.TRANSIENT_ERRORS as error:
+                log.warning("instance sweep failed, will retry: %s", error)
+
+    return registry
+
+
+async def _guarded_pass(op: Operator, body: kopf.Body, devices: dict[str, DeviceView], instances: list[Mapping[str, Any]]) -> float:
+    """One reconciler pass; API and network trouble becomes a retry, never a crashed operator."""
+    meta = body.get("metadata", {})
+    key = (meta.get("namespace", ""), meta.get("name", ""))
+    op.remember_devices(devices)
+    try:
+        return await reconciler.reconcile(op, body, devices, instances)
+    except reconciler.TRANSIENT_ERRORS as error:
+        delay = op.backoff(key)
+        log.warning("AosService %s/%s: %s; retrying in %.0f s", *key, error, delay)
+        return delay
+    except Exception:  # a bug: keep the operator alive and say so loudly
+        delay = op.backoff(key)
+        log.exception("AosService %s/%s: reconcile failed; retrying in %.0f s", *key, delay)
+        return delay
+
+
+async def run(settings: OperatorSettings, *, stop_flag: asyncio.Event | threading.Event | None = None,
+              ready_flag: asyncio.Event | threading.Event | None = None) -> None:
+    kube = KubeClient(settings.connection, user_agent="aos-operator")
+    registry = registry_client(
+        insecure=settings.registry_insecure, ca_file=settings.registry_ca, auth_file=settings.registry_auth
+    )
+    op = Operator(settings, kube, registry, build_slots=asyncio.Semaphore(settings.build_concurrency))
+    handlers = make_registry(op)
+    if settings.connection.server:
+        server = settings.connection.server
+
+        @kopf.on.login(registry=handlers)
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return kopf.ConnectionInfo(server=server, insecure=True)
+
+    else:
+
+        @kopf.on.login(registry=handlers)
+        def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+            return kopf.login_via_client(**kwargs)
+
+    await kopf.operator(
+        registry=handlers,
+        standalone=settings.peering is None,
+        peering_name=settings.peering,
+        clusterwide=not settings.namespaces,
+        namespaces=list(settings.namespaces),
+        liveness_endpoint=settings.liveness,
+        stop_flag=stop_flag,
+        ready_flag=ready_flag,
+    )
