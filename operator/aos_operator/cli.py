@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import shlex
 import sys
@@ -25,6 +26,7 @@ from aos_operator.errors import (
     InputError,
     RuntimeFailure,
 )
+from aos_operator.api.client import Connection
 from aos_operator.image import BuildResult, Progress, open_package
 from aos_operator.packaging import (
     build_service,
@@ -310,6 +312,118 @@ def cmd_run(args: argparse.Namespace) -> int:
     return result.exit_code
 
 
+# --- operator and agent ------------------------------------------------------------------------------
+
+
+def _logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def _connection(args: argparse.Namespace) -> Connection:
+    return Connection(server=args.kube_server, kubeconfig=args.kubeconfig)
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from aos_operator.controller import handlers
+    from aos_operator.controller.settings import OperatorSettings
+
+    _logging(args.log_level)
+    if not args.registry:
+        raise InputError("no registry: pass --registry HOST[:PORT][/PREFIX] or set AOS_REGISTRY")
+    settings = OperatorSettings(
+        registry=args.registry,
+        work_dir=Path(args.work_dir),
+        connection=_connection(args),
+        namespaces=tuple(args.namespace or ()),
+        registry_insecure=args.registry_insecure,
+        registry_ca=Path(args.registry_ca) if args.registry_ca else None,
+        registry_auth=Path(args.registry_auth) if args.registry_auth else None,
+        resync_seconds=args.resync,
+        instance_stop_timeout=args.stop_timeout,
+        liveness=args.liveness or None,
+        peering=args.peering,
+    )
+    asyncio.run(handlers.run(settings))
+    return EXIT_OK
+
+
+def _node_config(path: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Resources and host devices the node offers, from a small YAML file."""
+    if not path:
+        return (), ()
+    import yaml
+
+    try:
+        document = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise InputError(f"{path}: cannot read the node config: {error}") from None
+    if not isinstance(document, dict):
+        raise InputError(f"{path}: the node config must be a mapping with `resources` and `devices` lists")
+    def names(key: str) -> tuple[str, ...]:
+        items = document.get(key) or []
+        return tuple(str(item["name"] if isinstance(item, dict) else item) for item in items)
+    return names("resources"), names("devices")
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from aos_operator.agent.core import DeviceAgent
+    from aos_operator.agent.loop import AgentLoop, AgentSettings
+    from aos_operator.api.client import KubeClient
+    from aos_operator.runtime import Runtime, RuntimeConfig, detect_node_facts, stop_on_signals
+
+    _logging(args.log_level)
+    device = args.device or os.environ.get("NODE_NAME")
+    if not device:
+        raise InputError("no device name: pass --device NAME or set NODE_NAME")
+    if os.geteuid() != 0:
+        raise RuntimeFailure("the agent needs root: it runs services under runc", hint="run it as root")
+    resources, host_devices = _node_config(args.node_config)
+    data_dir, run_dir = Path(args.data_dir), Path(args.run_dir)
+    config = RuntimeConfig(
+        state_root=data_dir / "runtime",
+        run_root=run_dir / "runtime",
+        base_path=args.base_rootfs,
+        cgroup_parent=args.cgroup_parent,
+    )
+    node = detect_node_facts(dmips=args.dmips)
+    runtime = Runtime(config, node)
+    registry = _registry(args)
+    settings = AgentSettings(
+        device=device,
+        node=args.node or device,
+        run_dir=run_dir,
+        connection=_connection(args),
+        heartbeat_seconds=args.heartbeat,
+        resources=resources,
+        host_devices=host_devices,
+    )
+    kube = KubeClient(settings.connection, user_agent=f"aos-agent/{device}")
+    loop = AgentLoop(settings, kube, DeviceAgent(runtime, registry, data_dir / "pulls"), node)
+    with stop_on_signals(loop.stop):
+        loop.run()
+    return EXIT_OK
+
+
+def cmd_agent_health(args: argparse.Namespace) -> int:
+    from aos_operator.agent.loop import agent_alive
+
+    alive, problem = agent_alive(Path(args.run_dir))
+    if alive:
+        return EXIT_OK
+    print(f"aosctl: {problem}", file=sys.stderr)
+    return EXIT_FAILED
+
+
 def cmd_crds(args: argparse.Namespace) -> int:
     from aos_operator.api import crds
 
@@ -409,6 +523,56 @@ def _parser() -> argparse.ArgumentParser:
     build_options(run)
     registry_options(run)
     run.set_defaults(func=cmd_run)
+
+    def kube_options(command: argparse.ArgumentParser) -> None:
+        command.add_argument("--kube-server", metavar="URL", default=os.environ.get("AOS_KUBE_SERVER"),
+                             help="API server URL without auth (tests); default: in-cluster or kubeconfig")
+        command.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig file (default ~/.kube/config)")
+        command.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    operator = commands.add_parser(
+        "operator", help="run the Kubernetes operator (AosService -> packages -> instances)",
+        description="Reconcile AosServices: validate their config, build and push their packages, place "
+        "AosServiceInstances on matching AosDevices, and report status.",
+    )
+    operator.add_argument("--namespace", action="append", metavar="NS", help="watch this namespace (repeatable; default all)")
+    operator.add_argument("--registry", default=os.environ.get("AOS_REGISTRY"), help="HOST[:PORT][/PREFIX] to push to")
+    operator.add_argument("--registry-insecure", action="store_true", default=_env_flag("AOS_REGISTRY_INSECURE"))
+    operator.add_argument("--registry-ca", default=os.environ.get("AOS_REGISTRY_CA"), metavar="FILE")
+    operator.add_argument("--registry-auth", default=os.environ.get("AOS_REGISTRY_AUTH"), metavar="FILE")
+    operator.add_argument("--work-dir", default="/var/cache/aos-operator", help="build cache and scratch space")
+    operator.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf probe endpoint ('' for none)")
+    operator.add_argument("--peering", metavar="NAME", help="kopf peering object; without it: standalone")
+    operator.add_argument("--resync", type=float, default=30.0, metavar="SECONDS", help="re-check every service this often")
+    operator.add_argument("--stop-timeout", type=float, default=120.0, metavar="SECONDS",
+                          help="how long a removed instance waits for its agent to report it stopped")
+    kube_options(operator)
+    operator.set_defaults(func=cmd_operator)
+
+    agent = commands.add_parser(
+        "agent", help="run the device agent of one edge node (root)",
+        description="Register and heart-beat this node's AosDevice, run the AosServiceInstances assigned to it "
+        "under runc, and report their status. Services keep running when the agent stops.",
+    )
+    agent.add_argument("--device", help="AosDevice name (default: $NODE_NAME)")
+    agent.add_argument("--node", help="Node whose labels the AosDevice mirrors (default: the device name)")
+    agent.add_argument("--data-dir", default="/var/lib/aos", help="packages, layers, storage and state")
+    agent.add_argument("--run-dir", default="/run/aos", help="runtime state, bundles, runc state")
+    agent.add_argument("--base-rootfs", default="/", help="the services' base layer (the host root; /host in a pod)")
+    agent.add_argument("--cgroup-parent", default="/aos", help="cgroup under which instances run (default /aos)")
+    agent.add_argument("--dmips", type=int, help="total DMIPS of the device (default: cores x 10000)")
+    agent.add_argument("--node-config", metavar="FILE", help="YAML with the resources and devices the node offers")
+    agent.add_argument("--heartbeat", type=float, default=10.0, metavar="SECONDS")
+    agent.add_argument("--insecure", "--registry-insecure", dest="insecure", action="store_true",
+                       default=_env_flag("AOS_REGISTRY_INSECURE"), help="plain HTTP to the registry")
+    agent.add_argument("--ca", "--registry-ca", dest="ca", default=os.environ.get("AOS_REGISTRY_CA"), metavar="FILE")
+    agent.add_argument("--auth", "--registry-auth", dest="auth", default=os.environ.get("AOS_REGISTRY_AUTH"), metavar="FILE")
+    kube_options(agent)
+    agent.set_defaults(func=cmd_agent)
+
+    health = commands.add_parser("agent-health", help="liveness check of a running agent")
+    health.add_argument("--run-dir", default="/run/aos")
+    health.set_defaults(func=cmd_agent_health)
 
     crds = commands.add_parser("crds", help="print or write the CustomResourceDefinitions")
     crds.add_argument("--output", "-o", metavar="DIR", help="write one YAML file per CRD into DIR")

@@ -186,6 +186,9 @@ class PackageStore:
                                hint="install the package again")
         return InstalledPackage(digest, image_config, service_config, layer.digest, self.layers.path(layer.digest))
 
+    def has(self, digest: str) -> bool:
+        return is_digest(digest) and (self._manifests / f"{digest_hex(digest)}.json").exists()
+
     def digests(self) -> list[str]:
         if not self._manifests.is_dir():
             return []

@@ -1,0 +1,136 @@
+"""The device agent's core: make this node run exactly the instances it is asked to run.
+
+A plain class with no Kubernetes in it: the Kubernetes loop (`agent.loop`) feeds it desired
+instances and reports what it returns; `aosctl run` shares the runtime beneath it. Packages
+are pulled by digest into a local cache, verified, installed once, and shared by instances.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from aos_operator.digests import digest_hex
+from aos_operator.errors import AosError, RuntimeFailure
+from aos_operator.registry import RegistryClient
+from aos_operator.runtime import InstanceIdentity, InstanceStatus, Phase, Runtime
+
+log = logging.getLogger("aos_operator.agent")
+
+
+@dataclass(frozen=True)
+class Desired:
+    """One instance this node should run: who it is and which package, by digest."""
+
+    service_id: str
+    subject: str
+    index: int
+    reference: str  # repository@sha256:...
+    digest: str
+    instance_id: str  # as the operator computed it; must match the runtime's
+
+    @property
+    def identity(self) -> InstanceIdentity:
+        return InstanceIdentity(self.service_id, self.subject, self.index)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What happened when the agent converged an instance, for the status report."""
+
+    phase: str
+    reason: str | None = None
+    message: str = ""
+
+
+class DeviceAgent:
+    def __init__(self, runtime: Runtime, registry: RegistryClient, package_cache: Path) -> None:
+        self.runtime = runtime
+        self.registry = registry
+        self.package_cache = package_cache
+        self._installing = threading.Lock()
+
+    def adopt(self) -> list[InstanceStatus]:
+        """After a restart: find the instances that kept running, without restarting them."""
+        return self.runtime.recover()
+
+    def running_package(self, instance_id: str) -> str | None:
+        try:
+            status = self.runtime.status(instance_id)
+        except RuntimeFailure:
+            return None
+        return None if status.phase.terminal else status.package
+
+    def converge(self, desired: Desired, report: Callable[[Outcome], None]) -> Outcome:
+        """Run `desired`: pull and install its package if needed, (re)start it when its package changed."""
+        identity = desired.identity
+        if identity.instance_id != desired.instance_id:
+            return Outcome("Failed", "InvalidSpec", f"instanceId {desired.instance_id} is not {identity.instance_id}")
+        current = self.running_package(desired.instance_id)
+        if current == desired.digest:
+            return Outcome("Running")  # adopted or already converged: leave it alone
+        try:
+            if not self.runtime.packages.has(desired.digest):
+                report(Outcome("Pulling", message=desired.reference))
+                self._pull_and_install(desired)
+            report(Outcome("Starting"))
+            if current is not None:  # a new package: replace the container, keep storage and state
+                self.runtime.stop(desired.instance_id)
+            self.runtime.start(identity, desired.digest, wait=False)
+        except AosError as error:
+            reason = "PullFailed" if type(error).__name__ in ("RegistryError", "PackageError") else "StartError"
+            log.warning("instance %s: %s", desired.instance_id, error)
+            return Outcome("Failed", reason, str(error))
+        if current is not None and current != desired.digest:
+            self._forget(current)
+        return Outcome("Starting")
+
+    def _pull_and_install(self, desired: Desired) -> None:
+        with self._installing:  # one pull per package at a time; instances of it share it
+            if self.runtime.packages.has(desired.digest):
+                return
+            directory = self.package_cache / digest_hex(desired.digest)
+            self.registry.pull(desired.reference, directory)
+            try:
+                self.runtime.install(directory)
+            finally:
+                shutil.rmtree(directory, ignore_errors=True)  # the runtime keeps what it needs
+
+    def remove(self, instance_id: str) -> None:
+        """Stop the instance and delete its data; drop its package when nothing else uses it."""
+        package = None
+        try:
+            package = self.runtime.status(instance_id).package
+            self.runtime.remove(instance_id)
+        except RuntimeFailure:
+            return  # not on this node
+        self._forget(package)
+
+    def _forget(self, digest: str | None) -> None:
+        if digest is None:
+            return
+        try:
+            self.runtime.uninstall(digest)
+        except (RuntimeFailure, OSError):
+            pass  # still used by another instance, or already gone
+
+    def status(self, instance_id: str) -> InstanceStatus | None:
+        try:
+            return self.runtime.status(instance_id)
+        except RuntimeFailure:
+            return None
+
+    def instances(self) -> list[InstanceStatus]:
+        return self.runtime.list()
+
+    @staticmethod
+    def outcome_of(status: InstanceStatus) -> Outcome:
+        return Outcome(status.phase.value, status.reason, status.message)
+
+    @staticmethod
+    def is_running(status: InstanceStatus | None) -> bool:
+        return status is not None and status.phase == Phase.RUNNING

@@ -1,0 +1,412 @@
+"""The device agent's Kubernetes side (`aosctl agent`): register and heart-beat the AosDevice,
+watch this device's AosServiceInstances, hand them to the core, and report their status.
+
+Threads, each with one job: the heartbeat, the watch (list, then watch from the list's
+resourceVersion, with the device label selector on the server and checked again here), a
+worker that converges instances one at a time, and a reporter that writes status patches.
+Reports wait in a latest-wins table, so when the API server is away the services keep running
+and their status catches up when it is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
+
+from aos_operator import __version__
+from aos_operator.agent.core import Desired, DeviceAgent, Outcome
+from aos_operator.api.client import Connection, KubeClient
+from aos_operator.api.models import AOS_DEVICE, AOS_SERVICE_INSTANCE, LABEL_DEVICE
+from aos_operator.api.naming import label_value
+from aos_operator.runtime import InstanceStatus, NodeFacts
+
+log = logging.getLogger("aos_operator.agent")
+API_ERRORS = (ApiException, HTTPError, OSError)
+ALIVE_FILE = "agent.alive"
+RETRIED_REASONS = ("PullFailed", "StartError")
+
+Key = tuple[str, str]  # (namespace, name) of an AosServiceInstance
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    device: str
+    node: str
+    run_dir: Path
+    connection: Connection = field(default_factory=Connection)
+    heartbeat_seconds: float = 10.0
+    usage_seconds: float = 15.0  # how often CPU and RAM use are refreshed in instance status
+    resources: tuple[str, ...] = ()
+    host_devices: tuple[str, ...] = ()
+    runners: tuple[str, ...] = ("runc",)
+
+
+def now() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def memory_bytes() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+class AgentLoop:
+    def __init__(self, settings: AgentSettings, kube: KubeClient, agent: DeviceAgent, node: NodeFacts) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.agent = agent
+        self.node = node
+        self.stop = threading.Event()
+        self.selector = f"{LABEL_DEVICE}={label_value(settings.device)}"
+        self._desired: dict[Key, Mapping[str, Any]] = {}
+        self._ids: dict[Key, str] = {}  # instance ID of every key seen, to clean up after DELETED
+        self._keys: dict[str, Key] = {}
+        self._work: queue.Queue[Key] = queue.Queue()
+        self._queued: set[Key] = set()
+        self._reports: dict[Key, dict[str, Any]] = {}
+        self._lock = threading.Lock()
+        self._synced = threading.Event()
+        self._usage_at: dict[str, float] = {}
+        self._usage_checked = 0.0
+        self._done: dict[Key, int | None] = {}  # the generation last converged, per instance
+        self._retries: dict[Key, int] = {}
+
+    # --- threads ------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run until `stop` is set; the services keep running after the agent ends."""
+        adopted = self.agent.adopt()
+        log.info("device %s: %d instance(s) found on the node", self.settings.device, len(adopted))
+        watcher = self.agent.runtime.watch(self._runtime_changed, interval=0.5)
+        threads = [
+            threading.Thread(target=self._guard, args=(self._heartbeat,), name="heartbeat", daemon=True),
+            threading.Thread(target=self._guard, args=(self._watch,), name="watch", daemon=True),
+            threading.Thread(target=self._guard, args=(self._converge_forever,), name="worker", daemon=True),
+            threading.Thread(target=self._guard, args=(self._report_forever,), name="reporter", daemon=True),
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            self.stop.wait()
+        finally:
+            watcher.close()
+            self._mark_not_ready()
+
+    def _guard(self, loop: Any) -> None:
+        while not self.stop.is_set():
+            try:
+                loop()
+                return
+            except Exception:  # a bug in one loop must not take the agent down; say it and go on
+                log.exception("agent loop %s failed; restarting it", loop.__name__)
+                self.stop.wait(2.0)
+
+    # --- AosDevice ----------------------------------------------------------------------------
+
+    def _device_status(self) -> dict[str, Any]:
+        instances = sum(1 for status in self.agent.instances() if not status.phase.terminal)
+        return {
+            "nodeName": self.settings.node,
+            "architecture": self.node.architecture,
+            "os": "linux",
+            "kernelVersion": platform.release(),
+            "cpuCores": self.node.cores,
+            "dmips": self.node.dmips,
+            "memoryBytes": memory_bytes(),
+            "runners": list(self.settings.runners),
+            "resources": list(self.settings.resources),
+            "hostDevices": list(self.settings.host_devices),
+            "agentVersion": __version__,
+            "lastHeartbeat": now(),
+            "instances": instances,
+            "conditions": [self._ready_condition(True, "AgentRunning", "the agent heart-beats")],
+        }
+
+    def _ready_condition(self, ready: bool, reason: str, message: str) -> dict[str, Any]:
+        return {
+            "type": "Ready",
+            "status": "True" if ready else "False",
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": self._ready_since(ready),
+        }
+
+    def _ready_since(self, ready: bool) -> str:
+        if getattr(self, "_ready_state", None) != ready:
+            self._ready_state, self._ready_at = ready, now()
+        return self._ready_at
+
+    def _sync_labels(self, device: Mapping[str, Any]) -> None:
+        """Mirror the Node's labels; without a Node (outside a cluster) labels are left to people."""
+        node_labels = self.kube.node_labels(self.settings.node)
+        if node_labels is None:
+            return
+        current = dict(device.get("metadata", {}).get("labels") or {})
+        wanted = {**node_labels, LABEL_DEVICE: label_value(self.settings.device)}
+        patch: dict[str, Any] = {key: value for key, value in wanted.items() if current.get(key) != value}
+        patch.update({key: None for key in current if key not in wanted})
+        if patch:
+            self.kube.patch(AOS_DEVICE, self.settings.device, {"metadata": {"labels": patch}})
+
+    def _heartbeat(self) -> None:
+        alive = self.settings.run_dir / ALIVE_FILE
+        registered = False
+        while not self.stop.is_set():
+            alive.parent.mkdir(parents=True, exist_ok=True)
+            alive.write_text(f"{self.settings.heartbeat_seconds}\n")  # agent-health reads the interval
+            try:
+                device = self.kube.get(AOS_DEVICE, self.settings.device)
+                if device is None:
+                    body = {
+                        "apiVersion": "aosedge.io/v1alpha1",
+                        "kind": "AosDevice",
+                        "metadata": {"name": self.settings.device, "labels": {LABEL_DEVICE: label_value(self.settings.device)}},
+                        "spec": {},
+                    }
+                    device = self.kube.create(AOS_DEVICE, body)
+                    log.info("registered AosDevice %s", self.settings.device)
+                self._sync_labels(device)
+                self.kube.patch(AOS_DEVICE, self.settings.device, {"status": self._device_status()}, status=True)
+                if not registered:
+                    registered = True
+            except API_ERRORS as error:
+                log.warning("heartbeat failed (the services keep running): %s", error)
+            self.stop.wait(self.settings.heartbeat_seconds)
+
+    def _mark_not_ready(self) -> None:
+        try:
+            status = {"conditions": [self._ready_condition(False, "AgentStopped", "the agent was stopped")]}
+            self.kube.patch(AOS_DEVICE, self.settings.device, {"status": status}, status=True)
+        except API_ERRORS as error:
+            log.warning("could not mark the device not Ready: %s", error)
+
+    # --- watching instances ----------------------------------------------------------------------
+
+    def _mine(self, body: Mapping[str, Any]) -> bool:
+        # The server filters by label; the spec is the truth (a label can be edited by hand).
+        return (body.get("spec") or {}).get("device") == self.settings.device
+
+    def _key(self, body: Mapping[str, Any]) -> Key:
+        return body["metadata"]["namespace"], body["metadata"]["name"]
+
+    def _enqueue(self, key: Key) -> None:
+        with self._lock:
+            if key in self._queued:
+                return
+            self._queued.add(key)
+        self._work.put(key)
+
+    def _accept(self, body: Mapping[str, Any]) -> None:
+        key = self._key(body)
+        with self._lock:
+            self._desired[key] = body
+            instance_id = (body.get("spec") or {}).get("instanceId")
+            if instance_id:
+                self._ids[key] = instance_id
+                self._keys[instance_id] = key
+        self._enqueue(key)
+
+    def _forget(self, key: Key) -> None:
+        with self._lock:
+            self._desired.pop(key, None)
+        self._enqueue(key)
+
+    def _resync(self, items: list[Mapping[str, Any]]) -> None:
+        """After a (re)list: the list is the whole truth; anything else on the node goes."""
+        listed = {self._key(item) for item in items}
+        with self._lock:
+            gone = [key for key in self._desired if key not in listed]
+        for key in gone:
+            self._forget(key)
+        for item in items:
+            self._accept(item)
+        wanted_ids = {(item.get("spec") or {}).get("instanceId") for item in items}
+        for status in self.agent.instances():
+            if status.instance_id not in wanted_ids:
+                log.info("instance %s is not assigned to this device any more: removing it", status.instance_id)
+                self.agent.remove(status.instance_id)
+        self._synced.set()
+
+    def _watch(self) -> None:
+        delay = 1.0
+        while not self.stop.is_set():
+            try:
+                items, version = self.kube.list(AOS_SERVICE_INSTANCE, None, self.selector)
+                self._resync([item for item in items if self._mine(item)])
+                delay = 1.0
+                while not self.stop.is_set():
+                    for event in self.kube.watch(AOS_SERVICE_INSTANCE, None, self.selector, version, timeout_seconds=60):
+                        kind, body = event["type"], event["object"]
+                        if kind == "ERROR":
+                            raise ApiException(status=(body or {}).get("code", 500), reason=str(body))
+                        version = body.get("metadata", {}).get("resourceVersion") or version
+                        if kind == "BOOKMARK" or not isinstance(body, dict):
+                            continue
+                        if kind == "DELETED" or not self._mine(body):
+                            self._forget(self._key(body))
+                        else:
+                            self._accept(body)
+                        if self.stop.is_set():
+                            return
+            except API_ERRORS as error:
+                log.warning("watch of AosServiceInstances failed (the services keep running): %s", error)
+                self.stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+
+    # --- converging ------------------------------------------------------------------------------------
+
+    def _converge_forever(self) -> None:
+        while not self.stop.is_set():
+            try:
+                key = self._work.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            with self._lock:
+                self._queued.discard(key)
+                body = self._desired.get(key)
+                instance_id = self._ids.get(key)
+            self._converge(key, body, instance_id)
+
+    def _converge(self, key: Key, body: Mapping[str, Any] | None, instance_id: str | None) -> None:
+        if body is None:  # the object is gone
+            self._done.pop(key, None)
+            if instance_id:
+                self.agent.remove(instance_id)
+            return
+        generation = body["metadata"].get("generation")
+        if self._done.get(key) == generation:
+            return  # our own status reports come back as events; only spec changes need work
+        spec = body.get("spec") or {}
+        if body["metadata"].get("deletionTimestamp"):
+            if instance_id:
+                self.agent.remove(instance_id)
+            self._report(key, {"phase": "Stopped", "reason": "Deleted", "message": "stopped and removed"})
+            self._done[key] = generation
+            return
+        image = spec.get("image") or {}
+        if image.get("architecture") and image["architecture"] != self.node.architecture:
+            self._report(key, {"phase": "Failed", "reason": "ArchitectureMismatch",
+                               "message": f"package for {image['architecture']}, device is {self.node.architecture}"})
+            self._done[key] = generation
+            return
+        desired = Desired(
+            service_id=spec["serviceId"], subject=spec["subject"], index=int(spec["index"]),
+            reference=image.get("reference", ""), digest=image.get("digest", ""), instance_id=spec["instanceId"],
+        )
+        outcome = self.agent.converge(desired, lambda step: self._report_outcome(key, step, generation))
+        self._report_outcome(key, outcome, generation)
+        if outcome.phase == "Failed" and outcome.reason in RETRIED_REASONS:
+            self._retry_later(key)
+            return
+        self._done[key] = generation
+        self._retries.pop(key, None)
+        status = self.agent.status(desired.instance_id)
+        if status is not None and status.package == desired.digest:
+            self._runtime_changed(status)
+
+    def _retry_later(self, key: Key) -> None:
+        """A pull or start that failed for a reason that may pass (registry away): try again later."""
+        attempt = self._retries.get(key, 0) + 1
+        self._retries[key] = attempt
+        timer = threading.Timer(min(2.0 ** attempt, 60.0), self._enqueue, args=(key,))
+        timer.daemon = True
+        timer.start()
+
+    # --- reporting -----------------------------------------------------------------------------------
+
+    def _report_outcome(self, key: Key, outcome: Outcome, generation: int | None) -> None:
+        if outcome.phase == "Running":
+            return  # the runtime's own report says more (start time, restarts)
+        update: dict[str, Any] = {"phase": outcome.phase, "reason": outcome.reason, "message": outcome.message or None}
+        if generation is not None:
+            update["observedGeneration"] = generation
+        self._report(key, update)
+
+    def _runtime_changed(self, status: InstanceStatus) -> None:
+        with self._lock:
+            key = self._keys.get(status.instance_id)
+        if key is None:
+            return
+        self._usage_at[status.instance_id] = time.monotonic()
+        self._report(key, self._status_fields(status))
+
+    @staticmethod
+    def _status_fields(status: InstanceStatus) -> dict[str, Any]:
+        started = status.start_time
+        return {
+            "phase": status.phase.value,
+            "reason": status.reason,
+            "message": status.message or None,
+            "exitCode": status.exit_code,
+            "restarts": status.restarts,
+            "startTime": datetime.fromtimestamp(started, UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if started else None,
+            "imageDigest": status.package,
+            "cpuMillicores": round(status.cpu_millicores) if status.cpu_millicores is not None else None,
+            "ramBytes": status.ram_bytes,
+        }
+
+    def _report(self, key: Key, update: dict[str, Any]) -> None:
+        with self._lock:
+            pending = self._reports.setdefault(key, {})
+            pending.update(update)
+            pending["lastUpdate"] = now()
+
+    def _refresh_usage(self) -> None:
+        if time.monotonic() - self._usage_checked < self.settings.usage_seconds / 3:
+            return
+        self._usage_checked = time.monotonic()
+        due = self._usage_checked - self.settings.usage_seconds
+        for status in self.agent.instances():
+            if status.phase.value == "Running" and self._usage_at.get(status.instance_id, 0) < due:
+                self._runtime_changed(status)
+
+    def _report_forever(self) -> None:
+        delay = 0.2
+        while not self.stop.is_set():
+            self.stop.wait(delay)
+            self._refresh_usage()
+            with self._lock:
+                batch, self._reports = self._reports, {}
+            failed: dict[Key, dict[str, Any]] = {}
+            for key, update in batch.items():
+                try:
+                    self.kube.patch(AOS_SERVICE_INSTANCE, key[1], {"status": update}, key[0], status=True)
+                except ApiException as error:
+                    if error.status != 404:  # a deleted object needs no report
+                        failed[key] = update
+                except API_ERRORS:
+                    failed[key] = update
+            with self._lock:
+                for key, update in failed.items():  # newer reports win over the failed ones
+                    self._reports[key] = {**update, **self._reports.get(key, {})}
+            delay = min(delay * 2, 10.0) if failed else 0.2
+
+
+def agent_alive(run_dir: Path) -> tuple[bool, str]:
+    """The liveness check: the heartbeat wrote the alive file within three of its intervals."""
+    path = run_dir / ALIVE_FILE
+    try:
+        age = time.time() - os.stat(path).st_mtime
+        interval = float(path.read_text().strip() or "10")
+    except (OSError, ValueError):
+        return False, f"{path}: no heartbeat record; is the agent running with --run-dir {run_dir}?"
+    if age < 3 * interval:
+        return True, ""
+    return False, f"the agent's last heartbeat was {age:.0f} s ago (interval {interval:g} s)"
