@@ -315,9 +315,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 # --- operator and agent ------------------------------------------------------------------------------
 
 
-def _logging(level: str) -> None:
+def _logging(args: argparse.Namespace) -> None:
     logging.basicConfig(
-        level=getattr(logging, level.upper()),
+        level=logging.DEBUG if args.verbose else getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
@@ -337,7 +337,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
     from aos_operator.controller import handlers
     from aos_operator.controller.settings import OperatorSettings
 
-    _logging(args.log_level)
+    _logging(args)
     if not args.registry:
         raise InputError("no registry: pass --registry HOST[:PORT][/PREFIX] or set AOS_REGISTRY")
     settings = OperatorSettings(
@@ -381,7 +381,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from aos_operator.api.client import KubeClient
     from aos_operator.runtime import Runtime, RuntimeConfig, detect_node_facts, stop_on_signals
 
-    _logging(args.log_level)
+    _logging(args)
     device = args.device or os.environ.get("NODE_NAME")
     if not device:
         raise InputError("no device name: pass --device NAME or set NODE_NAME")
@@ -529,6 +529,7 @@ def _parser() -> argparse.ArgumentParser:
                              help="API server URL without auth (tests); default: in-cluster or kubeconfig")
         command.add_argument("--kubeconfig", metavar="FILE", help="kubeconfig file (default ~/.kube/config)")
         command.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+        command.add_argument("--verbose", "-v", action="store_true", help="the same as --log-level debug")
 
     operator = commands.add_parser(
         "operator", help="run the Kubernetes operator (AosService -> packages -> instances)",

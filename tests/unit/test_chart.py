@@ -550,7 +550,7 @@ def test_agent_mounts_the_host_paths_the_contract_names() -> None:
     }
     args = pod["containers"][0]["args"]
     assert args[0] == "agent"
-    for flag in ("--base-rootfs=/host", "--run-dir=/run/aos", "--data-dir=/var/lib/aos", "--cgroup-root=/sys/fs/cgroup", "--device=$(NODE_NAME)"):
+    for flag in ("--base-rootfs=/host", "--run-dir=/run/aos", "--data-dir=/var/lib/aos", "--device=$(NODE_NAME)"):
         assert flag in args
     env = {variable["name"]: variable for variable in pod["containers"][0]["env"]}
     assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
@@ -692,3 +692,22 @@ def test_app_version_matches_the_package_version() -> None:
 
     with helm_python.Chart.load(CHART_DIR) as chart:
         assert chart.metadata["appVersion"] == __version__
+
+
+@pytest.mark.parametrize("values_file", [None, "all"], ids=["defaults", "all-values"])
+def test_every_flag_the_chart_passes_is_one_aosctl_accepts(values_file: str | None) -> None:
+    """The chart and the CLI must not drift apart: parse the rendered args with aosctl's own parser."""
+    from aos_operator.cli import _parser
+
+    documents = documents_of() if values_file is None else documents_of(all_values())
+    checked = 0
+    for kind, component in (("Deployment", "operator"), ("DaemonSet", "agent")):
+        container = pod_spec(one(documents, kind, component))["containers"][0]
+        args = [arg.replace("$(NODE_NAME)", "node-1") for arg in container["args"]]
+        parsed = _parser().parse_args(args)  # exits (SystemExit) on an unknown flag
+        assert parsed.command == component
+        probe = container.get("livenessProbe", {}).get("exec", {}).get("command")
+        if probe:
+            assert _parser().parse_args(probe[1:]).command == "agent-health"
+        checked += 1
+    assert checked == 2
