@@ -321,6 +321,9 @@ def _logging(args: argparse.Namespace) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:
+        # kopf reports every handler call at INFO: one line per watch event, which buries ours.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
 
 
 def _connection(args: argparse.Namespace) -> Connection:

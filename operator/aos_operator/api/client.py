@@ -26,11 +26,12 @@ class Connection:
     kubeconfig: str | None = None
 
     def configuration(self) -> kubernetes.client.Configuration:
+        configuration = kubernetes.client.Configuration()
+        # Retries are ours (with backoff, visible in logs); urllib3's would hide 429s and outages.
+        configuration.retries = 0
         if self.server:
-            configuration = kubernetes.client.Configuration()
             configuration.host = self.server.rstrip("/")
             return configuration
-        configuration = kubernetes.client.Configuration()
         if os.environ.get("KUBERNETES_SERVICE_HOST") and not self.kubeconfig:
             kubernetes.config.load_incluster_config(client_configuration=configuration)
         else:
@@ -97,18 +98,13 @@ class KubeClient:
     ) -> dict[str, Any]:
         """A merge patch (a dict) or a JSON patch (a list), of the object or of its status."""
         content_type = "application/json-patch+json" if isinstance(patch, list) else "application/merge-patch+json"
-        path = self._path(kind, name, namespace) + ("/status" if status else "")
-        response = self.api.call_api(
-            path,
-            "PATCH",
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=patch,
-            response_type="object",
-            auth_settings=["BearerToken"],
-            _request_timeout=self.timeout,
-            _return_http_data_only=True,
-        )
-        return response  # type: ignore[no-any-return]
+        options: dict[str, Any] = {"_content_type": content_type, "_request_timeout": self.timeout}
+        suffix = "_status" if status else ""
+        if kind.namespaced:
+            method = getattr(self.custom, f"patch_namespaced_custom_object{suffix}")
+            return method(GROUP, VERSION, namespace, kind.plural, name, patch, **options)  # type: ignore[no-any-return]
+        method = getattr(self.custom, f"patch_cluster_custom_object{suffix}")
+        return method(GROUP, VERSION, kind.plural, name, patch, **options)  # type: ignore[no-any-return]
 
     def delete(self, kind: Kind, name: str, namespace: str | None = None) -> bool:
         """Delete; False when it was already gone."""
@@ -150,11 +146,6 @@ class KubeClient:
             yield from stream
         finally:
             watcher.stop()
-
-    def _path(self, kind: Kind, name: str, namespace: str | None) -> str:
-        if kind.namespaced:
-            return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{kind.plural}/{name}"
-        return f"/apis/{GROUP}/{VERSION}/{kind.plural}/{name}"
 
     # --- core resources -----------------------------------------------------------------------
 

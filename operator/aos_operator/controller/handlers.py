@@ -28,9 +28,9 @@ from aos_operator.controller.settings import OperatorSettings
 from aos_operator.packaging import registry_client
 
 log = logging.getLogger("aos_operator.controller")
-SERVICES = f"{GROUP}/{VERSION}/aosservices"
-DEVICES = f"{GROUP}/{VERSION}/aosdevices"
-INSTANCES = f"{GROUP}/{VERSION}/aosserviceinstances"
+SERVICES = (GROUP, VERSION, "aosservices")
+DEVICES = (GROUP, VERSION, "aosdevices")
+INSTANCES = (GROUP, VERSION, "aosserviceinstances")
 FINALIZER = f"{GROUP}/operator"
 
 
@@ -47,7 +47,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
     generations: dict[tuple[str, str], Any] = {}
     deleting: dict[tuple[str, str], Mapping[str, Any]] = {}
 
-    @kopf.on.startup(registry=registry)
+    @kopf.on.startup(registry=registry, id="configure")
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.finalizer = FINALIZER
         settings.posting.level = logging.WARNING  # our own events say what happened; no log echo
@@ -58,7 +58,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
         sweeper = asyncio.create_task(_sweep(), name="aos-instance-sweeper")
         op.tasks.append(sweeper)
 
-    @kopf.on.cleanup(registry=registry)
+    @kopf.on.cleanup(registry=registry, id="close-clients")
     async def stop(**_: Any) -> None:
         for task in op.tasks:
             task.cancel()
@@ -66,22 +66,22 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
         await asyncio.to_thread(op.registry.close)
         await asyncio.to_thread(op.kube.close)
 
-    @kopf.index(DEVICES, registry=registry)
+    @kopf.index(*DEVICES, registry=registry, id="devices")
     def devices(name: str, body: kopf.Body, **_: Any) -> dict[str, DeviceView]:
         return {name: DeviceView.from_body(body)}
 
-    @kopf.index(INSTANCES, registry=registry)
+    @kopf.index(*INSTANCES, registry=registry, id="instances")
     def instances(namespace: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], Mapping[str, Any]]:
         return {(namespace, body.get("spec", {}).get("service", "")): copy.deepcopy(dict(body))}
 
-    @kopf.on.event(DEVICES, registry=registry)
+    @kopf.on.event(*DEVICES, registry=registry, id="device-changed")
     def device_changed(name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
         fingerprint = None if type == "DELETED" else DeviceView.from_body(body).fingerprint()
         if op.device_fingerprints.get(name) != fingerprint:
             op.device_fingerprints[name] = fingerprint  # type: ignore[assignment]
             op.wake_all()
 
-    @kopf.on.event(INSTANCES, registry=registry)
+    @kopf.on.event(*INSTANCES, registry=registry, id="instance-changed")
     def instance_changed(namespace: str, name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
         service = body.get("spec", {}).get("service")
         if service:
@@ -91,14 +91,14 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
         else:
             deleting[(namespace, name)] = copy.deepcopy(dict(body))
 
-    @kopf.on.event(SERVICES, registry=registry)
+    @kopf.on.event(*SERVICES, registry=registry, id="service-changed")
     def service_changed(namespace: str, name: str, meta: kopf.Meta, **_: Any) -> None:
         generation = meta.get("generation")
         if generations.get((namespace, name)) != generation:
             generations[(namespace, name)] = generation
             op.wake(namespace, name)
 
-    @kopf.daemon(SERVICES, registry=registry, id="reconcile", cancellation_timeout=10.0)
+    @kopf.daemon(*SERVICES, registry=registry, id="reconcile", cancellation_timeout=10.0)
     async def service_loop(
         namespace: str,
         name: str,
@@ -121,7 +121,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
             op.wakeups.pop(key, None)
             op.memos.pop(key, None)
 
-    @kopf.on.delete(SERVICES, registry=registry, id="release-instances")
+    @kopf.on.delete(*SERVICES, registry=registry, id="release-instances")
     async def service_deleted(
         namespace: str, name: str, devices: kopf.Index[str, DeviceView], logger: logging.Logger, **_: Any
     ) -> None:
@@ -179,13 +179,13 @@ async def run(settings: OperatorSettings, *, stop_flag: asyncio.Event | threadin
     if settings.connection.server:
         server = settings.connection.server
 
-        @kopf.on.login(registry=handlers)
+        @kopf.on.login(registry=handlers, id="login")
         def login(**_: Any) -> kopf.ConnectionInfo:
             return kopf.ConnectionInfo(server=server, insecure=True)
 
     else:
 
-        @kopf.on.login(registry=handlers)
+        @kopf.on.login(registry=handlers, id="login")
         def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
             return kopf.login_via_client(**kwargs)
 

@@ -194,6 +194,7 @@ async def _ensure_packages(
         op.memos[key] = PackageMemo(meta.get("generation"), digest, tuple(recorded), time.monotonic())
         return list(recorded)
     await write_status(op, body, [Wanted(RECONCILING, True, "Building", f"building {service.version}")], {})
+    log.info("AosService %s/%s: building and pushing %s", namespace, name, service.version)
     async with op.build_slots:
         images = await op.call(builder.build_and_push, op.settings, op.registry, service, source, repository)
     summary = ", ".join(f"{image.architecture}: {image.ref}" for image in images)
@@ -310,11 +311,15 @@ async def reconcile(
     try:
         images = await _ensure_packages(op, body, spec, service)
     except (SourceError, BuildError, InputError, PackageError, ConfigError) as error:
+        delay = op.backoff(key)
+        log.warning("AosService %s/%s: build failed, retrying in %.0f s: %s", *key, delay, error)
         await write_status(op, body, _stalled(IMAGE_PUSHED, "BuildFailed", str(error)), {})
-        return op.backoff(key)
+        return delay
     except RegistryError as error:
+        delay = op.backoff(key)
+        log.warning("AosService %s/%s: push failed, retrying in %.0f s: %s", *key, delay, error)
         await write_status(op, body, _stalled(IMAGE_PUSHED, "RegistryUnavailable", str(error)), {})
-        return op.backoff(key)
+        return delay
     view = _service_view(body, spec, service, images)
     instances = [InstanceView.from_body(instance) for instance in instance_bodies]
     desired = await apply_plan(op, body, view, list(devices.values()), instances)

@@ -1,0 +1,184 @@
+"""A fleet without a cluster: the API emulator, the real registry, `aosctl operator` and several
+`aosctl agent` processes (real runc, each with its own dirs and cgroup parent), for e2e tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aos_operator.api.client import Connection, KubeClient
+from aos_operator.api.models import AOS_DEVICE, AOS_SERVICE, AOS_SERVICE_INSTANCE
+from tests.conftest import REPO
+from tests.harness.control import HarnessClient, ProxyHandle
+
+T = TypeVar("T")
+
+
+def eventually(check: Callable[[], T | None], timeout: float = 60.0, what: str | Callable[[], str] = "the condition") -> T:
+    """Poll until `check` returns something truthy; fail with `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = check()
+        except AssertionError as error:
+            last = error
+        if last and not isinstance(last, AssertionError):
+            return last
+        time.sleep(0.25)
+    described = what() if callable(what) else what
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {described}; last: {last!r}")
+
+
+@dataclass
+class Process:
+    name: str
+    arguments: list[str]
+    log: Path
+    popen: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        environment = {**os.environ, "PYTHONPATH": str(REPO / "operator")}
+        with self.log.open("ab") as log:
+            self.popen = subprocess.Popen(
+                [sys.executable, "-m", "aos_operator.cli", *self.arguments],
+                stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True,
+            )
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+        if self.popen is None or self.popen.poll() is not None:
+            return
+        self.popen.send_signal(sig)
+        try:
+            self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@dataclass
+class Agent:
+    device: str
+    root: Path
+    cgroup_parent: str
+    proxy: ProxyHandle
+    process: Process
+
+    @property
+    def data_dir(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.root / "run"
+
+    def memory_limit(self, instance_id: str) -> int | None:
+        path = Path("/sys/fs/cgroup/memory") / self.cgroup_parent.strip("/") / instance_id / "memory.limit_in_bytes"
+        try:
+            return int(path.read_text())
+        except OSError:
+            return None
+
+    def cgroups(self) -> list[str]:
+        parent = Path("/sys/fs/cgroup/memory") / self.cgroup_parent.strip("/")
+        return sorted(path.name for path in parent.iterdir() if path.is_dir()) if parent.is_dir() else []
+
+    def log_of(self, instance_id: str) -> str:
+        found = list(self.data_dir.rglob(f"*{instance_id}*/service.log")) or [
+            path for path in self.data_dir.rglob("service.log") if instance_id in str(path)
+        ]
+        return found[0].read_text(errors="replace") if found else ""
+
+    def containers(self) -> list[str]:
+        roots = [path for path in self.run_dir.rglob("runc") if path.is_dir()]
+        ids: list[str] = []
+        for root in roots:
+            listing = subprocess.run(["runc", "--root", str(root), "list", "-q"], capture_output=True, text=True)
+            ids.extend(line for line in listing.stdout.split() if line)
+        return ids
+
+
+@dataclass
+class Fleet:
+    root: Path
+    kube: HarnessClient
+    registry_host: str
+    operator: Process | None = None
+    agents: dict[str, Agent] = field(default_factory=dict)
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+
+    def __post_init__(self) -> None:
+        self.api = KubeClient(Connection(server=self.kube.url), user_agent="e2e-test")
+
+    def start_operator(self) -> Process:
+        self.operator = Process("operator", [
+            "operator", "--kube-server", self.kube.url, "--registry", f"{self.registry_host}/aos",
+            "--registry-insecure", "--work-dir", str(self.root / "operator"), "--liveness", "",
+            "--resync", "2", "--stop-timeout", "30", "--log-level", "info",
+        ], self.root / "operator.log")
+        self.operator.start()
+        return self.operator
+
+    def start_agent(self, device: str, labels: Mapping[str, str]) -> Agent:
+        self.kube.create_node(device, dict(labels))
+        root = self.root / device
+        proxy = self.kube.proxy(device)
+        agent = Agent(device, root, f"/aos-e2e-{self.tag}-{device}", proxy, Process(device, [], root / "agent.log"))
+        root.mkdir(parents=True, exist_ok=True)
+        agent.process.arguments = [
+            "agent", "--device", device, "--kube-server", proxy.url, "--data-dir", str(agent.data_dir),
+            "--run-dir", str(agent.run_dir), "--cgroup-parent", agent.cgroup_parent, "--heartbeat", "1",
+            "--registry-insecure", "--log-level", "info",
+        ]
+        agent.process.start()
+        self.agents[device] = agent
+        return agent
+
+    def stop(self) -> None:
+        for agent in self.agents.values():
+            agent.process.stop()
+        if self.operator:
+            self.operator.stop()
+
+    # --- reading the API ----------------------------------------------------------------------
+
+    def service(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return self.api.get(AOS_SERVICE, name, namespace)
+
+    def instances(self, namespace: str, service: str) -> list[dict[str, Any]]:
+        items, _ = self.api.list(AOS_SERVICE_INSTANCE, namespace)
+        return sorted((i for i in items if i["spec"]["service"] == service), key=lambda i: i["metadata"]["name"])
+
+    def device(self, name: str) -> dict[str, Any] | None:
+        return self.api.get(AOS_DEVICE, name)
+
+    def condition(self, obj: Mapping[str, Any] | None, kind: str) -> Mapping[str, Any]:
+        for condition in ((obj or {}).get("status") or {}).get("conditions") or ():
+            if condition["type"] == kind:
+                return condition
+        return {}
+
+    def diagnostics(self) -> str:
+        parts = []
+        if self.operator:
+            parts.append(f"--- operator ---\n{self.operator.tail()}")
+        for agent in self.agents.values():
+            parts.append(f"--- agent {agent.device} ---\n{agent.process.tail()}")
+        return "\n".join(parts)

@@ -1,0 +1,264 @@
+"""End to end without a cluster: the API emulator (KMock), `aosctl operator`, two `aosctl agent`
+processes with different device names and labels, the real registry and real runc.
+
+The steps share one fleet and run in order, as a user would: apply, update, relabel, break the
+config, break the registry, restart an agent, cut an agent off the API, delete.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from aos_operator.api.models import AOS_DEVICE, AOS_SERVICE, FINALIZER_OPERATOR
+from tests.conftest import EXAMPLES
+from tests.e2e.fleet import Fleet, eventually
+from tests.harness.control import HarnessProcess
+from tests.integration.registry_support import RegistryServer, start_registry
+
+pytestmark = pytest.mark.root
+NAMESPACE = "demo"
+NAME = "hello-world"
+HELLO = EXAMPLES / "hello-world"
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    if os.geteuid() != 0:
+        pytest.fail("the end-to-end tests run services under runc: they need root (CI runs as root)")
+    root = tmp_path_factory.mktemp("fleet")
+    registry = start_registry(root / "registry")
+    with HarnessProcess() as kube:
+        fleet = Fleet(root, kube, registry.host)
+        fleet.registry = registry  # type: ignore[attr-defined]
+        kube.ensure_namespace(NAMESPACE)
+        fleet.start_operator()
+        fleet.start_agent("edge-a", {"zone": "a", "kubernetes.io/arch": "amd64"})
+        fleet.start_agent("edge-b", {"zone": "b", "kubernetes.io/arch": "amd64"})
+        try:
+            yield fleet
+        finally:
+            fleet.stop()
+            registry.stop()
+            for agent in fleet.agents.values():  # nothing of a failed test may stay on the machine
+                subprocess.run(["sh", "-c", f"grep -q '{agent.root}' /proc/mounts && umount -R -l $(grep '{agent.root}' /proc/mounts | cut -d' ' -f2 | sort -r) || true"])
+
+
+def pages(limit: int) -> int:
+    """The kernel keeps memory limits in whole pages."""
+    return limit // PAGE * PAGE
+
+
+def config(**quotas: str) -> dict[str, Any]:
+    document = yaml.safe_load((HELLO / "meta" / "config.yaml").read_text())
+    document["configuration"]["quotas"].update(quotas)
+    return document
+
+
+def config_map() -> dict[str, Any]:
+    return {
+        "apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "hello-files", "namespace": NAMESPACE},
+        "data": {
+            "hello_world.py": (HELLO / "src/usr/bin/services/hello_world.py").read_text(),
+            "hello.cfg": (HELLO / "src/etc/hello.cfg").read_text(),
+        },
+    }
+
+
+def aos_service(selector: dict[str, str], document: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "aosedge.io/v1alpha1", "kind": "AosService",
+        "metadata": {"name": NAME, "namespace": NAMESPACE},
+        "spec": {
+            "config": document,
+            "selector": {"matchLabels": selector},
+            "source": {"configMaps": [{"name": "hello-files", "items": [
+                {"key": "hello_world.py", "path": "usr/bin/services/hello_world.py", "mode": 0o755},
+                {"key": "hello.cfg", "path": "etc/hello.cfg"},
+            ]}]},
+        },
+    }
+
+
+def ready(fleet: Fleet) -> dict[str, Any] | None:
+    service = fleet.service(NAMESPACE, NAME)
+    condition = fleet.condition(service, "Ready")
+    if condition.get("status") == "True" and service["status"].get("observedGeneration") == service["metadata"]["generation"]:
+        return service
+    return None
+
+
+def running_on(fleet: Fleet, digest: str) -> list[dict[str, Any]]:
+    return [
+        instance for instance in fleet.instances(NAMESPACE, NAME)
+        if (instance.get("status") or {}).get("phase") == "Running" and instance["status"].get("imageDigest") == digest
+    ]
+
+
+def test_devices_register_and_heartbeat(fleet: Fleet) -> None:
+    for name, zone in (("edge-a", "a"), ("edge-b", "b")):
+        device = eventually(lambda name=name: fleet.condition(fleet.device(name), "Ready").get("status") == "True"
+                            and fleet.device(name), 60, lambda: f"AosDevice {name} Ready\n{fleet.diagnostics()}")
+        assert device["metadata"]["labels"]["zone"] == zone, "labels mirror the Node's"
+        status = device["status"]
+        assert status["architecture"] == "amd64" and status["cpuCores"] >= 1 and status["dmips"] > 0
+        assert status["memoryBytes"] > 0 and status["runners"] == ["runc"]
+
+
+def test_apply_runs_on_the_selected_device_only_with_its_limits(fleet: Fleet) -> None:
+    fleet.kube.create(f"/api/v1/namespaces/{NAMESPACE}/configmaps", config_map())
+    fleet.api.create(AOS_SERVICE, aos_service({"zone": "a"}, config()))
+    service = eventually(lambda: ready(fleet), 180, lambda: f"Ready\n{fleet.diagnostics()}")
+    status = service["status"]
+    assert status["readyRatio"] == "1/1" and (status["desired"], status["ready"], status["updated"]) == (1, 1, 1)
+    digest = status["image"]["digest"]
+    assert status["image"]["ref"].startswith(f"{fleet.registry_host}/aos/{NAMESPACE}/{NAME}:1.0.0@{digest}")
+    instances = fleet.instances(NAMESPACE, NAME)
+    assert [i["spec"]["device"] for i in instances] == ["edge-a"], "only the selected device gets instances"
+    instance = instances[0]
+    assert instance["metadata"]["labels"]["aosedge.io/device"] == "edge-a"
+    assert instance["metadata"]["ownerReferences"][0]["uid"] == service["metadata"]["uid"]
+    agent = fleet.agents["edge-a"]
+    instance_id = instance["spec"]["instanceId"]
+    assert agent.memory_limit(instance_id) == pages(64_000_000), "the quota is a real cgroup limit"
+    eventually(lambda: "Hello from an AosEdge service" in agent.log_of(instance_id), 30, "the service's output")
+    assert fleet.agents["edge-b"].cgroups() == []
+    assert instance["status"]["startTime"] and instance["status"]["restarts"] == 0
+
+
+def test_update_replaces_the_instance_and_applies_the_new_limit(fleet: Fleet) -> None:
+    before = fleet.service(NAMESPACE, NAME)
+    old_digest = before["status"]["image"]["digest"]
+    document = config(mem="96M")
+    document["publish"]["version"] = "1.1.0"
+    fleet.api.patch(AOS_SERVICE, NAME, {"spec": {"config": document}}, NAMESPACE)
+    service = eventually(
+        lambda: (s := ready(fleet)) and s["status"]["image"]["digest"] != old_digest and s, 180,
+        lambda: f"Ready with a new package\n{fleet.diagnostics()}",
+    )
+    digest = service["status"]["image"]["digest"]
+    assert service["status"]["version"] == "1.1.0" and ":1.1.0@" in service["status"]["image"]["ref"]
+    (instance,) = running_on(fleet, digest)
+    assert instance["spec"]["device"] == "edge-a"
+    assert fleet.agents["edge-a"].memory_limit(instance["spec"]["instanceId"]) == pages(96_000_000)
+    eventually(lambda: "run 2)" in fleet.agents["edge-a"].log_of(instance["spec"]["instanceId"]), 30,
+               "the replaced container to find its storage (run 2)")
+
+
+def test_instances_follow_the_selector_when_devices_are_relabelled(fleet: Fleet) -> None:
+    digest = fleet.service(NAMESPACE, NAME)["status"]["image"]["digest"]
+    fleet.kube.request("PATCH", "/api/v1/nodes/edge-b", {"metadata": {"labels": {"zone": "a"}}},
+                       content_type="application/merge-patch+json")
+    eventually(lambda: sorted(i["spec"]["device"] for i in running_on(fleet, digest)) == ["edge-a", "edge-b"], 120,
+               lambda: f"an instance on edge-b too\n{fleet.diagnostics()}")
+    leaving = fleet.instances(NAMESPACE, NAME)[0]
+    assert leaving["spec"]["device"] == "edge-a"
+    fleet.kube.request("PATCH", "/api/v1/nodes/edge-a", {"metadata": {"labels": {"zone": "c"}}},
+                       content_type="application/merge-patch+json")
+    eventually(lambda: [i["spec"]["device"] for i in fleet.instances(NAMESPACE, NAME)] == ["edge-b"], 120,
+               lambda: f"edge-a's instance removed\n{fleet.diagnostics()}")
+    eventually(lambda: fleet.agents["edge-a"].cgroups() == [], 30, "edge-a's container gone")
+    assert eventually(lambda: ready(fleet), 60)["status"]["readyRatio"] == "1/1"
+
+
+def test_an_invalid_config_is_reported_and_leaves_the_running_version_alone(fleet: Fleet) -> None:
+    service = fleet.service(NAMESPACE, NAME)
+    digest = service["status"]["image"]["digest"]
+    (instance,) = fleet.instances(NAMESPACE, NAME)
+    document = service["spec"]["config"]
+    document["configuration"]["quotas"]["mem"] = "96X"
+    fleet.api.patch(AOS_SERVICE, NAME, {"spec": {"config": document}}, NAMESPACE)
+    invalid = eventually(lambda: fleet.condition(fleet.service(NAMESPACE, NAME), "Ready").get("reason") == "InvalidConfig"
+                         and fleet.service(NAMESPACE, NAME), 60, "InvalidConfig")
+    assert fleet.condition(invalid, "Ready")["status"] == "False"
+    assert "configuration.quotas.mem" in fleet.condition(invalid, "ConfigValid")["message"]
+    assert fleet.condition(invalid, "Stalled")["status"] == "True"
+    (still,) = fleet.instances(NAMESPACE, NAME)
+    assert still["metadata"]["name"] == instance["metadata"]["name"] and still["spec"]["image"]["digest"] == digest
+    assert still["status"]["phase"] == "Running"
+    assert fleet.agents["edge-b"].memory_limit(still["spec"]["instanceId"]) == pages(96_000_000)
+    document["configuration"]["quotas"]["mem"] = "96M"
+    fleet.api.patch(AOS_SERVICE, NAME, {"spec": {"config": document}}, NAMESPACE)
+    eventually(lambda: ready(fleet), 60, "Ready again")
+
+
+def test_registry_outage_stalls_the_build_and_recovers(fleet: Fleet) -> None:
+    registry: RegistryServer = fleet.registry  # type: ignore[attr-defined]
+    old = fleet.service(NAMESPACE, NAME)["status"]["image"]["digest"]
+    registry.stop()
+    document = fleet.service(NAMESPACE, NAME)["spec"]["config"]
+    document["publish"]["version"] = "1.2.0"
+    document["configuration"]["quotas"]["temp"] = "24M"  # a new package (a version alone changes no byte of it)
+    fleet.api.patch(AOS_SERVICE, NAME, {"spec": {"config": document}}, NAMESPACE)
+    stalled = eventually(lambda: fleet.condition(fleet.service(NAMESPACE, NAME), "Stalled").get("reason") == "RegistryUnavailable"
+                         and fleet.service(NAMESPACE, NAME), 120, lambda: f"Stalled\n{fleet.diagnostics()}")
+    assert fleet.condition(stalled, "ImagePushed")["status"] == "False"
+    assert len(running_on(fleet, old)) == 1, "what ran keeps running"
+    restarted = subprocess.Popen(["docker-registry", "serve", str(registry.root / "config.yml")],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    registry.process = restarted
+    service = eventually(lambda: (s := ready(fleet)) and s["status"]["image"]["digest"] != old and s, 180,
+                         lambda: f"recovery after the registry came back\n{fleet.diagnostics()}")
+    assert fleet.condition(service, "Stalled")["status"] == "False"
+    assert ":1.2.0@" in service["status"]["image"]["ref"]
+
+
+def test_agent_restart_adopts_its_containers(fleet: Fleet) -> None:
+    agent = fleet.agents["edge-b"]
+    (instance,) = fleet.instances(NAMESPACE, NAME)
+    started = instance["status"]["startTime"]
+    containers = agent.containers()
+    assert len(containers) == 1
+    agent.process.stop(signal.SIGTERM)
+    assert not agent.process.alive()
+    eventually(lambda: fleet.condition(fleet.device("edge-b"), "Ready").get("reason") == "AgentStopped", 30,
+               "the device marked not Ready")
+    assert agent.containers() == containers, "the service keeps running without its agent"
+    agent.process.start()
+    eventually(lambda: fleet.condition(fleet.device("edge-b"), "Ready").get("status") == "True", 60, "Ready again")
+    eventually(lambda: ready(fleet), 60, "the service Ready")
+    (after,) = fleet.instances(NAMESPACE, NAME)
+    assert after["status"]["startTime"] == started and after["status"]["restarts"] == 0, "adopted, not restarted"
+    assert agent.containers() == containers, "no duplicate container"
+
+
+def test_api_outage_for_an_agent_keeps_the_service_running_and_status_catches_up(fleet: Fleet) -> None:
+    agent = fleet.agents["edge-b"]
+    (instance,) = fleet.instances(NAMESPACE, NAME)
+    instance_id = instance["spec"]["instanceId"]
+    agent.proxy.block()
+    # While the agent cannot reach the API, its service crashes and the restart policy restarts it.
+    pid = int(subprocess.run(["runc", "--root", str(next(agent.run_dir.rglob("runc"))), "state", instance_id],
+                             capture_output=True, text=True, check=True).stdout.split('"pid": ')[1].split(",")[0])
+    os.kill(pid, signal.SIGKILL)
+    eventually(lambda: agent.memory_limit(instance_id) == pages(96_000_000) and len(agent.containers()) == 1, 60,
+               "the service restarted on the node")
+    assert fleet.instances(NAMESPACE, NAME)[0]["status"].get("restarts") == 0, "the API has not heard yet"
+    agent.proxy.unblock()
+    caught_up = eventually(lambda: (i := fleet.instances(NAMESPACE, NAME)[0])["status"].get("restarts") == 1
+                           and i["status"]["phase"] == "Running" and i, 60, lambda: f"status caught up\n{fleet.diagnostics()}")
+    assert caught_up["status"].get("reason") in (None, "Crashed", "Killed")
+
+
+def test_delete_stops_everything_and_releases_the_finalizer(fleet: Fleet) -> None:
+    (instance,) = fleet.instances(NAMESPACE, NAME)
+    assert FINALIZER_OPERATOR in instance["metadata"]["finalizers"]
+    fleet.api.delete(AOS_SERVICE, NAME, NAMESPACE)
+    eventually(lambda: fleet.service(NAMESPACE, NAME) is None, 120, lambda: f"the AosService gone\n{fleet.diagnostics()}")
+    assert fleet.instances(NAMESPACE, NAME) == []
+    for agent in fleet.agents.values():
+        eventually(lambda agent=agent: agent.cgroups() == [] and agent.containers() == [], 30, "no cgroup, no container")
+        mounts = Path("/proc/mounts").read_text()
+        assert str(agent.root) not in mounts, "no mount left"
+        loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True).stdout
+        assert str(agent.root) not in loops, "no loop device left"
+    assert fleet.api.get(AOS_DEVICE, "edge-a") is not None
