@@ -72,9 +72,12 @@ crds: venv
 manifests: venv
 	$(BIN)/python -m tools.chart_manifests
 
-# Speed of the package build against tar|gzip, tar|pigz and umoci (one run; prints ratios).
+# Every benchmark, one run each, ratios against the named baselines (see README, Performance).
 bench: system-deps venv
 	$(BIN)/python benchmarks/build.py
+	$(BIN)/python benchmarks/registry.py
+	$(BIN)/python benchmarks/run.py
+	$(BIN)/python -m benchmarks.operator_scale
 
 clean:
 	rm -rf $(VENV) .cache .pytest_cache build *.egg-info operator/*.egg-info

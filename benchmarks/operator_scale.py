@@ -1,0 +1,196 @@
+"""The operator at fleet scale: 500 AosServices over 20 simulated devices, against the API emulator.
+
+Real parts: the API emulator (KMock-based harness), CNCF Distribution, `aosctl operator` (a
+subprocess, the real kopf operator with real builds and pushes), and the agents' real
+Kubernetes loop (`AgentLoop`: heartbeat, label-selected watch, status reports). Simulated: the
+devices' runtime; a started instance is Running at once, so the figures are the control
+plane's, not runc's. Devices 0-9 get 40 services each, devices 10-19 get 10 each, so the watch
+traffic of an agent can be compared with its own share of the fleet.
+
+Printed, from one run: seconds until every AosService is Ready, the operator's peak resident
+memory, API requests per service to get there and per reconcile pass in steady state, and each
+agent group's watch traffic (events, bytes) against its instance count.
+
+Run: .venv/bin/python -m benchmarks.operator_scale [--services 500] [--devices 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from aos_operator.agent.core import Desired, Outcome
+from aos_operator.agent.loop import AgentLoop, AgentSettings
+from aos_operator.api.client import Connection, KubeClient
+from aos_operator.api.models import AOS_SERVICE
+from aos_operator.runtime import InstanceIdentity, InstanceStatus, NodeFacts, Phase
+from tests.conftest import EXAMPLES, REPO
+from tests.harness.control import HarnessProcess
+from tests.integration.registry_support import start_registry
+
+NAMESPACE = "fleet"
+
+
+@dataclass
+class _Watch:
+    callbacks: list[Callable[[InstanceStatus], None]]
+
+    def close(self) -> None:
+        self.callbacks.clear()
+
+
+@dataclass
+class SimulatedRuntime:
+    """Only what AgentLoop uses of a Runtime: statuses and their change callbacks."""
+
+    statuses: dict[str, InstanceStatus] = field(default_factory=dict)
+    callbacks: list[Callable[[InstanceStatus], None]] = field(default_factory=list)
+
+    def watch(self, callback: Callable[[InstanceStatus], None], interval: float = 0.5) -> _Watch:
+        self.callbacks.append(callback)
+        return _Watch(self.callbacks)
+
+    def changed(self, status: InstanceStatus) -> None:
+        self.statuses[status.instance_id] = status
+        for callback in list(self.callbacks):
+            callback(status)
+
+
+class SimulatedDevice:
+    """The DeviceAgent interface AgentLoop drives, with instances that start instantly."""
+
+    def __init__(self) -> None:
+        self.runtime = SimulatedRuntime()
+
+    def adopt(self) -> list[InstanceStatus]:
+        return []
+
+    def converge(self, desired: Desired, report: Callable[[Outcome], None]) -> Outcome:
+        identity = InstanceIdentity(desired.service_id, desired.subject, desired.index)
+        status = InstanceStatus(desired.instance_id, identity, desired.digest, phase=Phase.RUNNING,
+                                starts=1, start_time=time.time(), ram_bytes=10_000_000, cpu_millicores=5.0)
+        self.runtime.changed(status)
+        return Outcome("Running")
+
+    def remove(self, instance_id: str) -> None:
+        self.runtime.statuses.pop(instance_id, None)
+
+    def status(self, instance_id: str) -> InstanceStatus | None:
+        return self.runtime.statuses.get(instance_id)
+
+    def instances(self) -> list[InstanceStatus]:
+        return list(self.runtime.statuses.values())
+
+
+def service_body(index: int, device: str, config: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": "aosedge.io/v1alpha1", "kind": "AosService",
+        "metadata": {"name": f"svc-{index:03d}", "namespace": NAMESPACE},
+        "spec": {"config": config, "selector": {"matchLabels": {"bench/device": device}},
+                 "source": {"configMaps": [{"name": "files"}]}},
+    }
+
+
+def peak_rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--services", type=int, default=500)
+    parser.add_argument("--devices", type=int, default=20)
+    parser.add_argument("--steady-seconds", type=float, default=30.0)
+    args = parser.parse_args()
+    heavy = args.devices // 2
+
+    def device_of(index: int) -> int:
+        # the first 80% of the services go to the first half of the devices
+        return index % heavy if index < args.services * 4 // 5 else heavy + index % (args.devices - heavy)
+
+    root = Path(tempfile.mkdtemp(prefix="aos-bench-"))
+    registry = start_registry(root / "registry")
+    config = yaml.safe_load((EXAMPLES / "hello-world" / "meta" / "config.yaml").read_text())
+    with HarnessProcess() as kube:
+        kube.ensure_namespace(NAMESPACE)
+        kube.create(f"/api/v1/namespaces/{NAMESPACE}/configmaps", {
+            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "files", "namespace": NAMESPACE},
+            "data": {"app.py": "print('hello')\n"}})
+        operator_log = (root / "operator.log").open("wb")
+        operator = subprocess.Popen(
+            [sys.executable, "-m", "aos_operator.cli", "operator", "--kube-server", kube.url,
+             "--registry", f"{registry.host}/aos", "--registry-insecure", "--work-dir", str(root / "work"),
+             "--liveness", "", "--resync", "10", "--log-level", "warning"],
+            stdout=operator_log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO / "operator")},
+        )
+        loops = []
+        for number in range(args.devices):
+            name = f"sim-{number:02d}"
+            kube.create_node(name, {"bench/device": name})
+            settings = AgentSettings(device=name, node=name, run_dir=root / name, heartbeat_seconds=10.0,
+                                     connection=Connection(server=kube.url))
+            node = NodeFacts(cores=4, dmips=40000, architecture="amd64", cgroup_version=1, swap_accounting=True)
+            loop = AgentLoop(settings, KubeClient(settings.connection, user_agent=f"aos-agent/{name}"),
+                             SimulatedDevice(), node)  # type: ignore[arg-type]
+            threading.Thread(target=loop.run, daemon=True).start()
+            loops.append(loop)
+        api = KubeClient(Connection(server=kube.url), user_agent="bench")
+        time.sleep(3)  # devices registered and Ready
+        kube.reset_metrics()
+        started = time.perf_counter()
+        for index in range(args.services):
+            api.create(AOS_SERVICE, service_body(index, f"sim-{device_of(index):02d}", config))
+        created = time.perf_counter() - started
+        ready_at = None
+        while time.perf_counter() - started < 1800:
+            items, _ = api.list(AOS_SERVICE, NAMESPACE)
+            ready = sum(1 for item in items for c in (item.get("status") or {}).get("conditions") or ()
+                        if c["type"] == "Ready" and c["status"] == "True")
+            if ready == args.services:
+                ready_at = time.perf_counter() - started
+                break
+            time.sleep(1.0)
+        metrics = kube.metrics()
+        operator_requests = metrics.total(client_prefix="kopf/") + metrics.total(client="aos-operator")
+        kube.reset_metrics()
+        time.sleep(args.steady_seconds)
+        steady = kube.metrics()
+        steady_requests = steady.total(client="aos-operator") + steady.total(client_prefix="kopf/", watch=False)
+        passes = args.services * args.steady_seconds / 10.0  # every service is re-checked every 10 s
+        rss = peak_rss(operator.pid)
+        for loop in loops:
+            loop.stop.set()
+        operator.terminate()
+        operator.wait(timeout=30)
+    registry.stop()
+
+    print(f"services {args.services}, devices {args.devices}; created in {created:.1f} s")
+    print(f"all Ready after {ready_at:.1f} s" if ready_at else "NOT all Ready within 30 min")
+    print(f"operator peak RSS {rss / 2**20:.0f} MiB")
+    print(f"operator API requests until all Ready: {operator_requests} ({operator_requests / args.services:.1f} per service)")
+    print(f"steady state: {steady_requests} operator requests in {args.steady_seconds:.0f} s over "
+          f"~{passes:.0f} reconcile passes = {steady_requests / passes:.3f} per pass")
+    for label, devices in (("busy", range(heavy)), ("quiet", range(heavy, args.devices))):
+        events = [metrics.watch_events.get(f"aos-agent/sim-{n:02d}", 0) for n in devices]
+        traffic = [metrics.watch_bytes.get(f"aos-agent/sim-{n:02d}", 0) for n in devices]
+        own = [sum(1 for i in range(args.services) if device_of(i) == n) for n in devices]
+        print(f"{label} agents: {sum(own) / len(own):.0f} own instances each; watch {sum(events) / len(events):.0f} "
+              f"events, {sum(traffic) / len(traffic) / 1024:.0f} KiB each ({sum(traffic) / sum(own) / 1024:.1f} KiB "
+              f"per own instance); the fleet has {args.services} instances")
+
+
+if __name__ == "__main__":
+    main()
