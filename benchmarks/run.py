@@ -29,15 +29,24 @@ import time
 import uuid
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-
-from tests.runtime_test_packages import build_test_package  # noqa: E402  (stands in for the image builder)
-
-from aos_operator.runtime import InstanceIdentity, Runtime, RuntimeConfig  # noqa: E402
-from aos_operator.runtime.logs import LogFollower  # noqa: E402
+from aos_operator.image import build_package, open_package
+from aos_operator.packaging import materialize
+from aos_operator.runtime import InstanceIdentity, Runtime, RuntimeConfig
+from aos_operator.runtime.logs import LogFollower
 
 SERVICE = "import time\nprint('ready', flush=True)\ntime.sleep(3600)\n"
 QUOTAS = {"cpuDmipsLimit": 10000, "ramLimit": 128 << 20, "pidsLimit": 64}
+
+
+def build(work: Path) -> Path:
+    """The service's package, made by the project's builder, as a package directory."""
+    tree = work / "tree" / "app"
+    tree.mkdir(parents=True)
+    (tree / "hello.py").write_text(SERVICE)
+    image_config = {"architecture": "amd64", "os": "linux",
+                    "config": {"Cmd": ["/usr/bin/python3", "-u", "/app/hello.py"]}}
+    build_package(work / "tree", image_config, {"quotas": QUOTAS}, oci_layout=work / "layout-aos")
+    return materialize(open_package(work / "layout-aos"), work / "package")
 
 
 def wait_for_line(follower: LogFollower, needle: bytes, timeout: float = 30.0) -> None:
@@ -147,9 +156,7 @@ def main() -> int:
         return 2
     with tempfile.TemporaryDirectory(prefix="aos-bench-") as temporary:
         work = Path(temporary)
-        package = build_test_package(work / "package", {"app/hello.py": SERVICE},
-                                     cmd=["/usr/bin/python3", "-u", "/app/hello.py"],
-                                     service_config={"quotas": QUOTAS})
+        package = build(work)
         baseline = statistics.median(baseline_runs(package, work, args.repeat))
         cold_runs, warm_runs = aos_runs(package, work, args.repeat)
         cold, warm = statistics.median(cold_runs), statistics.median(warm_runs)

@@ -393,8 +393,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     resources, host_devices = _node_config(args.node_config)
     data_dir, run_dir = Path(args.data_dir), Path(args.run_dir)
     config = RuntimeConfig(
-        state_root=data_dir / "runtime",
-        run_root=run_dir / "runtime",
+        state_root=data_dir,
+        run_root=run_dir,  # runc's state is then <run-dir>/runc, where the chart's docs look
         base_path=args.base_rootfs,
         cgroup_parent=args.cgroup_parent,
     )

@@ -120,10 +120,10 @@ instance_running() {
     [[ $phase == Running ]]
 }
 
-# The agent keeps each instance's output under its run dir; the path holds the instance ID.
+# The agent keeps each instance's output in <data dir>/instances/<instance ID>/service.log.
 instance_log_file() {
-    kube -n "$NAMESPACE" exec "$AGENT_POD" -- \
-        find /run/aos -type f -path "*$INSTANCE_ID*" -name '*log*' -print -quit
+    local file="/var/lib/aos/instances/$INSTANCE_ID/service.log"
+    kube -n "$NAMESPACE" exec "$AGENT_POD" -- test -f "$file" && echo "$file"
 }
 
 service_greeted() {
