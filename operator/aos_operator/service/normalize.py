@@ -153,6 +153,28 @@ def layer_requirements(layers: Sequence[Any], report: Reporter, path: Path) -> t
     return tuple(result)
 
 
+def run_parameters(run: Any, to_iso: Any, report: Reporter, path: Path) -> d.RunParameters | None:
+    """runParameters of either dialect; `to_iso` turns the dialect's duration into ISO 8601."""
+    if run is None:
+        return None
+    return d.RunParameters(
+        start_interval=to_iso(run.startInterval, report, path + ("startInterval",)),
+        start_burst=run.startBurst,
+        restart_interval=to_iso(run.restartInterval, report, path + ("restartInterval",)),
+    )
+
+
+def requested_resources(requested: Any, ram: int | None, dialect: int, report: Reporter, path: Path) -> d.RequestedResources | None:
+    if requested is None:
+        return None
+    return d.RequestedResources(
+        cpu_dmips=requested.cpu,
+        ram=ram,
+        storage=_size(requested.storage, dialect, report, path + ("storage",)),
+        state=_size(requested.state, dialect, report, path + ("state",)),
+    )
+
+
 # --- schema version 1 ---------------------------------------------------------------------------
 
 _V1_ALERTS = {
@@ -242,7 +264,6 @@ def from_v1(config: v1.ConfigV1, report: Reporter, *, check_upload: bool) -> d.S
         working_dir=conf.workingDir or None,
         env=check_env(conf.env or [], report, c + ("env",)),
     )
-    run = conf.runParameters
     instances = conf.instances
     return d.ServiceDescription(
         dialect=1,
@@ -260,13 +281,7 @@ def from_v1(config: v1.ConfigV1, report: Reporter, *, check_upload: bool) -> d.S
             priority=instances.priority if instances and instances.priority is not None else 0,
             labels=tuple(instances.labels or ()) if instances else (),
         ),
-        run_parameters=d.RunParameters(
-            start_interval=iso(run.startInterval, report, c + ("runParameters", "startInterval")),
-            start_burst=run.startBurst,
-            restart_interval=iso(run.restartInterval, report, c + ("runParameters", "restartInterval")),
-        )
-        if run
-        else None,
+        run_parameters=run_parameters(conf.runParameters, iso, report, c + ("runParameters",)),
         runners=runners,
         offline_ttl=iso(conf.offlineTTL, report, c + ("offlineTTL",)),
         download_ttl=iso(conf.downloadTTL, report, c + ("downloadTTL",)),
@@ -285,14 +300,7 @@ def from_v1(config: v1.ConfigV1, report: Reporter, *, check_upload: bool) -> d.S
         )
         if quotas
         else d.Quotas(),
-        requested_resources=d.RequestedResources(
-            cpu_dmips=requested.cpu,
-            ram=requested_ram,
-            storage=_size(requested.storage, 1, report, c + ("requestedResources", "storage")),
-            state=_size(requested.state, 1, report, c + ("requestedResources", "state")),
-        )
-        if requested
-        else None,
+        requested_resources=requested_resources(requested, requested_ram, 1, report, c + ("requestedResources",)),
         alert_rules=_v1_alerts(conf.alerts, report),
         allowed_connections=tuple(conf.allowedConnections or ()),
         devices=tuple(d.DeviceAccess(name=device.name, permissions=device.mode) for device in conf.devices or ()),
@@ -371,7 +379,6 @@ def from_v2_item(config: v2.ConfigV2, index: int, report: Reporter) -> d.Service
     if ram is not None and ram < MEMORY_LIMIT_MIN:
         report.warning(q + ("ramLimit",), f"{ram} bytes is below the {MEMORY_LIMIT_MIN} bytes runc needs to start")
     requested = conf.requestedResources
-    run = conf.runParameters
     instances = conf.instances or v2.Instances()
     runners = conf.runners
     if runners is None:
@@ -391,13 +398,7 @@ def from_v2_item(config: v2.ConfigV2, index: int, report: Reporter) -> d.Service
         instances=d.Instances(
             min_instances=instances.minInstances, priority=instances.priority, labels=tuple(instances.labels or ())
         ),
-        run_parameters=d.RunParameters(
-            start_interval=iso_from_timedelta(run.startInterval, report, c + ("runParameters", "startInterval")),
-            start_burst=run.startBurst,
-            restart_interval=iso_from_timedelta(run.restartInterval, report, c + ("runParameters", "restartInterval")),
-        )
-        if run
-        else None,
+        run_parameters=run_parameters(conf.runParameters, iso_from_timedelta, report, c + ("runParameters",)),
         runners=tuple(runners),
         offline_ttl=iso_from_timedelta(conf.offlineTTL, report, c + ("offlineTTL",)),
         download_ttl=iso_from_timedelta(conf.downloadTTL, report, c + ("downloadTTL",)),
@@ -417,14 +418,13 @@ def from_v2_item(config: v2.ConfigV2, index: int, report: Reporter) -> d.Service
             upload_bytes=_size(quotas.uploadLimit, 2, report, q + ("uploadLimit",)),
             download_bytes=_size(quotas.downloadLimit, 2, report, q + ("downloadLimit",)),
         ),
-        requested_resources=d.RequestedResources(
-            cpu_dmips=requested.cpu,
-            ram=_size(requested.ram, 2, report, c + ("requestedResources", "ram")),
-            storage=_size(requested.storage, 2, report, c + ("requestedResources", "storage")),
-            state=_size(requested.state, 2, report, c + ("requestedResources", "state")),
-        )
-        if requested
-        else None,
+        requested_resources=requested_resources(
+            requested,
+            _size(requested.ram, 2, report, c + ("requestedResources", "ram")) if requested else None,
+            2,
+            report,
+            c + ("requestedResources",),
+        ),
         alert_rules=_v2_alerts(conf.alertRules, report, c + ("alertRules",)),
         allowed_connections=tuple(conf.allowedConnections or ()),
         devices=tuple(d.DeviceAccess(name=device.name, permissions=device.mode) for device in conf.devices or ()),
