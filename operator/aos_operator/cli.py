@@ -252,7 +252,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 def cmd_pull(args: argparse.Namespace) -> int:
     with _registry(args) as client:
-        digest, output = pull_package(client, args.reference, Path(args.output))
+        digest, output = pull_package(client, args.reference, Path(args.output), oci_layout=args.oci_layout)
     print(f"wrote {output}", file=sys.stderr)
     print(digest)
     return EXIT_OK
@@ -504,6 +504,7 @@ def _parser() -> argparse.ArgumentParser:
     pull = commands.add_parser("pull", help="pull a package from an OCI registry, verified")
     pull.add_argument("reference", metavar="REF", help="registry/repository:tag or registry/repository@sha256:...")
     pull.add_argument("-o", "--output", metavar="DIR|FILE.tar", required=True, help="package directory, or archive")
+    pull.add_argument("--oci-layout", action="store_true", help="write an OCI image layout at --output instead")
     registry_options(pull)
     pull.set_defaults(func=cmd_pull)
 

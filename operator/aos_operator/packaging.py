@@ -13,13 +13,14 @@ from typing import BinaryIO
 from aos_operator.digests import digest_hex
 from aos_operator.errors import BuildError, InputError
 from aos_operator.image import MEDIA_TYPE_MANIFEST, BuildResult, Package, ProgressCallback, build_package, open_package
-from aos_operator.image.package import source_date_epoch_from, write_archive
+from aos_operator.image.package import source_date_epoch_from, write_archive, write_oci_layout
 from aos_operator.image.progress import ProgressReporter
 from aos_operator.image.store import BlobStore, StoredBlob
 from aos_operator.image.tree import SymlinkPolicy
 from aos_operator.registry import RegistryClient
 from aos_operator.registry.content import BlobSource
 from aos_operator.registry.credentials import DockerConfig
+from aos_operator.registry.reference import Reference
 from aos_operator.service import image_config, service_config
 from aos_operator.service.description import Image, ServiceDescription
 
@@ -107,9 +108,9 @@ def materialize(package: Package, directory: Path) -> Path:
     return directory
 
 
-def pull_package(client: RegistryClient, reference: str, output: Path) -> tuple[str, Path]:
-    """Pull into a package directory, or into a package archive when `output` ends in .tar."""
-    if output.suffix != ".tar":
+def pull_package(client: RegistryClient, reference: str, output: Path, *, oci_layout: bool = False) -> tuple[str, Path]:
+    """Pull into a package directory, a package archive (`output` ends in .tar) or an OCI layout."""
+    if output.suffix != ".tar" and not oci_layout:
         return client.pull(reference, output).digest, output
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=output.parent, prefix=".aos-pull-") as scratch:
@@ -119,8 +120,12 @@ def pull_package(client: RegistryClient, reference: str, output: Path) -> tuple[
             StoredBlob(d.digest, d.size, Path(scratch) / "blobs" / "sha256" / digest_hex(d.digest))
             for d in package.manifest.descriptors
         ]
+        tag = Reference.parse(reference).tag
         try:
-            write_archive(output, package.manifest_bytes, blobs, source_date_epoch_from(None), ProgressReporter(None))
+            if oci_layout:
+                write_oci_layout(output, package.manifest_bytes, blobs, tag, ProgressReporter(None))
+            else:
+                write_archive(output, package.manifest_bytes, blobs, source_date_epoch_from(None), ProgressReporter(None))
         except OSError as error:
             raise BuildError(f"{output}: cannot write: {error.strerror or error}") from error
         return pulled.digest, output

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,14 @@ def test_apply_runs_on_the_selected_device_only_with_its_limits(fleet: Fleet) ->
     eventually(lambda: "Hello from an AosEdge service" in agent.log_of(instance_id), 30, "the service's output")
     assert fleet.agents["edge-b"].cgroups() == []
     assert instance["status"]["startTime"] and instance["status"]["restarts"] == 0
+    reasons = eventually(lambda: {"InstancesCreated", "Pushed", "Ready"} <= events_of(fleet) and events_of(fleet), 30,
+                         "the service's events")
+    assert "InstancesCreated" in reasons
+
+
+def events_of(fleet: Fleet) -> set[str]:
+    events = fleet.kube.request("GET", f"/api/v1/namespaces/{NAMESPACE}/events")["items"]
+    return {event["reason"] for event in events if event["involvedObject"]["name"] == NAME}
 
 
 def test_update_replaces_the_instance_and_applies_the_new_limit(fleet: Fleet) -> None:
@@ -247,6 +256,42 @@ def test_api_outage_for_an_agent_keeps_the_service_running_and_status_catches_up
     caught_up = eventually(lambda: (i := fleet.instances(NAMESPACE, NAME)[0])["status"].get("restarts") == 1
                            and i["status"]["phase"] == "Running" and i, 60, lambda: f"status caught up\n{fleet.diagnostics()}")
     assert caught_up["status"].get("reason") in (None, "Crashed", "Killed")
+
+
+def test_suspend_stops_reconciling_until_resumed(fleet: Fleet) -> None:
+    before = fleet.service(NAMESPACE, NAME)
+    digest = before["status"]["image"]["digest"]
+    fleet.api.patch(AOS_SERVICE, NAME, {"spec": {"suspend": True}}, NAMESPACE)
+    eventually(lambda: fleet.condition(fleet.service(NAMESPACE, NAME), "Reconciling").get("reason") == "Suspended", 30,
+               "Reconciling=False, Suspended")
+    document = before["spec"]["config"]
+    document["configuration"]["quotas"]["temp"] = "20M"
+    fleet.api.patch(AOS_SERVICE, NAME, {"spec": {"config": document}}, NAMESPACE)
+    time.sleep(6)  # three resync periods of the operator in these tests
+    suspended = fleet.service(NAMESPACE, NAME)
+    assert suspended["status"]["image"]["digest"] == digest, "no build while suspended"
+    assert [i["spec"]["image"]["digest"] for i in fleet.instances(NAMESPACE, NAME)] == [digest]
+    fleet.api.patch(AOS_SERVICE, NAME, {"spec": {"suspend": False}}, NAMESPACE)
+    resumed = eventually(lambda: (s := ready(fleet)) and s["status"]["image"]["digest"] != digest and s, 120,
+                         lambda: f"resumed and rebuilt\n{fleet.diagnostics()}")
+    assert running_on(fleet, resumed["status"]["image"]["digest"])
+
+
+def test_operator_restart_neither_rebuilds_nor_touches_instances(fleet: Fleet) -> None:
+    assert fleet.operator is not None
+    service = eventually(lambda: ready(fleet), 60)
+    (instance,) = fleet.instances(NAMESPACE, NAME)
+    builds = fleet.operator.log.read_text().count("building and pushing")
+    fleet.operator.stop()
+    fleet.operator.start()
+    time.sleep(8)  # the restarted operator lists everything and runs several passes
+    assert fleet.operator.alive()
+    assert fleet.operator.log.read_text().count("building and pushing") == builds, "no rebuild after a restart"
+    after = eventually(lambda: ready(fleet), 60)
+    assert after["status"]["image"] == service["status"]["image"]
+    (same,) = fleet.instances(NAMESPACE, NAME)
+    assert same["metadata"]["uid"] == instance["metadata"]["uid"]
+    assert same["status"]["startTime"] == instance["status"]["startTime"], "the service was not restarted"
 
 
 def test_delete_stops_everything_and_releases_the_finalizer(fleet: Fleet) -> None:

@@ -81,6 +81,10 @@ def test_push_and_pull_round_trip(capsys: pytest.CaptureFixture[str], tmp_path: 
     assert run(capsys, "pull", reference, "-o", str(directory))[0] == 0
     manifest = json.loads((directory / "manifest.json").read_text())
     assert manifest["aosService"]["mediaType"] == "application/vnd.aos.service.config.v1+json"
+    layout = tmp_path / "layout"
+    assert run(capsys, "pull", reference, "-o", str(layout), "--oci-layout")[0] == 0
+    inspected = subprocess.run(["skopeo", "inspect", "--raw", f"oci:{layout}:1.0.0"], capture_output=True, check=True)
+    assert json.loads(inspected.stdout) == manifest, "skopeo reads the pulled OCI layout"
     # pushing the archive again to another repository uploads nothing new and gives the same digest
     code, again, _ = run(capsys, "push", str(archive), f"127.0.0.1:{registry.port}/aos/copy:1")
     assert code == 0 and again.endswith(digest)
