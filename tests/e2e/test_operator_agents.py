@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from aos_operator.api.models import AOS_DEVICE, AOS_SERVICE, FINALIZER_OPERATOR
+from aos_operator.runtime import Runtime, RuntimeConfig
 from tests.conftest import EXAMPLES
 from tests.e2e.fleet import Fleet, eventually
 from tests.harness.control import HarnessProcess
@@ -50,7 +51,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             fleet.stop()
             registry.stop()
             for agent in fleet.agents.values():  # nothing of a failed test may stay on the machine
-                subprocess.run(["sh", "-c", f"grep -q '{agent.root}' /proc/mounts && umount -R -l $(grep '{agent.root}' /proc/mounts | cut -d' ' -f2 | sort -r) || true"])
+                Runtime(RuntimeConfig(state_root=agent.data_dir, run_root=agent.run_dir,
+                                      cgroup_parent=agent.cgroup_parent)).cleanup()
 
 
 def pages(limit: int) -> int:

@@ -126,20 +126,21 @@ def _changed(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> dict[str,
 
 
 def _events_for(body: Any, old: Mapping[str, Any], new: list[dict[str, Any]]) -> None:
-    """Post an Event when a condition that users watch changes."""
+    """Post an Event when a condition that users watch changes (kopf.event: not filtered by the
+    posting level, which only keeps kopf's own log echo quiet)."""
     for condition in new:
         before = _condition(old, condition["type"])
         if (before.get("status"), before.get("reason")) == (condition["status"], condition["reason"]):
             continue
         kind, status, reason, message = condition["type"], condition["status"], condition["reason"], condition["message"]
         if kind == CONFIG_VALID and status == "False":
-            kopf.warn(body, reason=reason, message=message[:1000])
+            kopf.event(body, type="Warning", reason=reason, message=message[:1000])
         elif kind == STALLED and status == "True" and reason != "InvalidConfig":
-            kopf.warn(body, reason=reason, message=message[:1000])
+            kopf.event(body, type="Warning", reason=reason, message=message[:1000])
         elif kind == READY and status == "True":
-            kopf.info(body, reason="Ready", message=message)
+            kopf.event(body, type="Normal", reason="Ready", message=message)
         elif kind == IMAGE_PUSHED and status == "True":
-            kopf.info(body, reason="Pushed", message=message)
+            kopf.event(body, type="Normal", reason="Pushed", message=message)
 
 
 async def write_status(op: Operator, body: Any, wanted: list[Wanted], extra: Mapping[str, Any]) -> None:
@@ -251,11 +252,11 @@ async def apply_plan(op: Operator, body: Any, service: ServiceView, devices: lis
         await op.call(op.kube.delete, AOS_SERVICE_INSTANCE, name, namespace)
     if work.create:
         devices_named = sorted({instance["spec"]["device"] for instance in work.create})
-        kopf.info(body, reason="InstancesCreated", message=f"{len(work.create)} on {', '.join(devices_named)}")
+        kopf.event(body, type="Normal", reason="InstancesCreated", message=f"{len(work.create)} on {', '.join(devices_named)}")
     if work.update:
-        kopf.info(body, reason="InstancesUpdated", message=f"{len(work.update)} to the new package")
+        kopf.event(body, type="Normal", reason="InstancesUpdated", message=f"{len(work.update)} to the new package")
     if work.delete:
-        kopf.info(body, reason="InstancesDeleted", message=", ".join(work.delete))
+        kopf.event(body, type="Normal", reason="InstancesDeleted", message=", ".join(work.delete))
     return work.desired
 
 
