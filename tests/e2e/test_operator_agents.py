@@ -110,7 +110,7 @@ def running_on(fleet: Fleet, digest: str) -> list[dict[str, Any]]:
 def test_devices_register_and_heartbeat(fleet: Fleet) -> None:
     for name, zone in (("edge-a", "a"), ("edge-b", "b")):
         device = eventually(lambda name=name: fleet.condition(fleet.device(name), "Ready").get("status") == "True"
-                            and fleet.device(name), 60, lambda: f"AosDevice {name} Ready\n{fleet.diagnostics()}")
+                            and fleet.device(name), 60, lambda name=name: f"AosDevice {name} Ready\n{fleet.diagnostics()}")
         assert device["metadata"]["labels"]["zone"] == zone, "labels mirror the Node's"
         status = device["status"]
         assert status["architecture"] == "amd64" and status["cpuCores"] >= 1 and status["dmips"] > 0

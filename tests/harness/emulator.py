@@ -382,7 +382,7 @@ class KubeEmulator(kmock.KubernetesScaffold):
             return aiohttp.web.json_response(self._require(spec, namespace, name))
         if method == "POST" and name is None:
             if spec.namespaced and namespace is None:
-                raise ApiError(405, f"the server does not allow this method on the requested resource")
+                raise ApiError(405, "the server does not allow this method on the requested resource")
             body = self._body_object(request)
             return aiohttp.web.json_response(self._create(spec, namespace, body), status=201)
         if method == "DELETE" and name is None:

@@ -8,7 +8,7 @@ import threading
 import kubernetes
 
 from tests.harness import KubeEmulator, eventually
-from tests.harness.conftest import GROUP, VERSION, api_error, off_loop, read_watch, service
+from tests.harness.conftest import GROUP, VERSION, api_error, off_loop, read_watch
 
 INSTANCES = f"/apis/{GROUP}/{VERSION}/namespaces/test-ns/aosserviceinstances"
 

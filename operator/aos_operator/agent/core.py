@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aos_operator.digests import digest_hex
-from aos_operator.errors import AosError, RuntimeFailure
+from aos_operator.errors import AosError, PackageError, RegistryError, RuntimeFailure
 from aos_operator.registry import RegistryClient
-from aos_operator.runtime import InstanceIdentity, InstanceStatus, Phase, Runtime
+from aos_operator.runtime import InstanceIdentity, InstanceStatus, Runtime
 
 log = logging.getLogger("aos_operator.agent")
 
@@ -82,7 +82,7 @@ class DeviceAgent:
                 self.runtime.stop(desired.instance_id)
             self.runtime.start(identity, desired.digest, wait=False)
         except AosError as error:
-            reason = "PullFailed" if type(error).__name__ in ("RegistryError", "PackageError") else "StartError"
+            reason = "PullFailed" if isinstance(error, RegistryError | PackageError) else "StartError"
             log.warning("instance %s: %s", desired.instance_id, error)
             return Outcome("Failed", reason, str(error))
         if current is not None and current != desired.digest:
@@ -126,11 +126,3 @@ class DeviceAgent:
 
     def instances(self) -> list[InstanceStatus]:
         return self.runtime.list()
-
-    @staticmethod
-    def outcome_of(status: InstanceStatus) -> Outcome:
-        return Outcome(status.phase.value, status.reason, status.message)
-
-    @staticmethod
-    def is_running(status: InstanceStatus | None) -> bool:
-        return status is not None and status.phase == Phase.RUNNING

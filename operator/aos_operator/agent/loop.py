@@ -82,7 +82,6 @@ class AgentLoop:
         self._queued: set[Key] = set()
         self._reports: dict[Key, dict[str, Any]] = {}
         self._lock = threading.Lock()
-        self._synced = threading.Event()
         self._usage_at: dict[str, float] = {}
         self._usage_checked = 0.0
         self._done: dict[Key, int | None] = {}  # the generation last converged, per instance
@@ -242,7 +241,6 @@ class AgentLoop:
             if status.instance_id not in wanted_ids:
                 log.info("instance %s is not assigned to this device any more: removing it", status.instance_id)
                 self.agent.remove(status.instance_id)
-        self._synced.set()
 
     def _watch(self) -> None:
         delay = 1.0

@@ -113,7 +113,7 @@ def _build_and_push_files(
     with tempfile.TemporaryDirectory(dir=settings.work_dir, prefix="build-") as scratch:
         root = Path(scratch) / "rootfs"
         write_tree(list(files), root)
-        built = build_service(
+        build_service(
             service,
             root,
             architecture=image.platform.architecture,

@@ -18,8 +18,6 @@ from aos_operator.service.fields import (
     IsoDuration,
     JBool,
     JStr,
-    Runner,
-    SemVerText,
     Str255,
     Str10000,
     V1Size,

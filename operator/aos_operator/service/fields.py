@@ -99,8 +99,4 @@ DeviceMode = Annotated[
     WithJsonSchema({"type": "string", "pattern": "^[rwm]{1,3}$", "examples": ["r", "rw", "rwm"]}),
 ]
 
-Runner = Annotated[
-    str,
-    Field(json_schema_extra={"enum": ["runc", "crun", "runx", "xrun"]}),
-]
 RUNNERS = ("runc", "crun", "runx", "xrun")
