@@ -166,7 +166,6 @@ class AgentLoop:
 
     def _heartbeat(self) -> None:
         alive = self.settings.run_dir / ALIVE_FILE
-        registered = False
         while not self.stop.is_set():
             alive.parent.mkdir(parents=True, exist_ok=True)
             alive.write_text(f"{self.settings.heartbeat_seconds}\n")  # agent-health reads the interval
@@ -183,8 +182,6 @@ class AgentLoop:
                     log.info("registered AosDevice %s", self.settings.device)
                 self._sync_labels(device)
                 self.kube.patch(AOS_DEVICE, self.settings.device, {"status": self._device_status()}, status=True)
-                if not registered:
-                    registered = True
             except API_ERRORS as error:
                 log.warning("heartbeat failed (the services keep running): %s", error)
             self.stop.wait(self.settings.heartbeat_seconds)
