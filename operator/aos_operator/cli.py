@@ -183,7 +183,7 @@ def _load_for_build(path: Path, item: str | None) -> tuple[ServiceDescription, C
 def _build(args: argparse.Namespace, path: Path, *, archive: Path | None, oci_layout: Path | None) -> BuildResult:
     service, result = _load_for_build(path, args.item)
     image = _image(service, args.arch)
-    source = source_folder(service, image, result.base_dir or path)
+    source = source_folder(image, result.base_dir or path)
     bar = ProgressBar(sys.stderr.isatty() and not args.quiet)
     try:
         built = build_service(

@@ -25,7 +25,7 @@ from aos_operator.service import image_config, service_config
 from aos_operator.service.description import Image, ServiceDescription
 
 
-def source_folder(service: ServiceDescription, image: Image, base_dir: Path) -> Path:
+def source_folder(image: Image, base_dir: Path) -> Path:
     folder = (base_dir / image.source_folder).resolve()
     if not folder.is_dir():
         raise InputError(

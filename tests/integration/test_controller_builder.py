@@ -63,6 +63,8 @@ def test_image_source_reuses_the_layer_by_digest(registry: RegistryServer, tmp_p
     assert image_config["config"]["Cmd"] == ["python3", "-u", "/usr/bin/services/hello_world.py"]
     # the source's identity is in the content digest: another origin digest means another build
     assert builder.source_digest(spec, source, repository).startswith("sha256:")
+    other = builder.Source(image=source.image, image_manifest=source.image_manifest + b" ")
+    assert builder.source_digest(spec, other, repository) != builder.source_digest(spec, source, repository)
 
 
 def test_file_source_builds_the_same_package_as_aosctl_build(registry: RegistryServer, tmp_path: Path) -> None:

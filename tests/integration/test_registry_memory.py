@@ -75,3 +75,4 @@ def test_large_blob_push_and_pull_stay_within_memory_budget(registry: RegistrySe
     assert report["uploaded"] >= 2 * blob
     assert report["downloaded"] >= blob
     assert report["max_rss_kib"] < RSS_BUDGET_MIB * 1024, report
+    print(f"peak {report['max_rss_kib'] / 1024:.1f} MiB")

@@ -30,6 +30,7 @@ from aos_operator.agent.core import Desired, DeviceAgent, Outcome
 from aos_operator.api.client import Connection, KubeClient
 from aos_operator.api.models import AOS_DEVICE, AOS_SERVICE_INSTANCE, LABEL_DEVICE
 from aos_operator.api.naming import label_value
+from aos_operator.api.selectors import equality_selector
 from aos_operator.runtime import InstanceStatus, NodeFacts
 
 log = logging.getLogger("aos_operator.agent")
@@ -74,7 +75,7 @@ class AgentLoop:
         self.agent = agent
         self.node = node
         self.stop = threading.Event()
-        self.selector = f"{LABEL_DEVICE}={label_value(settings.device)}"
+        self.selector = equality_selector({LABEL_DEVICE: label_value(settings.device)})
         self._desired: dict[Key, Mapping[str, Any]] = {}
         self._ids: dict[Key, str] = {}  # instance ID of every key seen, to clean up after DELETED
         self._keys: dict[str, Key] = {}

@@ -39,14 +39,6 @@ class Connection:
         return configuration
 
 
-def is_not_found(error: BaseException) -> bool:
-    return isinstance(error, ApiException) and error.status == 404
-
-
-def is_conflict(error: BaseException) -> bool:
-    return isinstance(error, ApiException) and error.status == 409
-
-
 class KubeClient:
     def __init__(self, connection: Connection, user_agent: str, timeout: float = 30.0) -> None:
         configuration = connection.configuration()

@@ -48,13 +48,6 @@ def merge_conditions(
     return sorted(merged.values(), key=lambda c: (order.get(c["type"], 3), c["type"]))
 
 
-def condition_status(conditions: Iterable[Mapping[str, Any]] | None, kind: str) -> str | None:
-    for condition in conditions or ():
-        if condition.get("type") == kind:
-            return condition.get("status")
-    return None
-
-
 @dataclass(frozen=True)
 class Counts:
     desired: int

@@ -21,6 +21,7 @@ import kopf
 from aos_operator.api.client import KubeClient
 from aos_operator.api.models import AOS_SERVICE_INSTANCE, GROUP, LABEL_SERVICE, VERSION
 from aos_operator.api.naming import label_value
+from aos_operator.api.selectors import equality_selector
 from aos_operator.controller import reconciler
 from aos_operator.controller.placement import DeviceView
 from aos_operator.controller.reconciler import Operator, release_stopped
@@ -76,9 +77,13 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
 
     @kopf.on.event(*DEVICES, registry=registry, id="device-changed")
     def device_changed(name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
-        fingerprint = None if type == "DELETED" else DeviceView.from_body(body).fingerprint()
+        if type == "DELETED":
+            op.device_fingerprints.pop(name, None)
+            op.wake_all()
+            return
+        fingerprint = DeviceView.from_body(body).fingerprint()
         if op.device_fingerprints.get(name) != fingerprint:
-            op.device_fingerprints[name] = fingerprint  # type: ignore[assignment]
+            op.device_fingerprints[name] = fingerprint
             op.wake_all()
 
     @kopf.on.event(*INSTANCES, registry=registry, id="instance-changed")
@@ -92,7 +97,10 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
             deleting[(namespace, name)] = copy.deepcopy(dict(body))
 
     @kopf.on.event(*SERVICES, registry=registry, id="service-changed")
-    def service_changed(namespace: str, name: str, meta: kopf.Meta, **_: Any) -> None:
+    def service_changed(namespace: str, name: str, meta: kopf.Meta, type: str | None, **_: Any) -> None:
+        if type == "DELETED":
+            generations.pop((namespace, name), None)
+            return
         generation = meta.get("generation")
         if generations.get((namespace, name)) != generation:
             generations[(namespace, name)] = generation
@@ -125,7 +133,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
     async def service_deleted(
         namespace: str, name: str, devices: kopf.Index[str, DeviceView], logger: logging.Logger, **_: Any
     ) -> None:
-        selector = f"{LABEL_SERVICE}={label_value(name)}"
+        selector = equality_selector({LABEL_SERVICE: label_value(name)})
         while True:
             items, _version = await op.call(op.kube.list, AOS_SERVICE_INSTANCE, namespace, selector)
             items = [item for item in items if (item.get("spec") or {}).get("service") == name]
@@ -143,8 +151,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
         while True:
             await asyncio.sleep(5.0)
             try:
-                devices_now = {name: view for name, view in op.known_devices().items()}
-                await release_stopped(op, list(deleting.values()), devices_now)
+                await release_stopped(op, list(deleting.values()), op.known_devices())
             except reconciler.TRANSIENT_ERRORS as error:
                 log.warning("instance sweep failed, will retry: %s", error)
 

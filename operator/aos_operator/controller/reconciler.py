@@ -148,18 +148,11 @@ async def write_status(op: Operator, body: Any, wanted: list[Wanted], extra: Map
     generation = body["metadata"].get("generation")
     conditions = merge_conditions(status.get("conditions"), wanted, generation)
     update = _changed(status, {**extra, "conditions": conditions, "observedGeneration": generation})
-    if set(update) == {"conditions"} and _same_but_times(status.get("conditions"), conditions):
-        return
     if not update:
         return
     _events_for(body, status, conditions)
     meta = body["metadata"]
     await op.call(op.kube.patch, AOS_SERVICE, meta["name"], {"status": update}, meta["namespace"], status=True)
-
-
-def _same_but_times(old: Iterable[Mapping[str, Any]] | None, new: list[dict[str, Any]]) -> bool:
-    strip = lambda items: [{k: v for k, v in c.items() if k != "lastTransitionTime"} for c in items or ()]  # noqa: E731
-    return strip(old) == strip(new)
 
 
 # --- the pass -------------------------------------------------------------------------------------

@@ -76,7 +76,7 @@ def parse_size(value: int | str, *, dialect: int = 2) -> int:
     if dialect == 1 and not _V1_SIZE_RE.match(value):
         raise ValueError(f"{value!r} is not a size; use {SIZE_HELP_V1}")
     match = _match_quantity(text)
-    if match is None or (match["unit"] and match["unit"] not in ("B", "b") and dialect == 1):
+    if match is None:
         help_text = SIZE_HELP_V1 if dialect == 1 else SIZE_HELP_V2
         raise ValueError(f"{value!r} is not a size; use {help_text}")
     unit = match["unit"] or ""
