@@ -30,6 +30,7 @@ from aos_operator.api.client import Connection
 from aos_operator.image import BuildResult, Progress, open_package
 from aos_operator.packaging import (
     build_service,
+    check_source_folders,
     materialize,
     pull_package,
     push_package,
@@ -116,7 +117,7 @@ def _result_json(result: ConfigResult) -> dict[str, Any]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    result = read_config(Path(args.path), check_upload=not args.local)
+    result = check_source_folders(read_config(Path(args.path), check_upload=not args.local))
     if args.json:
         print(json.dumps(_result_json(result), indent=2))
         return EXIT_OK if result.valid else EXIT_INVALID
