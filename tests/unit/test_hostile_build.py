@@ -172,3 +172,24 @@ def test_tree_walk_does_not_follow_a_top_level_link(scene: tuple[Path, Path]) ->
     (service / "src").symlink_to(canary)
     with pytest.raises(BuildError, match="is a symbolic link; the build does not follow it"):
         scan_tree(service / "src")
+
+
+@pytest.mark.parametrize("dialect", [1, 2])
+def test_a_megabyte_key_is_cut_in_the_message(capsys: pytest.CaptureFixture[str], tmp_path: Path, dialect: int) -> None:
+    key = "k" * 1_000_000
+    if dialect == 1:
+        text = (
+            "publisher: {author: a, company: c}\nbuild: {os: linux, arch: x86_64}\n"
+            "publish: {service_uid: x, version: 1.0.0}\nconfiguration:\n  cmd: /bin/true\n"
+            f"  ? {key}\n  : 1\n"
+        )
+    else:
+        text = V2.format(codename="svc", item_folder=f"    ? {key}\n    : 1\n", image_folder="")
+    config = tmp_path / "config.yaml"
+    config.write_text(text)
+    code, output = run(capsys, "validate", "--local", str(config))
+    assert code == (1 if dialect == 1 else 0), output[:500]
+    line = next(line for line in output.splitlines() if "unknown key" in line)
+    assert "kkkk..." in line  # cut, with an ellipsis
+    assert len(line) < 700
+    assert len(output) < 4000

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from aos_operator.errors import InputError, Issue
+from aos_operator.errors import InputError, Issue, shorten
 
 MAX_BYTES = 1024 * 1024
 MAX_DEPTH = 64
@@ -94,13 +94,13 @@ class LoadedYaml:
 
 
 def render_path(path: Path) -> str:
-    """`('items', 0, 'configuration')` -> `items[0].configuration`."""
+    """`('items', 0, 'configuration')` -> `items[0].configuration`; a long key is cut (`abc...`)."""
     text = ""
     for part in path:
         if isinstance(part, int):
             text += f"[{part}]"
         else:
-            text += ("." if text else "") + str(part)
+            text += ("." if text else "") + shorten(str(part))
     return text
 
 
