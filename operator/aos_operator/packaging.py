@@ -17,7 +17,7 @@ from aos_operator.image.package import source_date_epoch_from, write_archive, wr
 from aos_operator.image.progress import ProgressReporter
 from aos_operator.image.store import BlobStore, StoredBlob
 from aos_operator.image.tree import SymlinkPolicy, resolve_source_folder
-from aos_operator.registry import RegistryClient
+from aos_operator.registry import RegistryClient, RegistryLimits
 from aos_operator.registry.content import BlobSource
 from aos_operator.registry.credentials import DockerConfig
 from aos_operator.registry.reference import Reference
@@ -104,9 +104,34 @@ def blob_sources(package: Package) -> Mapping[str, BlobSource]:
     return {d.digest: _PackageBlob(package, d.digest, d.size) for d in package.manifest.descriptors}
 
 
-def registry_client(*, insecure: bool = False, ca_file: Path | None = None, auth_file: Path | None = None) -> RegistryClient:
+def registry_limits(request_timeout: float | None = None, blob_min_rate: float | None = None) -> RegistryLimits:
+    """The registry limits, with the defaults where nothing was given; bad values are input errors."""
+    defaults = RegistryLimits()
+    try:
+        return RegistryLimits(
+            request_timeout=defaults.request_timeout if request_timeout is None else request_timeout,
+            blob_min_rate=defaults.blob_min_rate if blob_min_rate is None else blob_min_rate,
+        )
+    except ValueError as error:
+        raise InputError(str(error), hint="give --request-timeout and --min-blob-rate as numbers >= 0") from None
+
+
+def registry_client(
+    *,
+    insecure: bool = False,
+    ca_file: Path | None = None,
+    auth_file: Path | None = None,
+    limits: RegistryLimits | None = None,
+    insecure_registries: tuple[str, ...] = (),
+) -> RegistryClient:
     credentials = DockerConfig.from_file(auth_file) if auth_file else None
-    return RegistryClient(credentials=credentials, ca_file=ca_file, insecure=insecure)
+    return RegistryClient(
+        credentials=credentials,
+        ca_file=ca_file,
+        insecure=insecure,
+        limits=limits,
+        insecure_registries=insecure_registries,
+    )
 
 
 def push_package(client: RegistryClient, package: Package, reference: str, mount_from: tuple[str, ...] = ()) -> str:

@@ -237,13 +237,17 @@ def _check_depth(text: str, file: str) -> None:
             depth -= 1
 
 
+def too_large(file: str, size: int) -> InputError:
+    return InputError(
+        f"{file}: the file is {size} bytes; a config.yaml may be at most {MAX_BYTES} bytes",
+        hint="is this the right file? service configs are a few kilobytes",
+    )
+
+
 def decode(raw: bytes, file: str) -> str:
     """Text from bytes: UTF-8 (a BOM is allowed), no NUL bytes, bounded size."""
     if len(raw) > MAX_BYTES:
-        raise InputError(
-            f"{file}: the file is {len(raw)} bytes; a config.yaml may be at most {MAX_BYTES} bytes",
-            hint="is this the right file? service configs are a few kilobytes",
-        )
+        raise too_large(file, len(raw))
     if b"\x00" in raw:
         line = raw[: raw.index(b"\x00")].count(b"\n") + 1
         raise InputError(f"{file}:{line}: the file contains NUL bytes; it is binary data, not YAML")
