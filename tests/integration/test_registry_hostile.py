@@ -5,16 +5,28 @@ bounded time (small limits configured), and leaves nothing in the pull directory
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import socket
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
-from registry_support import OCI_MANIFEST, Fault, FaultProxy, RegistryServer, TokenServer, make_package
+from registry_support import (
+    OCI_MANIFEST,
+    CertificateAuthority,
+    Fault,
+    FaultProxy,
+    RegistryServer,
+    TokenServer,
+    htpasswd_auth,
+    make_package,
+)
 
 from aos_operator.cli import main
 from aos_operator.errors import RegistryError
@@ -267,3 +279,143 @@ def test_cli_insecure_registry_flag_opts_in(
     assert main([*argv[:1], "--insecure-registry", realm_host, *argv[1:]]) == 0, capsys.readouterr().err
     assert (tmp_path / "pkg" / "manifest.json").read_bytes() == package.manifest
     assert os.stat(tmp_path / "pkg" / "manifest.json").st_size == len(package.manifest)
+
+
+# -- a trickled TLS handshake ------------------------------------------------------------
+
+
+class TrickleRelay:
+    """TCP on 127.0.0.1 to an upstream port: the client's bytes go through at once, the server's
+    come back at `rate` bytes/s (a TLS handshake that takes forever)."""
+
+    def __init__(self, upstream_port: int, rate: float) -> None:
+        self.upstream_port, self.rate = upstream_port, rate
+        self.connections = 0
+        self.sent_to_client = 0
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            self.connections += 1
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pipe, args=(client, upstream, None), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, self.rate), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, target: socket.socket, rate: float | None) -> None:
+        try:
+            while data := source.recv(65536 if rate is None else 1):
+                target.sendall(data)
+                if rate is not None:
+                    self.sent_to_client += len(data)
+                    time.sleep(1 / rate)
+        except OSError:
+            pass
+        finally:
+            for end in (source, target):
+                with contextlib.suppress(OSError):
+                    end.close()
+
+    def stop(self) -> None:
+        self._listener.close()
+
+
+def test_trickled_tls_handshake_hits_the_request_deadline(
+    start_registry_server, certificate_authority: CertificateAuthority
+) -> None:
+    tls_registry = start_registry_server("tls-slow", tls=certificate_authority)
+    relay = TrickleRelay(tls_registry.port, rate=50)
+    try:
+        with RegistryClient(ca_file=certificate_authority.ca_file, limits=FAST, retry=no_retry_waits()) as client:
+            with pytest.raises(RegistryError) as caught:
+                client.pull_manifest(f"127.0.0.1:{relay.port}/aos/any:v1")
+    finally:
+        relay.stop()
+    assert "request deadline" in str(caught.value)
+    assert relay.connections == 1  # refused on the first try, no fall back to plain HTTP
+    # cut in the middle of the handshake: the server's certificate chain alone is longer than this
+    assert relay.sent_to_client < 400
+
+
+# -- Locations to another origin get no credentials ----------------------------------------
+
+
+class Catcher:
+    """An HTTP server on another loopback address that records what it is sent and answers 401."""
+
+    def __init__(self, address: str = "127.0.0.2") -> None:
+        self.seen: list[tuple[str, dict[str, str]]] = []
+        catcher = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                catcher.seen.append((self.command, dict(self.headers.items())))
+                length = int(self.headers.get("Content-Length") or 0)
+                while length > 0:
+                    length -= len(self.rfile.read(min(length, 65536)) or b"x" * length)
+                self.send_response(401)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            do_PUT = do_PATCH = do_GET  # noqa: N815
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._httpd = ThreadingHTTPServer((address, 0), Handler)
+        self._httpd.daemon_threads = True
+        self.origin = f"http://{address}:{self._httpd.server_address[1]}"
+        threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@pytest.fixture
+def basic_behind_proxy(start_registry_server, tmp_path: Path) -> Iterator[FaultProxy]:
+    registry = start_registry_server("basic-proxied", auth=htpasswd_auth(tmp_path / "auth", {"alice": "wonderland"}))
+    proxy = FaultProxy(registry.port)
+    yield proxy
+    proxy.stop()
+
+
+@pytest.fixture
+def catcher() -> Iterator[Catcher]:
+    server = Catcher()
+    yield server
+    server.stop()
+
+
+def test_blob_redirect_to_another_host_gets_no_credentials(
+    basic_behind_proxy: FaultProxy, catcher: Catcher, tmp_path: Path
+) -> None:
+    package = make_package()
+    reference = f"{basic_behind_proxy.host}/aos/private:v1"
+    alice = Credentials("alice", "wonderland")
+    with RegistryClient(credentials=alice, retry=no_retry_waits()) as client:
+        client.push(reference, package.manifest, OCI_MANIFEST, package.sources())
+        layer = package.layer_digests[0]
+        basic_behind_proxy.add(Fault("GET", f"/blobs/{layer}", "status", status=307,
+                                     headers={"Location": f"{catcher.origin}/storage/{layer}"}))
+        with pytest.raises(RegistryError):
+            client.pull(reference, tmp_path / "pkg")
+    assert any("Authorization" in seen.headers for seen in basic_behind_proxy.requests("GET", "/manifests/"))
+    assert [method for method, _ in catcher.seen] == ["GET"]
+    assert all("Authorization" not in headers for _, headers in catcher.seen)
+
+
+def test_upload_location_on_another_host_gets_no_credentials(basic_behind_proxy: FaultProxy, catcher: Catcher) -> None:
+    package = make_package()
+    basic_behind_proxy.add(Fault("POST", "/blobs/uploads/", "rewrite-headers", times=10,
+                                 headers={"Location": f"{catcher.origin}/upload/session"}))
+    with RegistryClient(credentials=Credentials("alice", "wonderland"), retry=no_retry_waits(), max_workers=1) as client:
+        with pytest.raises(RegistryError):
+            client.push(f"{basic_behind_proxy.host}/aos/private:v1", package.manifest, OCI_MANIFEST, package.sources())
+    assert catcher.seen, "the client never followed the Location"
+    assert all("Authorization" not in headers for _, headers in catcher.seen)
