@@ -105,6 +105,10 @@ class Deadline:
         if expired:
             _shut_down(sock)
 
+    def detach(self, sock: Any) -> None:
+        with self._lock:
+            self._sockets = [known for known in self._sockets if known is not sock]
+
     def _expire(self) -> None:
         with self._lock:
             self.expired = True
@@ -127,6 +131,14 @@ def _shut_down(sock: socket.socket) -> None:
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
     except OSError:
         pass
+
+
+def release_socket(sock: Any) -> None:
+    """A connection goes back to the pool: its socket leaves the current deadline, so that
+    deadline can never shut down a request of another thread that takes the connection next."""
+    deadline = _CURRENT.get()
+    if deadline is not None and sock is not None:
+        deadline.detach(sock)
 
 
 def _attach_current(sock: Any) -> None:

@@ -44,7 +44,7 @@ from aos_operator.registry.auth import (
 )
 from aos_operator.registry.credentials import CredentialSource, Credentials
 from aos_operator.registry.headers import check_location, check_realm, check_token
-from aos_operator.registry.limits import Deadline, RegistryLimits, deadline_pool_manager, tls_context
+from aos_operator.registry.limits import Deadline, RegistryLimits, deadline_pool_manager, release_socket, tls_context
 from aos_operator.registry.retry import RetryPolicy, TransientFailure, parse_retry_after
 
 class Readable(Protocol):
@@ -497,6 +497,7 @@ def discard(response: Response, *, drain: bool = True) -> None:
             response.close()
     except HTTPError:
         response.close()
+    release_socket(getattr(getattr(response, "connection", None), "sock", None))
     response.release_conn()
 
 
