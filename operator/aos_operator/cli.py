@@ -30,13 +30,15 @@ from aos_operator.api.client import Connection
 from aos_operator.image import BuildResult, Progress, open_package
 from aos_operator.packaging import (
     build_service,
+    check_source_folders,
     materialize,
     pull_package,
     push_package,
     registry_client,
+    registry_limits,
     source_folder,
 )
-from aos_operator.registry import RegistryClient
+from aos_operator.registry import RegistryClient, RegistryLimits
 from aos_operator.service import (
     ConfigResult,
     ServiceDescription,
@@ -116,7 +118,7 @@ def _result_json(result: ConfigResult) -> dict[str, Any]:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    result = read_config(Path(args.path), check_upload=not args.local)
+    result = check_source_folders(read_config(Path(args.path), check_upload=not args.local))
     if args.json:
         print(json.dumps(_result_json(result), indent=2))
         return EXIT_OK if result.valid else EXIT_INVALID
@@ -233,6 +235,8 @@ def _registry(args: argparse.Namespace) -> RegistryClient:
         insecure=args.insecure,
         ca_file=Path(args.ca) if args.ca else None,
         auth_file=Path(args.auth) if args.auth else None,
+        limits=registry_limits(args.request_timeout, args.min_blob_rate),
+        insecure_registries=tuple(args.insecure_registry or ()),
     )
 
 
@@ -351,6 +355,8 @@ def cmd_operator(args: argparse.Namespace) -> int:
         registry_insecure=args.registry_insecure,
         registry_ca=Path(args.registry_ca) if args.registry_ca else None,
         registry_auth=Path(args.registry_auth) if args.registry_auth else None,
+        registry_limits=registry_limits(args.request_timeout, args.min_blob_rate),
+        registry_insecure_hosts=tuple(args.insecure_registry or ()),
         resync_seconds=args.resync,
         instance_stop_timeout=args.stop_timeout,
         liveness=args.liveness or None,
@@ -438,6 +444,17 @@ def cmd_crds(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def registry_limit_options(command: argparse.ArgumentParser) -> None:
+    """The registry's time limits and the hosts that may get credentials over plain HTTP."""
+    command.add_argument("--request-timeout", type=float, metavar="SECONDS",
+                         help=f"deadline of each registry request that is not a blob body (default {RegistryLimits.request_timeout:g})")
+    command.add_argument("--min-blob-rate", type=float, metavar="BYTES_PER_S",
+                         help=f"slowest blob download accepted, averaged over {RegistryLimits.blob_rate_window:g} s "
+                         f"(default {RegistryLimits.blob_min_rate:g}; 0: no minimum)")
+    command.add_argument("--insecure-registry", action="append", metavar="HOST[:PORT]",
+                         help="a host that may receive registry credentials over plain HTTP, e.g. a token realm (repeatable)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="aosctl",
@@ -476,6 +493,7 @@ def _parser() -> argparse.ArgumentParser:
         command.add_argument("--insecure", action="store_true", help="plain HTTP to the registry (loopback is allowed anyway)")
         command.add_argument("--ca", metavar="FILE", help="CA bundle for the registry's TLS certificate")
         command.add_argument("--auth", metavar="FILE", help="docker config.json with registry credentials")
+        registry_limit_options(command)
 
     build = commands.add_parser(
         "build",
@@ -545,6 +563,7 @@ def _parser() -> argparse.ArgumentParser:
     operator.add_argument("--registry-insecure", action="store_true", default=_env_flag("AOS_REGISTRY_INSECURE"))
     operator.add_argument("--registry-ca", default=os.environ.get("AOS_REGISTRY_CA"), metavar="FILE")
     operator.add_argument("--registry-auth", default=os.environ.get("AOS_REGISTRY_AUTH"), metavar="FILE")
+    registry_limit_options(operator)
     operator.add_argument("--work-dir", default="/var/cache/aos-operator", help="build cache and scratch space")
     operator.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf probe endpoint ('' for none)")
     operator.add_argument("--peering", metavar="NAME", help="kopf peering object; without it: standalone")
@@ -572,6 +591,7 @@ def _parser() -> argparse.ArgumentParser:
                        default=_env_flag("AOS_REGISTRY_INSECURE"), help="plain HTTP to the registry")
     agent.add_argument("--ca", "--registry-ca", dest="ca", default=os.environ.get("AOS_REGISTRY_CA"), metavar="FILE")
     agent.add_argument("--auth", "--registry-auth", dest="auth", default=os.environ.get("AOS_REGISTRY_AUTH"), metavar="FILE")
+    registry_limit_options(agent)
     kube_options(agent)
     agent.set_defaults(func=cmd_agent)
 

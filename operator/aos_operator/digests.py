@@ -7,7 +7,7 @@ import json
 import re
 from typing import Any
 
-_DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")  # fullmatch: `$` would accept a trailing newline
 
 
 def canonical_json(value: Any) -> bytes:
@@ -20,7 +20,7 @@ def sha256_digest(data: bytes) -> str:
 
 
 def is_digest(value: str) -> bool:
-    return isinstance(value, str) and bool(_DIGEST_RE.match(value))
+    return isinstance(value, str) and bool(_DIGEST_RE.fullmatch(value))
 
 
 def digest_hex(digest: str) -> str:

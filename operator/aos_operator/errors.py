@@ -16,6 +16,25 @@ EXIT_FAILED = 3  # the environment failed us (registry, runc, kernel), not the i
 EXIT_INTERRUPTED = 130
 
 
+# How much of a value from the input a message repeats: enough to recognise it, never megabytes.
+MAX_ECHO = 64
+_MAX_FIELD = 200
+_MAX_MESSAGE = 600
+
+
+def shorten(text: str, limit: int = MAX_ECHO) -> str:
+    """`text` cut to at most `limit` characters, with an ellipsis where it was cut."""
+    return text if len(text) <= limit else text[: max(limit - 3, 1)] + "..."
+
+
+def shorten_middle(text: str, limit: int) -> str:
+    """`text` cut in the middle to at most `limit` characters, so its start and its advice stay."""
+    if len(text) <= limit:
+        return text
+    tail = limit // 3
+    return text[: limit - tail - 5] + " ... " + text[-tail:]
+
+
 class AosError(Exception):
     """Base of every error the project raises on purpose."""
 
@@ -47,6 +66,11 @@ class Issue:
     field: str
     message: str
     severity: str = "error"  # "error" or "warning"
+
+    def __post_init__(self) -> None:
+        # Every issue passes here: a hostile config cannot make a message megabytes long.
+        object.__setattr__(self, "field", shorten_middle(self.field, _MAX_FIELD))
+        object.__setattr__(self, "message", shorten_middle(self.message, _MAX_MESSAGE))
 
     def render(self) -> str:
         where = self.file if self.line is None else f"{self.file}:{self.line}"

@@ -11,28 +11,48 @@ from pathlib import Path
 from typing import BinaryIO
 
 from aos_operator.digests import digest_hex
-from aos_operator.errors import BuildError, InputError
+from aos_operator.errors import BuildError, InputError, Issue
 from aos_operator.image import MEDIA_TYPE_MANIFEST, BuildResult, Package, ProgressCallback, build_package, open_package
 from aos_operator.image.package import source_date_epoch_from, write_archive, write_oci_layout
 from aos_operator.image.progress import ProgressReporter
 from aos_operator.image.store import BlobStore, StoredBlob
-from aos_operator.image.tree import SymlinkPolicy
-from aos_operator.registry import RegistryClient
+from aos_operator.image.tree import SymlinkPolicy, resolve_source_folder
+from aos_operator.registry import RegistryClient, RegistryLimits
 from aos_operator.registry.content import BlobSource
 from aos_operator.registry.credentials import DockerConfig
 from aos_operator.registry.reference import Reference
 from aos_operator.service import image_config, service_config
 from aos_operator.service.description import Image, ServiceDescription
+from aos_operator.service.loader import ConfigResult
 
 
 def source_folder(image: Image, base_dir: Path) -> Path:
-    folder = (base_dir / image.source_folder).resolve()
+    """The image's source folder, which must be inside the service directory `base_dir`."""
+    folder = resolve_source_folder(base_dir, image.source_folder, image.source_key)
     if not folder.is_dir():
         raise InputError(
             f"{folder}: the service's source folder does not exist",
             hint="create it, or set build.source_folder (schema version 1) or sourceFolder (version 2)",
         )
     return folder
+
+
+def check_source_folders(result: ConfigResult) -> ConfigResult:
+    """Add an error to `result` for each image whose source folder leads out of the service
+    directory on disk (through a link); `validate` runs it, the build's `source_folder` refuses."""
+    if result.base_dir is None:
+        return result
+    found: list[Issue] = []
+    for service in result.services:
+        for image in service.images:
+            try:
+                resolve_source_folder(result.base_dir, image.source_folder, image.source_key)
+            except BuildError as error:
+                found.append(Issue(result.file, None, image.source_key, error.message))
+    if found:
+        result.issues = [*result.issues, *found]
+        result.services = []
+    return result
 
 
 def build_service(
@@ -84,9 +104,34 @@ def blob_sources(package: Package) -> Mapping[str, BlobSource]:
     return {d.digest: _PackageBlob(package, d.digest, d.size) for d in package.manifest.descriptors}
 
 
-def registry_client(*, insecure: bool = False, ca_file: Path | None = None, auth_file: Path | None = None) -> RegistryClient:
+def registry_limits(request_timeout: float | None = None, blob_min_rate: float | None = None) -> RegistryLimits:
+    """The registry limits, with the defaults where nothing was given; bad values are input errors."""
+    defaults = RegistryLimits()
+    try:
+        return RegistryLimits(
+            request_timeout=defaults.request_timeout if request_timeout is None else request_timeout,
+            blob_min_rate=defaults.blob_min_rate if blob_min_rate is None else blob_min_rate,
+        )
+    except ValueError as error:
+        raise InputError(str(error), hint="give --request-timeout and --min-blob-rate as numbers >= 0") from None
+
+
+def registry_client(
+    *,
+    insecure: bool = False,
+    ca_file: Path | None = None,
+    auth_file: Path | None = None,
+    limits: RegistryLimits | None = None,
+    insecure_registries: tuple[str, ...] = (),
+) -> RegistryClient:
     credentials = DockerConfig.from_file(auth_file) if auth_file else None
-    return RegistryClient(credentials=credentials, ca_file=ca_file, insecure=insecure)
+    return RegistryClient(
+        credentials=credentials,
+        ca_file=ca_file,
+        insecure=insecure,
+        limits=limits,
+        insecure_registries=insecure_registries,
+    )
 
 
 def push_package(client: RegistryClient, package: Package, reference: str, mount_from: tuple[str, ...] = ()) -> str:

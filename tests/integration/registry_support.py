@@ -220,7 +220,13 @@ class TokenServer:
     """The Bearer realm: Basic-authenticated users get what they ask; anonymous gets pull only."""
 
     def __init__(
-        self, directory: Path, users: dict[str, str], *, anonymous_pull: bool = True, lifetime: int = 300
+        self,
+        directory: Path,
+        users: dict[str, str],
+        *,
+        anonymous_pull: bool = True,
+        lifetime: int = 300,
+        address: str = "127.0.0.1",
     ) -> None:
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
@@ -255,14 +261,15 @@ class TokenServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = address
+        self._httpd = ThreadingHTTPServer((address, 0), Handler)
         self.port = self._httpd.server_address[1]
         self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
         self._thread.start()
 
     @property
     def realm(self) -> str:
-        return f"http://127.0.0.1:{self.port}/token"
+        return f"http://{self.address}:{self.port}/token"
 
     def auth_config(self) -> dict[str, Any]:
         return {
@@ -341,7 +348,9 @@ class Fault:
     Actions: "status" (answer `status` with `headers`, registry not asked), "drop-body"
     (forward, then cut the connection halfway through the response body), "corrupt"
     (forward, flip one byte of the body), "drop-request" (read the request, close, no answer),
-    "rewrite-headers" (forward, replacing response headers with `headers`).
+    "rewrite-headers" (forward, replacing response headers with `headers`), "trickle" (forward,
+    then send the whole response, status line first, at `rate` bytes/s), "trickle-body" (the
+    same, but status line and headers at once).
     """
 
     method: str
@@ -350,6 +359,7 @@ class Fault:
     times: int = 1
     status: int = 500
     headers: dict[str, str] = field(default_factory=dict)
+    rate: float = 10.0
 
     def matches(self, method: str, path: str) -> bool:
         return self.times > 0 and method == self.method and re.search(self.path, path) is not None
@@ -458,6 +468,9 @@ class FaultProxy:
         ]
         if replaced:
             headers += list(fault.headers.items())  # type: ignore[union-attr]
+        if fault and fault.action in ("trickle", "trickle-body"):
+            self._trickle(handler, method, response, headers, fault)
+            return
         declared = response.getheader("Content-Length")
         body_length = None if declared is None else int(declared)
         buffered = b""
@@ -490,6 +503,35 @@ class FaultProxy:
                 corrupt = False
             handler.wfile.write(chunk)
             sent += len(chunk)
+
+
+    def _trickle(
+        self,
+        handler: BaseHTTPRequestHandler,
+        method: str,
+        response: http.client.HTTPResponse,
+        headers: list[tuple[str, str]],
+        fault: Fault,
+    ) -> None:
+        """A slow server: the response in small pieces at `fault.rate` bytes/s, until the client hangs up."""
+        body = b"" if method == "HEAD" else response.read()
+        head = f"HTTP/1.1 {response.status} {response.reason}\r\n".encode("latin-1")
+        head += b"".join(f"{name}: {value}\r\n".encode("latin-1") for name, value in headers if name.lower() != "content-length")
+        head += f"Content-Length: {len(body)}\r\n\r\n".encode("latin-1")
+        handler.close_connection = True
+        connection = handler.connection
+        data, position = head + body, 0
+        piece = max(1, int(fault.rate / 10))  # ten pieces a second
+        try:
+            if fault.action == "trickle-body":
+                connection.sendall(head)
+                position = len(head)
+            while position < len(data):
+                connection.sendall(data[position : position + piece])
+                position += piece
+                time.sleep(piece / fault.rate)
+        except OSError:
+            pass  # the client gave up: what a slow server wants to see
 
 
 def _read_exactly(stream: Any, length: int, sink: Any) -> None:

@@ -19,6 +19,7 @@ from aos_operator.api import naming
 from aos_operator.api.models import AosServiceSpec, ImageStatus
 from aos_operator.controller.settings import OperatorSettings
 from aos_operator.controller.source import SourceError, SourceFile, content_digest, files_from_config_maps, write_tree
+from aos_operator.bounded import MAX_JSON_BYTES
 from aos_operator.digests import canonical_json, sha256_digest
 from aos_operator.image import MEDIA_TYPE_MANIFEST, open_package
 from aos_operator.image.oci import (
@@ -151,8 +152,11 @@ def _push_from_layer(
     layer = manifest.layers[0]
     with tempfile.TemporaryDirectory(prefix="aos-layer-") as scratch:
         config_path = Path(scratch) / "origin-config.json"
+        if manifest.config.size > MAX_JSON_BYTES:
+            raise SourceError(f"{where}: its image config is declared as {manifest.config.size} bytes, more than "
+                              f"the {MAX_JSON_BYTES} bytes of an image config")
         registry.pull_blob(origin, manifest.config.digest, manifest.config.size, config_path)
-        origin_config = _json(config_path.read_bytes(), where)
+        origin_config = _json(config_path.read_bytes(), where)  # its size was checked while it was pulled
         diff_ids = (origin_config.get("rootfs") or {}).get("diff_ids") or []
         if not diff_ids:
             raise SourceError(f"{where}: its image config has no rootfs.diff_ids; cannot reuse its layer")

@@ -179,7 +179,11 @@ async def run(settings: OperatorSettings, *, stop_flag: asyncio.Event | threadin
               ready_flag: asyncio.Event | threading.Event | None = None) -> None:
     kube = KubeClient(settings.connection, user_agent="aos-operator")
     registry = registry_client(
-        insecure=settings.registry_insecure, ca_file=settings.registry_ca, auth_file=settings.registry_auth
+        insecure=settings.registry_insecure,
+        ca_file=settings.registry_ca,
+        auth_file=settings.registry_auth,
+        limits=settings.registry_limits,
+        insecure_registries=settings.registry_insecure_hosts,
     )
     op = Operator(settings, kube, registry, build_slots=asyncio.Semaphore(settings.build_concurrency))
     handlers = make_registry(op)

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aos_operator.api.client import Connection
+from aos_operator.registry.limits import RegistryLimits
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,8 @@ class OperatorSettings:
     registry_insecure: bool = False
     registry_ca: Path | None = None
     registry_auth: Path | None = None
+    registry_limits: RegistryLimits = field(default_factory=RegistryLimits)
+    registry_insecure_hosts: tuple[str, ...] = ()  # may receive credentials over plain HTTP
     resync_seconds: float = 30.0  # a service is re-checked at least this often, events or not
     source_refresh_seconds: float = 60.0  # ConfigMap and image sources are re-read this often
     instance_stop_timeout: float = 120.0  # how long a removed instance waits for its agent to stop it

@@ -25,7 +25,7 @@ OCI_LAYOUT_FILE = "oci-layout"
 OCI_LAYOUT_CONTENT = canonical_json({"imageLayoutVersion": "1.0.0"})
 
 # The tag grammar of the OCI distribution spec, which is what registries and skopeo accept.
-_TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
+_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")  # used with fullmatch
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class Manifest:
 
 
 def check_tag(tag: str) -> str:
-    if not _TAG_RE.match(tag):
+    if not _TAG_RE.fullmatch(tag):
         raise InputError(
             f"tag {tag!r} is not a valid OCI tag",
             hint="use letters, digits, '_', '.', '-' (not first), at most 128 characters",

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from aos_operator.bounded import MAX_JSON_BYTES, read_limited
 from aos_operator.digests import digest_hex, sha256_digest
 from aos_operator.errors import InputError, PackageError
 from aos_operator.image import oci
@@ -171,7 +172,7 @@ def _open_layout(path: Path, tag: str | None) -> Package:
     if raw is None or raw.size != descriptor.size or raw.size > MAX_MANIFEST_SIZE:
         raise PackageError(f"{path}: manifest blob {descriptor.digest} is missing or has the wrong size")
     with raw.open() as file:
-        manifest_bytes = file.read()
+        manifest_bytes = file.read(MAX_MANIFEST_SIZE + 1)
     if sha256_digest(manifest_bytes) != descriptor.digest:
         raise PackageError(f"{path}: manifest blob {descriptor.digest} is corrupt")
     return Package(path, "oci-layout", manifest_bytes, blobs)
@@ -210,7 +211,7 @@ def _open_archive(path: Path) -> Package:
         if directory == "blobs/sha256":
             blobs[blob_name] = _RawBlob(member.size, lambda m=member: _member_reader(path, m))
     with _member_reader(path, manifest_member) as file:
-        manifest_bytes = file.read()
+        manifest_bytes = file.read(MAX_MANIFEST_SIZE + 1)
     return Package(path, "archive", manifest_bytes, blobs)
 
 
@@ -252,15 +253,20 @@ class _Bounded(io.RawIOBase):
 
 def _read_small(path: Path) -> bytes:
     try:
-        size = path.stat().st_size
-        if size > MAX_MANIFEST_SIZE:
-            raise PackageError(f"{path}: {size} bytes, larger than {MAX_MANIFEST_SIZE}")
-        return path.read_bytes()
+        return read_limited(
+            path, MAX_MANIFEST_SIZE, lambda size: PackageError(f"{path}: {size} bytes, larger than {MAX_MANIFEST_SIZE}")
+        )
     except OSError as error:
         raise PackageError(f"{path}: cannot read: {error.strerror}") from error
 
 
 def _json_object(package: Package, digest: str) -> dict[str, Any]:
+    declared = next((d.size for d in package.manifest.descriptors if d.digest == digest), 0)
+    if declared > MAX_JSON_BYTES:
+        raise PackageError(
+            f"{package.source}: blob {digest} is declared as {declared} bytes; a JSON config may be at most "
+            f"{MAX_JSON_BYTES} bytes"
+        )
     value = oci.load_json(package.read_blob(digest), f"{package.source}: blob {digest}")
     if not isinstance(value, dict):
         raise PackageError(f"{package.source}: blob {digest} is not a JSON object")

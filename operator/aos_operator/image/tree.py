@@ -13,7 +13,9 @@ The tree is hostile until proven otherwise. Rules (documented in the README):
   with more links than the tree holds is linked from outside the tree and is refused;
 - FIFOs, sockets and device nodes are refused; names that are not valid UTF-8 are refused,
   shown with their bytes escaped.
-Nothing outside the tree is ever opened: symlinks are read with readlink, never followed.
+Nothing outside the tree is ever opened: symlinks are read with readlink, never followed; the
+root itself must be a directory, not a link to one (`resolve_source_folder` finds the real
+directory of a source folder inside a service directory without leaving it).
 """
 
 from __future__ import annotations
@@ -107,9 +109,14 @@ def scan_tree(
     if symlinks not in SYMLINK_POLICIES:
         raise InputError(f"symlinks policy {symlinks!r} is not one of {', '.join(SYMLINK_POLICIES)}")
     try:
-        root_stat = root.stat()
+        root_stat = root.lstat()
     except OSError as error:
         raise InputError(f"{root}: cannot read the source directory: {error.strerror}") from error
+    if stat.S_ISLNK(root_stat.st_mode):
+        raise BuildError(
+            f"{root}: the source directory is a symbolic link; the build does not follow it",
+            hint="give the directory itself (a source folder may name a link that stays inside the service directory)",
+        )
     if not stat.S_ISDIR(root_stat.st_mode):
         raise InputError(f"{root}: the source must be a directory")
 
@@ -265,6 +272,59 @@ def _escape_problem(path: str, links: dict[str, str]) -> str | None:
             resolved.append(component)
         else:
             return None
+
+
+def resolve_source_folder(base_dir: Path, relative: str, key: str) -> Path:
+    """The real directory that `relative` names inside the service directory `base_dir`.
+
+    Each component is looked at with lstat; a symbolic link is replaced by its target, resolved
+    lexically inside `base_dir` as the tree's own links are: an absolute target, a `..` that climbs
+    above `base_dir` or a loop is an error naming `key` (the config key that gave the folder). The
+    result holds no link, so the tree walk starts inside the service directory. A missing component
+    ends the checks: whether the folder exists is the build's question, not this one's.
+    """
+    base = base_dir.resolve()
+    if "\x00" in relative or relative.startswith("/"):
+        raise BuildError(
+            f"{key}: {relative!r} is not a relative path inside the service directory {base}",
+            hint="name a folder inside the service directory, e.g. src",
+        )
+    resolved: list[str] = []
+    remaining = relative.split("/")
+    via = ""  # the last link followed, for the message
+    hops = 0
+    while remaining:
+        component = remaining.pop(0)
+        if component in ("", "."):
+            continue
+        if component == "..":
+            if not resolved:
+                raise BuildError(
+                    f"{key}: {relative!r}{via} climbs out of the service directory {base}; "
+                    "the build reads only files inside it",
+                    hint="keep the source folder inside the service directory (move or copy the files there)",
+                )
+            resolved.pop()
+            continue
+        candidate = base.joinpath(*resolved, component)
+        try:
+            is_link = stat.S_ISLNK(candidate.lstat().st_mode)
+        except OSError:
+            is_link = False
+        if not is_link:
+            resolved.append(component)
+            continue
+        hops += 1
+        target = _read_link(base, "/".join([*resolved, component]))
+        via = f" (through the link {candidate} -> {target!r})"
+        if target.startswith("/") or hops > _MAX_LINK_HOPS:
+            problem = "is a loop of symbolic links in" if hops > _MAX_LINK_HOPS else "points outside"
+            raise BuildError(
+                f"{key}: {relative!r}{via} {problem} the service directory {base}; the build does not follow it",
+                hint="make the source folder a directory inside the service directory (or a relative link that stays inside)",
+            )
+        remaining = target.split("/") + remaining
+    return base.joinpath(*resolved)
 
 
 def _kind_name(mode: int) -> str:

@@ -6,6 +6,7 @@ Knows HTTP and OCI, never Kubernetes: pull secrets come in as their `data` dict.
 from aos_operator.registry.client import PulledManifest, RegistryClient, TransferStats
 from aos_operator.registry.content import BlobSink, BlobSource, BytesBlob, FileBlob, FileSink
 from aos_operator.registry.credentials import CredentialSource, Credentials, DockerConfig
+from aos_operator.registry.limits import RegistryLimits
 from aos_operator.registry.reference import Reference
 from aos_operator.registry.retry import RetryPolicy
 
@@ -20,6 +21,7 @@ __all__ = [
     "FileSink",
     "PulledManifest",
     "Reference",
+    "RegistryLimits",
     "RegistryClient",
     "RetryPolicy",
     "TransferStats",

@@ -28,11 +28,13 @@ import urllib3
 from urllib3.exceptions import HTTPError
 
 from aos_operator.digests import is_digest, sha256_digest
-from aos_operator.errors import InputError, PackageError, RegistryError
+from aos_operator.errors import InputError, PackageError, RegistryError, shorten
 from aos_operator.registry.auth import repository_scope
 from aos_operator.registry.content import BlobSink, BlobSource, FileSink
 from aos_operator.registry.credentials import CredentialSource
+from aos_operator.registry.headers import check_location
 from aos_operator.registry.layout import blob_path, read_package, write_manifest
+from aos_operator.registry.limits import RateFloor, RegistryLimits
 from aos_operator.registry.manifest import (
     MANIFEST_MEDIA_TYPES,
     MAX_MANIFEST_BYTES,
@@ -45,6 +47,8 @@ from aos_operator.registry.retry import RetryPolicy, TransientFailure
 from aos_operator.registry.transport import (
     Body,
     Readable,
+    Reply,
+    Response,
     Transport,
     credentials_hint,
     describe_error_body,
@@ -97,7 +101,9 @@ class RegistryClient:
     `credentials` is a Credentials pair, a DockerConfig (config.json or pull secret) or any
     CredentialSource. `insecure=True` allows plain HTTP to every registry; loopback registries
     may use plain HTTP anyway. Blobs larger than `chunked_threshold` go up in `chunk_size`
-    PATCH requests (some proxies cap request bodies); smaller ones in a single PUT.
+    PATCH requests (some proxies cap request bodies); smaller ones in a single PUT. `limits`
+    bounds the time of each request and the rate of blob bodies (`limits.py`);
+    `insecure_registries` names hosts that may receive credentials over plain HTTP.
     """
 
     def __init__(
@@ -111,6 +117,8 @@ class RegistryClient:
         chunk_size: int = 64 * MiB,
         chunked_threshold: int = 128 * MiB,
         read_timeout: float = 60.0,
+        limits: RegistryLimits | None = None,
+        insecure_registries: Sequence[str] = (),
     ) -> None:
         if max_workers < 1 or chunk_size < 1 or chunked_threshold < 0:
             raise ValueError("max_workers and chunk_size must be positive, chunked_threshold not negative")
@@ -122,7 +130,10 @@ class RegistryClient:
             retry=self.retry,
             read_timeout=read_timeout,
             max_connections=max_workers + 2,
+            limits=limits,
+            insecure_registries=insecure_registries,
         )
+        self.limits = self.transport.limits
         self.max_workers = max_workers
         self.chunk_size = chunk_size
         self.chunked_threshold = chunked_threshold
@@ -312,6 +323,7 @@ class RegistryClient:
                     "Content-Range": f"{offset}-{offset + length - 1}",
                 },
                 body=self._reader_factory(source, offset, length, what),
+                body_size=length,
                 retry=False,
             )
             if response.status == 416:
@@ -336,6 +348,7 @@ class RegistryClient:
             scopes=[repository_scope(ref.repository, push=True)],
             headers={"Content-Type": "application/octet-stream", "Content-Length": str(length)},
             body=body,
+            body_size=length,
             retry=False,
         )
         if response.status == 400:
@@ -377,7 +390,7 @@ class RegistryClient:
         ref = parse_reference(reference)
         what = f"pull {ref}"
 
-        def attempt() -> tuple[urllib3.BaseHTTPResponse, bytes]:
+        def attempt() -> tuple[Response, bytes]:
             response = self.transport.request(
                 "GET",
                 ref.api_host,
@@ -386,6 +399,7 @@ class RegistryClient:
                 scopes=[repository_scope(ref.repository)],
                 headers={"Accept": ", ".join(MANIFEST_MEDIA_TYPES)},
                 retry=False,
+                body_limit=MAX_MANIFEST_BYTES,
             )
             if response.status != 200:
                 raise self._status_error(response, what, ref, "pull")
@@ -396,7 +410,7 @@ class RegistryClient:
         expected = ref.digest or response.headers.get("Docker-Content-Digest")
         if expected and expected != digest:
             raise RegistryError(
-                f"{what}: the manifest served hashes to {digest}, not {expected}",
+                f"{what}: the manifest served hashes to {digest}, not {shorten(expected, 80)}",
                 hint="the registry (or something between) served wrong content; nothing was used",
             )
         media_type = response.headers.get("Content-Type", "").split(";")[0].strip()
@@ -440,24 +454,28 @@ class RegistryClient:
             headers=headers,
             follow_redirects=True,
             retry=False,
+            stream=True,
         )
-        if response.status not in (200, 206):
+        if isinstance(response, Reply):  # not 200 or 206: read whole under the deadline
             raise self._status_error(response, what, ref, "pull")
         if response.status == 206 and not _resumes_at(response, download.received):
-            discard(response)
+            discard(response, drain=False)
             download.restart()
             raise TransientFailure(f"{what}: the registry answered a range request with another range")
         try:
             if response.status == 200:
                 download.restart()
+            floor = RateFloor(self.limits, what)
+            start = download.received
             # read1 hands over whatever has arrived, so a broken connection loses nothing received
             while chunk := response.read1(_READ_SIZE):
                 download.write(chunk)
                 self.stats.add(blob_bytes_downloaded=len(chunk))
+                floor.update(download.received - start)
         except HTTPError as error:
             raise TransientFailure(f"{what}: connection broke after {download.received} bytes ({error})") from None
         finally:
-            discard(response)
+            discard(response, drain=False)
 
     def pull(self, reference: str | Reference, directory: str | Path) -> PulledManifest:
         """Pull a package into `directory`: blobs/sha256/<hex> for each blob, then manifest.json.
@@ -505,12 +523,11 @@ class RegistryClient:
                 if future.done() and not future.cancelled() and future.exception() is not None:
                     raise future.exception()  # type: ignore[misc]
 
-    def _location(self, ref: Reference, response: urllib3.BaseHTTPResponse) -> str:
-        return urljoin(self.transport.url(ref.api_host, "/v2/"), response.headers["Location"])
+    def _location(self, ref: Reference, response: Response) -> str:
+        location = check_location(response.headers["Location"], f"push {ref}")
+        return urljoin(self.transport.url(ref.api_host, "/v2/"), location)
 
-    def _status_error(
-        self, response: urllib3.BaseHTTPResponse, what: str, ref: Reference, action: str
-    ) -> RegistryError:
+    def _status_error(self, response: Response, what: str, ref: Reference, action: str) -> RegistryError:
         detail = describe_error_body(read_error_body(response))
         credentials = self.transport.credentials_for(ref.registry)
         who = f"user {credentials.username!r}" if credentials else "anonymous access"
@@ -638,11 +655,11 @@ def _resumes_at(response: urllib3.BaseHTTPResponse, offset: int) -> bool:
     return content_range.startswith(f"bytes {offset}-")
 
 
-def _check_digest_header(response: urllib3.BaseHTTPResponse, digest: str, what: str) -> None:
+def _check_digest_header(response: Response, digest: str, what: str) -> None:
     reported = response.headers.get("Docker-Content-Digest")
     if reported and reported != digest:
         raise RegistryError(
-            f"{what}: the registry reports digest {reported}, we sent {digest}",
+            f"{what}: the registry reports digest {shorten(reported, 80)}, we sent {digest}",
             hint="the registry changed the content; do not trust this registry's copy",
         )
 

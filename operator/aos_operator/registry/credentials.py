@@ -16,11 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from aos_operator.bounded import read_text_limited
 from aos_operator.errors import InputError
+from aos_operator.registry.headers import bad_character
 
 _DOCKER_HUB_NAMES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 _DOCKER_HUB_KEY = "index.docker.io"
 PULL_SECRET_KEY = ".dockerconfigjson"
+MAX_CONFIG_BYTES = 1024 * 1024  # docker's config.json and pull secrets are a few kilobytes
 LEGACY_PULL_SECRET_KEY = ".dockercfg"
 
 
@@ -95,7 +98,7 @@ class DockerConfig:
             path = Path(directory) / "config.json"
         path = Path(path)
         try:
-            text = path.read_text(encoding="utf-8")
+            text = read_text_limited(path, MAX_CONFIG_BYTES, lambda size: _too_large(path, size))
         except FileNotFoundError:
             if explicit:
                 raise InputError(f"{path}: docker config file not found") from None
@@ -114,6 +117,8 @@ class DockerConfig:
         for key, legacy in ((PULL_SECRET_KEY, False), (LEGACY_PULL_SECRET_KEY, True)):
             if key in data:
                 source = f"{name}: data[{key}]"
+                if isinstance(data[key], str) and len(data[key]) > MAX_CONFIG_BYTES * 4 // 3 + 4:
+                    raise _too_large(source, len(data[key]) * 3 // 4)
                 text = _decode_base64(data[key], source)
                 document = _parse_json(text, source)
                 return cls.from_legacy_json(document, source) if legacy else cls.from_json(document, source)
@@ -137,14 +142,34 @@ def _entry_credentials(entry: Any, where: str) -> Credentials | None:
             raise InputError(
                 f"{where}.auth: decodes to no 'user:password' pair", hint="encode it as base64 of user:password"
             )
-        return Credentials(username, password)
+        return _checked(Credentials(username, password), f"{where}.auth")
     if entry.get("username"):
         password = entry.get("password", "")
         if not isinstance(entry["username"], str) or not isinstance(password, str):
             raise InputError(f"{where}: 'username' and 'password' must be strings")
-        return Credentials(entry["username"], password)
+        return _checked(Credentials(entry["username"], password), where)
     # An empty entry is what docker writes when a credential helper holds the secret.
     return None
+
+
+def _checked(credentials: Credentials, where: str) -> Credentials:
+    """Refuse a user name or password with CR, LF, NUL or another control character: a copy-paste
+    accident at best (`echo` adds a newline), and nothing a registry accepts."""
+    for name, value in (("user name", credentials.username), ("password", credentials.password)):
+        problem = bad_character(value, allow_space=True)
+        if problem and "non-ASCII" not in problem:
+            raise InputError(
+                f"{where}: the {name} holds {problem}",
+                hint="remove it (base64 of `printf 'user:password'`, not of `echo`, which adds a newline)",
+            )
+    return credentials
+
+
+def _too_large(where: str | os.PathLike[str], size: int) -> InputError:
+    return InputError(
+        f"{where}: {size} bytes, more than the {MAX_CONFIG_BYTES} bytes a registry credentials file may hold",
+        hint="is this the right file? docker's config.json is a few kilobytes",
+    )
 
 
 def _decode_base64(value: Any, where: str) -> str:

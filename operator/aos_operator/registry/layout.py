@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from aos_operator.bounded import read_limited
 from aos_operator.digests import digest_hex
 from aos_operator.errors import PackageError
 from aos_operator.registry.content import FileBlob, FileSink
@@ -21,9 +22,11 @@ def read_package(directory: str | Path) -> tuple[bytes, str, dict[str, FileBlob]
     directory = Path(directory)
     manifest_path = directory / MANIFEST_FILE
     try:
-        if manifest_path.stat().st_size > MAX_MANIFEST_BYTES:
-            raise PackageError(f"{manifest_path}: larger than {MAX_MANIFEST_BYTES} bytes; not a manifest")
-        data = manifest_path.read_bytes()
+        data = read_limited(
+            manifest_path,
+            MAX_MANIFEST_BYTES,
+            lambda size: PackageError(f"{manifest_path}: {size} bytes, larger than {MAX_MANIFEST_BYTES}; not a manifest"),
+        )
     except OSError as error:
         raise PackageError(f"{manifest_path}: cannot read the package manifest ({error.strerror})") from None
     document = parse_manifest(data, str(manifest_path))

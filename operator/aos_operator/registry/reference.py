@@ -13,10 +13,11 @@ DOCKER_HUB = "docker.io"
 _DOCKER_HUB_API = "registry-1.docker.io"
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-_REPOSITORY_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+_REPOSITORY_RE = re.compile(rf"{_COMPONENT}(?:/{_COMPONENT})*")
+_TAG_RE = re.compile(r"[\w][\w.-]{0,127}", re.ASCII)
 _LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
-_HOST_RE = re.compile(rf"^(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-fA-F:.]+\])(?::[0-9]{{1,5}})?$")
+_HOST_RE = re.compile(rf"(?:{_LABEL}(?:\.{_LABEL})*|\[[0-9a-fA-F:.]+\])(?::[0-9]{{1,5}})?")
+# Every pattern is used with fullmatch: `$` would let a trailing newline into a URL.
 _REPOSITORY_MAX = 255
 
 
@@ -55,16 +56,16 @@ class Reference:
         colon = path.rfind(":")
         if colon > last_slash:
             path, tag = path[:colon], path[colon + 1 :]
-            if not _TAG_RE.match(tag):
+            if not _TAG_RE.fullmatch(tag):
                 raise InputError(
                     f"image reference {text!r}: tag {tag!r} is not valid",
                     hint="a tag is 1-128 characters of letters, digits, '_', '.', '-' and cannot start with '.' or '-'",
                 )
         if registry == DOCKER_HUB and "/" not in path:
             path = f"library/{path}"
-        if not _HOST_RE.match(registry):
+        if not _HOST_RE.fullmatch(registry):
             raise InputError(f"image reference {text!r}: {registry!r} is not a valid registry host[:port]")
-        if len(path) > _REPOSITORY_MAX or not _REPOSITORY_RE.match(path):
+        if len(path) > _REPOSITORY_MAX or not _REPOSITORY_RE.fullmatch(path):
             raise InputError(
                 f"image reference {text!r}: repository {path!r} is not valid",
                 hint="repository names are lowercase letters and digits, separated by '/', '.', '_', '__' or '-'",

@@ -7,6 +7,14 @@ Basic, or a Bearer token fetched from the realm for the request's scopes and cac
 
 TLS rules: HTTPS always, verified against the system CAs or `ca_file`. Plain HTTP only when
 the caller says `insecure=True`, or for a loopback registry that does not speak TLS.
+
+Credential rules: credentials go only to the registry's own host (scheme, host and port of the
+reference), or to a token realm served over HTTPS; a plain-HTTP realm on another host gets them
+only when that host is named in `insecure_registries` (docker's insecure-registry list). Any
+other origin (a redirect, an upload Location) gets no credentials. Every value a server or a
+credentials file puts into a header or a URL is checked first (`headers.py`).
+
+Time rules (`limits.py`): every request has an overall deadline; blob bodies a minimum rate.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import urllib3
 from urllib3.exceptions import HTTPError, SSLError
 
 from aos_operator import __version__
-from aos_operator.errors import RegistryError
+from aos_operator.errors import RegistryError, shorten
 from aos_operator.registry.auth import (
     Challenge,
     Token,
@@ -35,6 +43,8 @@ from aos_operator.registry.auth import (
     parse_token_response,
 )
 from aos_operator.registry.credentials import CredentialSource, Credentials
+from aos_operator.registry.headers import check_location, check_realm, check_token
+from aos_operator.registry.limits import Deadline, RegistryLimits, deadline_pool_manager, release_socket, tls_context
 from aos_operator.registry.retry import RetryPolicy, TransientFailure, parse_retry_after
 
 class Readable(Protocol):
@@ -50,6 +60,30 @@ _REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _MAX_REDIRECTS = 5
 _MAX_ERROR_BODY = 64 * 1024
 _BLOCK_SIZE = 1024 * 1024  # socket write size for streamed bodies; 16 KiB (the default) costs CPU
+
+
+@dataclass
+class Reply:
+    """A response read whole under the request's deadline: status, headers and at most
+    `body_limit` bytes of body (`complete` False when there was more)."""
+
+    status: int
+    headers: urllib3.HTTPHeaderDict
+    body: bytes
+    complete: bool
+
+
+Response = urllib3.BaseHTTPResponse | Reply
+
+
+def origin(url: str) -> tuple[str, str]:
+    """(scheme, host:port) of a URL: who receives what is sent to it."""
+    parts = urlsplit(url)
+    return parts.scheme.lower(), parts.netloc.lower()
+
+
+def host_name(address: str) -> str:
+    return (urlsplit(f"//{address}").hostname or "").lower()
 
 
 def is_loopback(host: str) -> bool:
@@ -93,6 +127,8 @@ class Transport:
         connect_timeout: float = 15.0,
         read_timeout: float = 60.0,
         max_connections: int = 8,
+        limits: RegistryLimits | None = None,
+        insecure_registries: Iterable[str] = (),
     ) -> None:
         if ca_file is not None and not Path(ca_file).is_file():
             raise RegistryError(
@@ -101,12 +137,14 @@ class Transport:
             )
         self.credentials = credentials
         self.insecure = insecure
+        self.insecure_registries = frozenset(address.lower() for address in insecure_registries)
         self.retry = retry or RetryPolicy()
-        self._pool = urllib3.PoolManager(
+        self.limits = limits or RegistryLimits()
+        self._pool = deadline_pool_manager(
             num_pools=16,
             maxsize=max_connections,
             cert_reqs="CERT_REQUIRED",
-            ca_certs=str(ca_file) if ca_file else None,
+            ssl_context=tls_context(str(ca_file) if ca_file else None),
             timeout=urllib3.Timeout(connect=connect_timeout, read=read_timeout),
             retries=False,
             blocksize=_BLOCK_SIZE,
@@ -137,20 +175,43 @@ class Transport:
         scopes: Iterable[str] = (),
         headers: Mapping[str, str] | None = None,
         body: Body = None,
+        body_size: int = 0,
         follow_redirects: bool = False,
         retry: bool = True,
-    ) -> urllib3.BaseHTTPResponse:
-        """Send one request to registry `host`, authenticated for `scopes`.
+        stream: bool = False,
+        body_limit: int = _MAX_ERROR_BODY,
+    ) -> Response:
+        """Send one request to registry `host`, authenticated for `scopes`, within its deadline.
 
-        Returns the response, unread, whatever its status (the caller reads or discards it),
-        except that 429, 5xx and broken connections raise TransientFailure; with `retry` they
-        are first retried under the retry policy. `what` names the operation and reference in
-        error messages.
+        Returns a Reply, read whole (at most `body_limit` bytes) under the deadline, whatever
+        its status; with `stream`, a 200 or 206 answer is returned unread instead (a blob body:
+        the caller reads it under the minimum rate and closes it). 429, 5xx and broken
+        connections raise TransientFailure; with `retry` they are first retried under the retry
+        policy. A passed deadline raises RegistryError and is not retried. A request that sends
+        a streamed body gives its size in `body_size`, which lengthens its deadline. `what`
+        names the operation and reference in error messages.
         """
         scopes = tuple(scopes)
+        size = body_size or (len(body) if isinstance(body, bytes) else 0)
 
-        def attempt() -> urllib3.BaseHTTPResponse:
-            return self._send(method, host, path_or_url, what, scopes, dict(headers or {}), body, follow_redirects)
+        def attempt() -> Response:
+            self._registry(host, what)  # the probe runs under its own deadline
+            raw: urllib3.BaseHTTPResponse | None = None
+            with Deadline(self.limits.upload_timeout(size), what) as deadline:
+                try:
+                    raw = self._send(method, host, path_or_url, what, scopes, dict(headers or {}), body, follow_redirects)
+                    result: Response = raw if stream and raw.status in (200, 206) else _read_reply(raw, body_limit, what)
+                except (TransientFailure, RegistryError, HTTPError, OSError):
+                    if not deadline.expired:
+                        raise
+                    result = raw  # replaced by the deadline's error below
+            if deadline.expired:
+                if raw is not None:
+                    discard(raw, drain=False)
+                raise deadline.error()
+            if isinstance(result, Reply) and raw is not None:
+                discard(raw, drain=False)  # read to its end, or closed when longer than wanted
+            return result
 
         return self.retry.run(attempt, what) if retry else attempt()
 
@@ -171,9 +232,12 @@ class Transport:
     ) -> urllib3.BaseHTTPResponse:
         registry = self._registry(host, what)
         url = urljoin(registry.base_url, path_or_url)
-        authorization = self._authorization(host, registry, scopes, what)
+        # An absolute URL the registry gave (an upload Location) may name another origin:
+        # credentials stay with the registry.
+        own = origin(url) == origin(registry.base_url)
+        authorization = self._authorization(host, registry, scopes, what) if own else None
         response = self._open(method, url, _with_authorization(headers, authorization), body, what)
-        if response.status == 401:
+        if response.status == 401 and own:
             challenge = parse_challenge(response.headers.get("WWW-Authenticate"))
             if challenge is not None:
                 registry.challenge = challenge
@@ -187,10 +251,11 @@ class Transport:
         for _ in range(_MAX_REDIRECTS):
             if not (follow_redirects and response.status in _REDIRECTS and response.headers.get("Location")):
                 break
-            target = urljoin(url, response.headers["Location"])
+            target = urljoin(url, check_location(response.headers["Location"], what))
             discard(response)
-            # Credentials stay with the registry; a redirect elsewhere (object storage) gets none.
-            if urlsplit(target).netloc != urlsplit(url).netloc:
+            # Credentials stay with the registry; a redirect elsewhere (object storage, or the
+            # same host over plain HTTP) gets none.
+            if origin(target) != origin(url):
                 authorization = None
             url = target
             response = self._open(method, url, _with_authorization(headers, authorization), body, what)
@@ -223,6 +288,7 @@ class Transport:
     # -- registry discovery ------------------------------------------------------------
 
     def _registry(self, host: str, what: str) -> _Registry:
+        """What we know of `host`, probing it on first use."""
         with self._registries_lock:
             registry = self._registries.setdefault(host, _Registry())
         if not registry.probed:
@@ -237,14 +303,23 @@ class Transport:
         schemes = candidate_schemes(host, self.insecure)
         for scheme in schemes:
             url = f"{scheme}://{host}/v2/"
-            try:
-                response = self._open("GET", url, {}, None, what)
-            except _HandshakeFailure:
-                if scheme == "https" and "http" in schemes:
-                    continue  # the server answered, but not with TLS
-                raise
-            _raise_if_transient(response, "GET", url)
-            discard(response)
+            with Deadline(self.limits.request_timeout, what) as deadline:
+                try:
+                    response = self._open("GET", url, {}, None, what)
+                    _raise_if_transient(response, "GET", url)
+                    discard(response)
+                except _HandshakeFailure:
+                    if deadline.expired:
+                        raise deadline.error() from None
+                    if scheme == "https" and "http" in schemes:
+                        continue  # the server answered, but not with TLS
+                    raise
+                except (TransientFailure, HTTPError, OSError):
+                    if deadline.expired:
+                        raise deadline.error() from None
+                    raise
+            if deadline.expired:
+                raise deadline.error()
             if response.status not in (200, 401):
                 raise RegistryError(
                     f"{what}: {host} does not answer like an OCI registry (GET {url} gave HTTP {response.status})",
@@ -285,7 +360,7 @@ class Transport:
                 f"{what}: {host} asks for unsupported authentication {challenge.scheme!r}",
                 hint="this client speaks Basic and Bearer-token authentication",
             )
-        realm, service = challenge.params["realm"], challenge.params.get("service", "")
+        realm, service = check_realm(challenge.params["realm"], host, what), challenge.params.get("service", "")
         key = self._tokens.key(realm, service, scopes)
         # One fetch at a time: parallel blob transfers must not each fetch the same token.
         with self._token_lock:
@@ -299,11 +374,13 @@ class Transport:
         self, host: str, realm: str, service: str, scopes: list[str], credentials: Credentials | None, what: str
     ) -> Token:
         """GET a token for `scopes` from the realm, with the registry host's credentials if any."""
-        realm_host = urlsplit(realm).netloc
-        if credentials and realm.startswith("http://") and not (self.insecure or is_loopback(realm_host)):
+        if credentials and not self._may_receive_credentials(host, realm):
+            realm_host = urlsplit(realm).netloc
             raise RegistryError(
-                f"{what}: the registry's token service {realm} is plain HTTP; refusing to send credentials there",
-                hint="serve the token realm over HTTPS, or pass insecure=True if this network is trusted",
+                f"{what}: the registry {host} sends its token requests to {realm}, plain HTTP on another host; "
+                f"refusing to send the credentials for {host} there",
+                hint=f"serve the token realm over HTTPS or on the registry's own host, or, if {realm_host} is "
+                f"trusted, name it as an insecure registry (aosctl --insecure-registry {realm_host})",
             )
         query = [("service", service)] if service else []
         query += [("scope", scope) for scope in scopes]
@@ -327,7 +404,24 @@ class Transport:
                 f"{what}: the token service {realm} gave no token (HTTP {response.status})",
                 hint="check the registry's auth configuration (realm, service)",
             )
+        check_token(token.value, realm, what)
         return token
+
+    def _may_receive_credentials(self, host: str, realm: str) -> bool:
+        """Credentials go to the registry's own host, to a realm over TLS, or to a host the user named."""
+        parts = urlsplit(realm)
+        if parts.scheme == "https" or host_name(parts.netloc) == host_name(host):
+            return True
+        return parts.netloc.lower() in self.insecure_registries or host_name(parts.netloc) in self.insecure_registries
+
+
+def _read_reply(response: urllib3.BaseHTTPResponse, limit: int, what: str) -> Reply:
+    """Read up to `limit` bytes of a small answer; the caller releases or closes the connection."""
+    try:
+        data = response.read(limit + 1)
+    except HTTPError as error:
+        raise TransientFailure(f"{what}: connection broke while reading the response ({error})") from None
+    return Reply(response.status, response.headers, data[:limit], len(data) <= limit)
 
 
 def credentials_hint(host: str, credentials: Credentials | None) -> str:
@@ -339,14 +433,17 @@ def credentials_hint(host: str, credentials: Credentials | None) -> str:
     return f"check the user name and password given for {host} and that user's rights on the repository"
 
 
-def read_body(response: urllib3.BaseHTTPResponse, limit: int, what: str) -> bytes:
+def read_body(response: Response, limit: int, what: str) -> bytes:
     """The whole body of a response expected to be small; the connection goes back to the pool."""
-    try:
-        data = response.read(limit + 1)
-    except HTTPError as error:
-        raise TransientFailure(f"{what}: connection broke while reading the response ({error})") from None
-    finally:
-        discard(response)
+    if isinstance(response, Reply):
+        data = response.body if response.complete else response.body + b"?"
+    else:
+        try:
+            data = response.read(limit + 1)
+        except HTTPError as error:
+            raise TransientFailure(f"{what}: connection broke while reading the response ({error})") from None
+        finally:
+            discard(response)
     if len(data) > limit:
         raise RegistryError(
             f"{what}: the response is larger than {limit} bytes, more than a registry sends here",
@@ -355,8 +452,10 @@ def read_body(response: urllib3.BaseHTTPResponse, limit: int, what: str) -> byte
     return data
 
 
-def read_error_body(response: urllib3.BaseHTTPResponse) -> bytes:
+def read_error_body(response: Response) -> bytes:
     """The start of an error response's body, for the message; never fails."""
+    if isinstance(response, Reply):
+        return response.body[:_MAX_ERROR_BODY]
     try:
         return response.read(_MAX_ERROR_BODY)
     except HTTPError:
@@ -374,21 +473,31 @@ def describe_error_body(body: bytes) -> str:
     errors = document.get("errors") if isinstance(document, dict) else None
     if not isinstance(errors, list):
         return ""
-    parts = [f"{item.get('code', '?')}: {item.get('message', '')}" for item in errors if isinstance(item, dict)]
+    parts = [
+        f"{shorten(str(item.get('code', '?')), 40)}: {shorten(str(item.get('message', '')), 200)}"
+        for item in errors[:5]
+        if isinstance(item, dict)
+    ]
     return ": " + "; ".join(parts) if parts else ""
 
 
-def discard(response: urllib3.BaseHTTPResponse) -> None:
+def discard(response: Response, *, drain: bool = True) -> None:
     """Finish with a response: drain a short rest so the connection serves the next request,
-    but close rather than read a long or unknown rest (an abandoned blob)."""
+    but close rather than read a long or unknown rest (an abandoned blob). Outside a deadline
+    (`drain=False`) nothing more is read: only a response read to its end is kept open."""
+    if isinstance(response, Reply):
+        return
     remaining = response.length_remaining
     try:
-        if remaining is not None and remaining <= _MAX_ERROR_BODY:
+        if remaining == 0 and not drain:
+            pass
+        elif drain and remaining is not None and remaining <= _MAX_ERROR_BODY:
             response.drain_conn()
         else:
             response.close()
     except HTTPError:
         response.close()
+    release_socket(getattr(getattr(response, "connection", None), "sock", None))
     response.release_conn()
 
 
@@ -397,6 +506,8 @@ class _HandshakeFailure(TransientFailure):
 
 
 def _with_authorization(headers: Mapping[str, str], authorization: str | None) -> dict[str, str]:
+    # Every value here is checked where it comes from: tokens (check_token), basic credentials
+    # (credentials.py); header values we build ourselves hold only digests and numbers.
     return {**headers, "Authorization": authorization} if authorization else dict(headers)
 
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aos_operator.bounded import MAX_JSON_BYTES, read_limited
 from aos_operator.digests import digest_hex, is_digest, sha256_digest
 from aos_operator.errors import InputError, PackageError
 from aos_operator.runtime.files import write_atomically
@@ -72,7 +73,8 @@ class _PackageDir:
         if not directory.is_dir():
             raise InputError(f"{directory}: not a directory", hint="pass an unpacked service package directory")
         try:
-            self.manifest_bytes = manifest_path.read_bytes()
+            self.manifest_bytes = read_limited(manifest_path, MAX_JSON_BYTES, lambda size: PackageError(
+                f"{manifest_path}: {size} bytes, more than the {MAX_JSON_BYTES} bytes of a manifest"))
         except OSError as error:
             raise InputError(f"{manifest_path}: cannot read: {error.strerror}",
                              hint="a service package directory holds manifest.json and blobs/sha256/") from None
@@ -120,7 +122,8 @@ class _PackageDir:
 
     def json_blob(self, path: Path, descriptor: Descriptor, role: str) -> Any:
         try:
-            return json.loads(path.read_bytes())
+            return json.loads(read_limited(path, MAX_JSON_BYTES, lambda size: PackageError(
+                f"{role} blob {descriptor.digest}: {size} bytes, more than the {MAX_JSON_BYTES} bytes of a JSON config")))
         except (ValueError, UnicodeDecodeError) as error:
             raise PackageError(f"{role} blob {descriptor.digest}: not valid JSON: {error}") from None
 

@@ -93,6 +93,7 @@ class Image(_Frozen):
 
     platform: Platform
     source_folder: str = Field(description="Root filesystem tree, relative to the config's base directory")
+    source_key: str = Field("build.source_folder", exclude=True, description="The config key that named the folder")
     command: tuple[str, ...] = ()
     working_dir: str | None = None
     env: tuple[str, ...] = ()

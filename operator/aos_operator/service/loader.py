@@ -19,7 +19,8 @@ from aos_operator.service import normalize
 from aos_operator.service.description import ServiceDescription
 from aos_operator.service.report import Reporter
 from aos_operator.service.validation_errors import report_validation_error
-from aos_operator.service.yamlfile import LoadedYaml, decode, load_yaml_text
+from aos_operator.bounded import read_limited
+from aos_operator.service.yamlfile import MAX_BYTES, LoadedYaml, decode, load_yaml_text, too_large
 
 CONFIG_NAME = "config.yaml"
 
@@ -165,7 +166,8 @@ def parse_config_data(data: Any, source: str, *, check_upload: bool = False) -> 
 def read_config(path: Path, *, check_upload: bool = True) -> ConfigResult:
     config_path = find_config(path)
     try:
-        raw = config_path.read_bytes()
+        # the size first: a sparse multi-gigabyte file is refused without being read
+        raw = read_limited(config_path, MAX_BYTES, lambda size: too_large(str(config_path), size))
     except OSError as error:
         raise InputError(f"{config_path}: cannot read: {error.strerror}") from None
     text = decode(raw, str(config_path))

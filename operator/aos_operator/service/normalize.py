@@ -17,7 +17,7 @@ from aos_operator.service import config_v2 as v2
 from aos_operator.service import description as d
 from aos_operator.service import units
 from aos_operator.service.report import Reporter
-from aos_operator.service.yamlfile import Path
+from aos_operator.service.yamlfile import Path, render_path
 
 # aos-signer's floor for RAM quotas under runc and crun (moby/moby#41168), in bytes.
 MEMORY_LIMIT_MIN = 6_000_000
@@ -69,6 +69,20 @@ def split_command(command: str | Sequence[str] | None, report: Reporter, path: P
     if not argv:
         report.warning(path, "the command is empty: the service has nothing to run")
     return tuple(argv)
+
+
+def check_source_folder(folder: str, report: Reporter, path: Path) -> bool:
+    """A source folder is a relative path that stays inside the service directory (as written:
+    the build checks the links on disk). False, with the error reported, when it is not."""
+    problem = _folder_problem(folder)
+    if problem is None:
+        return True
+    report.error(
+        path,
+        f"{folder!r} {problem}; a source folder is a relative path inside the service directory "
+        "(the build reads no files outside it): move or copy the files there",
+    )
+    return False
 
 
 def check_env(env: Sequence[str], report: Reporter, path: Path) -> tuple[str, ...]:
@@ -257,9 +271,11 @@ def from_v1(config: v1.ConfigV1, report: Reporter, *, check_upload: bool) -> d.S
     else:
         runners = ("runc", "crun")
 
+    check_source_folder(config.build.source_folder, report, ("build", "source_folder"))
     image = d.Image(
         platform=platform_of(config.build.os, config.build.arch, None, report, ("build",)),
         source_folder=config.build.source_folder,
+        source_key="build.source_folder",
         command=split_command(conf.cmd, report, c + ("cmd",)),
         working_dir=conf.workingDir or None,
         env=check_env(conf.env or [], report, c + ("env",)),
@@ -324,6 +340,36 @@ def item_source_folder(item: v2.Item, image: v2.Image) -> str | None:
     return f"{item.sourceFolder}/{inner}" if item.sourceFolder else inner
 
 
+def _source_folder_key(item: v2.Item, image: v2.Image, base: Path, where: Path) -> Path:
+    """The key a wrong source folder is blamed on: the first of the keys it is made of that is wrong."""
+    candidates: list[tuple[str | None, Path]] = [
+        (item.sourceFolder, base + ("sourceFolder",)),
+        (image.path, where + ("path",)),
+        (image.sourceFolder, where + ("sourceFolder",)),
+    ]
+    if not any(value for value, _ in candidates):
+        candidates.append((item.identity.codename, base + ("identity", "codename")))
+    candidates.append((image.archInfo.architecture, where + ("archInfo", "architecture")))
+    for value, key in candidates:
+        if value and not _folder_is_clean(value):
+            return key
+    return next((key for value, key in candidates if value), where)
+
+
+def _folder_is_clean(folder: str) -> bool:
+    return _folder_problem(folder) is None
+
+
+def _folder_problem(folder: str) -> str | None:
+    if any(ord(character) < 0x20 or ord(character) == 0x7F for character in folder):
+        return "holds a control character"
+    if folder.startswith("/"):
+        return "is absolute"
+    if ".." in folder.split("/"):
+        return "has a `..` component"
+    return None
+
+
 def is_service_item(item: v2.Item) -> bool:
     return item.identity.type in (None, "service")
 
@@ -359,6 +405,8 @@ def from_v2_item(config: v2.ConfigV2, index: int, report: Reporter) -> d.Service
         if folder is None:
             report.error(where, "cannot tell where the image's files are: set sourceFolder, or identity.codename")
             folder = ""
+        key = _source_folder_key(item, image, base, where)
+        check_source_folder(folder, report, key)
         platform = platform_of(image.osInfo.os, image.archInfo.architecture, image.archInfo.variant, report, where + ("osInfo",))
         if platform.label() in seen_architectures:
             report.error(where + ("archInfo",), f"a second image for {platform.label()}; one image per platform")
@@ -368,6 +416,7 @@ def from_v2_item(config: v2.ConfigV2, index: int, report: Reporter) -> d.Service
             d.Image(
                 platform=platform,
                 source_folder=folder,
+                source_key=render_path(key),
                 command=split_command(image.cmd if image.cmd is not None else conf.cmd, report, where + ("cmd",)),
                 working_dir=image.workingDir or conf.workingDir or None,
                 env=check_env(env, report, where + ("env",)),

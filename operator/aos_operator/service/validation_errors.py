@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from aos_operator.errors import MAX_ECHO, shorten
 from aos_operator.service.report import Reporter
 from aos_operator.service.yamlfile import Timestamp
 
@@ -42,8 +43,7 @@ def _describe(value: Any) -> str:
     if isinstance(value, float):
         return f"the number {value}"
     if isinstance(value, str):
-        shown = value if len(value) <= 40 else value[:37] + "..."
-        return f"the string {shown!r}"
+        return f"the string {shorten(value, 40)!r}"
     if isinstance(value, Timestamp):
         return f"the date {value.text} (quote it to make it a string)"
     if isinstance(value, dict):
@@ -128,7 +128,8 @@ def _message(error: dict[str, Any], value: Any, root_model: type[BaseModel], pat
         parent = _model_at(root_model, path[:-1])
         allowed = allowed_keys(parent) if parent else []
         key = str(path[-1]) if path else ""
-        close = difflib.get_close_matches(key, allowed, n=1)
+        # a near miss is a typo of a short key; comparing a huge key would only cost time
+        close = difflib.get_close_matches(key, allowed, n=1) if len(key) <= MAX_ECHO else []
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"unknown key{hint}; allowed here: {', '.join(allowed)}" if allowed else "unknown key"
     if kind in _TYPE_NAMES:
@@ -151,7 +152,7 @@ def _message(error: dict[str, Any], value: Any, root_model: type[BaseModel], pat
         return f"needs at least {count} {'entry' if count == 1 else 'entries'}"
     if kind in ("value_error", "assertion_error"):
         return str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
-    return str(error["msg"])
+    return shorten(str(error["msg"]), 200)
 
 
 def _value_at(data: Any, path: tuple[Any, ...]) -> Any:

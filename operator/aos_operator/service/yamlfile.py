@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from aos_operator.errors import InputError, Issue
+from aos_operator.errors import InputError, Issue, shorten
 
 MAX_BYTES = 1024 * 1024
 MAX_DEPTH = 64
@@ -94,13 +94,13 @@ class LoadedYaml:
 
 
 def render_path(path: Path) -> str:
-    """`('items', 0, 'configuration')` -> `items[0].configuration`."""
+    """`('items', 0, 'configuration')` -> `items[0].configuration`; a long key is cut (`abc...`)."""
     text = ""
     for part in path:
         if isinstance(part, int):
             text += f"[{part}]"
         else:
-            text += ("." if text else "") + str(part)
+            text += ("." if text else "") + shorten(str(part))
     return text
 
 
@@ -237,13 +237,17 @@ def _check_depth(text: str, file: str) -> None:
             depth -= 1
 
 
+def too_large(file: str, size: int) -> InputError:
+    return InputError(
+        f"{file}: the file is {size} bytes; a config.yaml may be at most {MAX_BYTES} bytes",
+        hint="is this the right file? service configs are a few kilobytes",
+    )
+
+
 def decode(raw: bytes, file: str) -> str:
     """Text from bytes: UTF-8 (a BOM is allowed), no NUL bytes, bounded size."""
     if len(raw) > MAX_BYTES:
-        raise InputError(
-            f"{file}: the file is {len(raw)} bytes; a config.yaml may be at most {MAX_BYTES} bytes",
-            hint="is this the right file? service configs are a few kilobytes",
-        )
+        raise too_large(file, len(raw))
     if b"\x00" in raw:
         line = raw[: raw.index(b"\x00")].count(b"\n") + 1
         raise InputError(f"{file}:{line}: the file contains NUL bytes; it is binary data, not YAML")
