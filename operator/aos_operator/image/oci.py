@@ -64,7 +64,7 @@ class Manifest:
 
 
 def check_tag(tag: str) -> str:
-    if not _TAG_RE.match(tag):
+    if not _TAG_RE.fullmatch(tag):
         raise InputError(
             f"tag {tag!r} is not a valid OCI tag",
             hint="use letters, digits, '_', '.', '-' (not first), at most 128 characters",

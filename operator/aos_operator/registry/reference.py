@@ -55,16 +55,16 @@ class Reference:
         colon = path.rfind(":")
         if colon > last_slash:
             path, tag = path[:colon], path[colon + 1 :]
-            if not _TAG_RE.match(tag):
+            if not _TAG_RE.fullmatch(tag):
                 raise InputError(
                     f"image reference {text!r}: tag {tag!r} is not valid",
                     hint="a tag is 1-128 characters of letters, digits, '_', '.', '-' and cannot start with '.' or '-'",
                 )
         if registry == DOCKER_HUB and "/" not in path:
             path = f"library/{path}"
-        if not _HOST_RE.match(registry):
+        if not _HOST_RE.fullmatch(registry):
             raise InputError(f"image reference {text!r}: {registry!r} is not a valid registry host[:port]")
-        if len(path) > _REPOSITORY_MAX or not _REPOSITORY_RE.match(path):
+        if len(path) > _REPOSITORY_MAX or not _REPOSITORY_RE.fullmatch(path):
             raise InputError(
                 f"image reference {text!r}: repository {path!r} is not valid",
                 hint="repository names are lowercase letters and digits, separated by '/', '.', '_', '__' or '-'",
