@@ -107,8 +107,9 @@ class _Budget:
     def member(self, member: tarfile.TarInfo) -> None:
         """Before an entry is written: its declared data must fit in what is left."""
         data = member.size if member.isreg() else 0
-        if self.stream + data > self.bound:
-            raise self.over(self.stream + data)
+        end = member.offset_data + data  # where its data ends in the tar stream
+        if end > self.bound:
+            raise self.over(end)
         self.disk += -(-data // self.block) * self.block + self.block
         if self.disk > self.free:
             raise RuntimeFailure(f"cannot unpack {self.where}: its files need more than the {self.free} bytes "

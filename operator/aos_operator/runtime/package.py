@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aos_operator import values
 from aos_operator.digests import digest_hex, is_digest, sha256_digest
 from aos_operator.errors import InputError, PackageError
 from aos_operator.runtime.files import write_atomically
@@ -152,7 +153,12 @@ class _PackageDir:
         if actual_size != descriptor.size:
             raise PackageError(f"{role} blob {descriptor.digest}: size {actual_size} bytes, manifest says "
                                f"{descriptor.size}; nothing was installed", hint="the package is corrupt or altered")
-        actual_digest, _ = _file_digest(path)
+        try:
+            actual_digest, _ = _file_digest(path)
+        except OSError as error:
+            raise PackageError(f"{role} blob {descriptor.digest}: cannot read {path}: {error.strerror}"
+                               + (" (a symlink; blobs must be regular files)" if error.errno == errno.ELOOP else ""),
+                               hint="the package is corrupt or hostile") from None
         if actual_digest != descriptor.digest:
             raise PackageError(f"{role} blob {descriptor.digest}: content has digest {actual_digest}; "
                                "nothing was installed", hint="the package is corrupt or altered")
@@ -192,8 +198,14 @@ class PackageStore:
 
         limit = UnpackLimit(declared_bytes=layer.uncompressed_size) if self.max_layer_bytes is None else \
             UnpackLimit(self.max_layer_bytes, layer.uncompressed_size)
+        had_layer = self.layers.has(layer.digest)
         layer_path = self.layers.ensure(layer.digest, layer_blob, f"rootfs layer {layer.digest}", limit)
-        check_working_dir(image_config.working_dir, layer_path, f"image config {package.config.digest}")
+        try:
+            check_working_dir(image_config.working_dir, layer_path, f"image config {package.config.digest}")
+        except PackageError:
+            if not had_layer:  # nothing half-installed: the layer was unpacked for this package only
+                self.layers.remove(layer.digest)
+            raise
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._manifests.mkdir(parents=True, exist_ok=True)
         for descriptor, path in ((package.config, config_path), (package.service, service_path)):
@@ -258,6 +270,8 @@ def check_working_dir(working_dir: str, layer_path: Path, where: str) -> None:
     service without it); it is looked up inside the layer only, links resolved within it."""
     if working_dir in ("", "/"):
         return
+    if problem := values.working_dir_problem(working_dir):
+        raise PackageError(f"{where}: WorkingDir {problem}")
     if not is_dir_in_root(layer_path, working_dir):
         raise PackageError(f"{where}: WorkingDir {working_dir!r}: the service layer has no such directory "
                            f"({layer_path}); AosEdge devices fail to start such a service",

@@ -426,7 +426,7 @@ def from_v2_item(config: v2.ConfigV2, index: int, report: Reporter) -> d.Service
     quotas = conf.quotas or v2.Quotas()
     q = c + ("quotas",)
     ram = _size(quotas.ramLimit, 2, report, q + ("ramLimit",))
-    if ram is not None and ram < MEMORY_LIMIT_MIN:
+    if ram and ram < MEMORY_LIMIT_MIN:
         report.warning(q + ("ramLimit",), f"{ram} bytes is below the {MEMORY_LIMIT_MIN} bytes runc needs to start")
     requested = conf.requestedResources
     instances = conf.instances or v2.Instances()
