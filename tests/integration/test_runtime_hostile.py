@@ -135,7 +135,8 @@ def canary() -> Iterator[Path]:
 
 
 def canary_state(directory: Path) -> list[tuple[str, int]]:
-    return sorted((str(path.relative_to(directory)), path.lstat().st_mode) for path in [directory, *directory.rglob("*")])
+    return sorted((str(path.relative_to(directory)), path.lstat().st_mode)
+                  for path in [directory, *directory.rglob("*")])
 
 
 def disk_use(path: Path) -> int:
@@ -283,7 +284,8 @@ def test_declared_uncompressed_size_is_a_bound(runtime: Runtime, canary: Path, t
     with pytest.raises(PackageError, match=r"unpacks to more than its declared uncompressed size \(100000 bytes\)"):
         runtime.install(lying)
     assert_untouched(runtime, canary, before, tmp_path)
-    honest = write_package(tmp_path / "honest", gz(tar), layer_annotations={UNCOMPRESSED_SIZE_ANNOTATION: str(len(tar))})
+    honest = write_package(tmp_path / "honest", gz(tar),
+                           layer_annotations={UNCOMPRESSED_SIZE_ANNOTATION: str(len(tar))})
     installed = runtime.install(honest)
     assert (installed.layer_path / "app" / "data").stat().st_size == 1 << 20
     bad = write_package(tmp_path / "bad", gz(tar), layer_annotations={UNCOMPRESSED_SIZE_ANNOTATION: "-1"})
