@@ -213,3 +213,19 @@ def test_build_refuses_an_unsafe_service_config(changes: dict, message: str) -> 
     service, _ = _description(**changes)
     with pytest.raises(BuildError, match=message):
         service_config(service)
+
+
+def test_build_refuses_a_working_dir_the_tree_lacks(tmp_path: Path) -> None:
+    from aos_operator.packaging import build_service
+
+    tree = tmp_path / "src"
+    (tree / "app").mkdir(parents=True)
+    (tree / "app" / "main.py").write_text("print(1)\n")
+    os.symlink("app", tree / "srv")  # inside the tree: fine
+    service, _ = _description(working_dir="/missing")
+    with pytest.raises(BuildError, match="workingDir '/missing': the source tree .* has no such directory"):
+        build_service(service, tree, archive=tmp_path / "out.tar", cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "out.tar").exists()
+    service, _ = _description(working_dir="/srv")
+    build_service(service, tree, archive=tmp_path / "out.tar", cache_dir=tmp_path / "cache")
+    assert (tmp_path / "out.tar").stat().st_size > 0
