@@ -294,11 +294,18 @@ def mount_volume(volume: Volume) -> None:
         raise
     _ensure_reserve(mountpoint, sizing)
     source = Path(volume.bind_source)
+    # The image's content persists across starts: never follow a link found in it.
     if volume.kind == STORAGE:
         source.mkdir(mode=0o755, exist_ok=True)
+        if not source.is_dir() or source.is_symlink():
+            raise RuntimeFailure(f"{image}: its data/ is not a directory", hint="move the image away to start empty")
     else:
-        os.close(os.open(source, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-    os.chown(source, volume.uid, volume.gid)
+        try:
+            os.close(os.open(source, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        except OSError as error:
+            raise RuntimeFailure(f"{image}: cannot open its state.dat: {error.strerror}",
+                                 hint="move the image away to start empty") from None
+    os.chown(source, volume.uid, volume.gid, follow_symlinks=False)
 
 
 def loop_devices_of(image: Path) -> list[str]:
