@@ -542,7 +542,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after this long")
     run.add_argument("--state-dir", default="/var/lib/aosctl", help="installed packages, storage and state")
     run.add_argument("--run-dir", default="/run/aosctl", help="runtime state (bundles, logs, runc)")
-    run.add_argument("--max-layer-size", type=_layer_size_limit, default="4GiB", metavar="SIZE", help=MAX_LAYER_SIZE_HELP)
+    run.add_argument("--max-layer-size", type=_layer_size_limit, default="4GiB", metavar="SIZE",
+                     help=MAX_LAYER_SIZE_HELP)
     build_options(run)
     registry_options(run)
     run.set_defaults(func=cmd_run)

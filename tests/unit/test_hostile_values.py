@@ -229,3 +229,14 @@ def test_build_refuses_a_working_dir_the_tree_lacks(tmp_path: Path) -> None:
     service, _ = _description(working_dir="/srv")
     build_service(service, tree, archive=tmp_path / "out.tar", cache_dir=tmp_path / "cache")
     assert (tmp_path / "out.tar").stat().st_size > 0
+
+
+def test_max_layer_size_flag() -> None:
+    from aos_operator.cli import _parser
+    from aos_operator.runtime.layers import DEFAULT_MAX_LAYER_BYTES
+
+    assert _parser().parse_args(["run", "dir"]).max_layer_size == DEFAULT_MAX_LAYER_BYTES == 4 << 30
+    assert _parser().parse_args(["agent", "--max-layer-size", "512MiB"]).max_layer_size == 512 << 20
+    for bad in ("0", "lots", "-1"):
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["run", "dir", "--max-layer-size", bad])

@@ -44,7 +44,7 @@ _TEMP_PREFIX = ".unpacking-"
 DEFAULT_MAX_LAYER_BYTES = 4 << 30  # 4 GiB unpacked; a service layer is the service's own files
 MAX_TAR_HEADER_BYTES = 1 << 20  # PAX / GNU long-name data, read into memory by tarfile
 UNCOMPRESSED_SIZE_ANNOTATION = "io.aosedge.layer.uncompressed-size"
-_READ_CHUNK = 1 << 16
+_READ_CHUNK = 1 << 18
 _GZIP_MAGIC = b"\x1f\x8b"
 _PLAIN_REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE)
 
@@ -340,7 +340,7 @@ def unpack_layer(stream: IO[bytes], destination: Path, where: str, limit: Unpack
     unpacker = _Unpacker(destination, where, budget)
     try:
         with tarfile.open(fileobj=_LayerStream(stream, budget), mode="r|",  # type: ignore[call-overload]
-                          tarinfo=_CheckedTarInfo) as tar:
+                          bufsize=_READ_CHUNK, tarinfo=_CheckedTarInfo) as tar:
             unpacker.unpack(tar)
     except _Refused as refused:
         error = refused.error
