@@ -294,7 +294,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     if args.instances < 1:
         raise InputError(f"--instances must be at least 1, got {args.instances}")
-    config = RuntimeConfig(state_root=Path(args.state_dir), run_root=Path(args.run_dir))
+    config = RuntimeConfig(state_root=Path(args.state_dir), run_root=Path(args.run_dir),
+                           max_layer_bytes=args.max_layer_size)
     with tempfile.TemporaryDirectory(prefix="aosctl-run-") as scratch:
         package_dir, service_id = _package_for_run(args, Path(scratch))
         stop = threading.Event()
@@ -336,6 +337,22 @@ def _connection(args: argparse.Namespace) -> Connection:
 
 def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").lower() in ("1", "true", "yes")
+
+
+def _layer_size_limit(text: str) -> int:
+    """--max-layer-size: bytes, or a size such as 4GiB or 500M."""
+    from aos_operator.service import units
+
+    try:
+        value = units.parse_size(text, dialect=2)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError("the maximum unpacked layer size must be at least 1 byte")
+    return value
+
+
+MAX_LAYER_SIZE_HELP = "refuse a service layer that unpacks to more than this (default 4GiB)"
 
 
 def cmd_operator(args: argparse.Namespace) -> int:
@@ -403,6 +420,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         run_root=run_dir,  # runc's state is then <run-dir>/runc, where the chart's docs look
         base_path=args.base_rootfs,
         cgroup_parent=args.cgroup_parent,
+        max_layer_bytes=args.max_layer_size,
     )
     node = detect_node_facts(dmips=args.dmips)
     runtime = Runtime(config, node)
@@ -542,6 +560,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after this long")
     run.add_argument("--state-dir", default="/var/lib/aosctl", help="installed packages, storage and state")
     run.add_argument("--run-dir", default="/run/aosctl", help="runtime state (bundles, logs, runc)")
+    run.add_argument("--max-layer-size", type=_layer_size_limit, default="4GiB", metavar="SIZE",
+                     help=MAX_LAYER_SIZE_HELP)
     build_options(run)
     registry_options(run)
     run.set_defaults(func=cmd_run)
@@ -586,6 +606,8 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--cgroup-parent", default="/aos", help="cgroup under which instances run (default /aos)")
     agent.add_argument("--dmips", type=int, help="total DMIPS of the device (default: cores x 10000)")
     agent.add_argument("--node-config", metavar="FILE", help="YAML with the resources and devices the node offers")
+    agent.add_argument("--max-layer-size", type=_layer_size_limit, default="4GiB", metavar="SIZE",
+                       help=MAX_LAYER_SIZE_HELP)
     agent.add_argument("--heartbeat", type=float, default=10.0, metavar="SECONDS")
     agent.add_argument("--insecure", "--registry-insecure", dest="insecure", action="store_true",
                        default=_env_flag("AOS_REGISTRY_INSECURE"), help="plain HTTP to the registry")

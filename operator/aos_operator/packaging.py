@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
+from aos_operator import values
 from aos_operator.digests import digest_hex
 from aos_operator.errors import BuildError, InputError, Issue
 from aos_operator.image import MEDIA_TYPE_MANIFEST, BuildResult, Package, ProgressCallback, build_package, open_package
@@ -21,6 +22,7 @@ from aos_operator.registry import RegistryClient, RegistryLimits
 from aos_operator.registry.content import BlobSource
 from aos_operator.registry.credentials import DockerConfig
 from aos_operator.registry.reference import Reference
+from aos_operator.runtime.paths import is_dir_in_root
 from aos_operator.service import image_config, service_config
 from aos_operator.service.description import Image, ServiceDescription
 from aos_operator.service.loader import ConfigResult
@@ -55,6 +57,16 @@ def check_source_folders(result: ConfigResult) -> ConfigResult:
     return result
 
 
+def _check_working_dir_in_tree(image: Image, source_dir: Path) -> None:
+    """The device refuses a package whose layer lacks the WorkingDir; say so at build time."""
+    working_dir = image.working_dir or "/"
+    if working_dir != "/" and not values.working_dir_problem(working_dir) \
+            and not is_dir_in_root(Path(source_dir), working_dir):
+        raise BuildError(f"workingDir {working_dir!r}: the source tree {source_dir} has no such directory; "
+                         "AosEdge devices fail to start such a service",
+                         hint="add the directory to the source tree, or change workingDir")
+
+
 def build_service(
     service: ServiceDescription,
     source_dir: Path,
@@ -74,6 +86,7 @@ def build_service(
     except LookupError as error:
         raise InputError(str(error), hint="pass --arch") from None
     epoch = source_date_epoch_from(source_date_epoch)
+    _check_working_dir_in_tree(image, source_dir)
     return build_package(
         source_dir,
         image_config(service, image),

@@ -11,7 +11,7 @@ def test_everything_but_the_visible_entries_is_hidden() -> None:
         ["boot", "etc", "home", "proc", "run", "tmp", "var", "work"]
 
 
-def test_mount_points_for_every_mount_and_the_cwd() -> None:
+def test_mount_points_for_every_mount_but_not_the_cwd() -> None:
     spec = {
         "process": {"cwd": "/app/work"},
         "mounts": [
@@ -22,7 +22,7 @@ def test_mount_points_for_every_mount_and_the_cwd() -> None:
         ],
     }
     points = mount_points(spec, lambda source: source == "/host/dir")
-    assert points == [("app/work", True, 0o755), ("proc", True, 0o755), ("state.dat", False, 0o644),
+    assert points == [("proc", True, 0o755), ("state.dat", False, 0o644),
                       ("storage", True, 0o755), ("tmp", True, 0o1777)]
 
 

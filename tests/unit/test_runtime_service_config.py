@@ -88,7 +88,7 @@ def test_image_config_reads_what_aosedge_uses() -> None:
     ({"os": "linux", "config": {}}, "neither Entrypoint nor Cmd"),
     ({"os": "linux"}, "neither Entrypoint nor Cmd"),
     ({"os": "linux", "config": {"Cmd": "x"}}, "Cmd: expected a list of strings"),
-    ({"os": "linux", "config": {"Cmd": ["x"], "WorkingDir": "app"}}, "WorkingDir: must be an absolute path"),
+    ({"os": "linux", "config": {"Cmd": ["x"], "WorkingDir": "app"}}, "WorkingDir: 'app' is not an absolute path"),
     ({"os": "linux", "config": {"Cmd": ["x"], "Env": ["NOEQUALS"]}}, "is not NAME=value"),
 ])
 def test_bad_image_config(data: dict, message: str) -> None:

@@ -203,10 +203,10 @@ def test_own_network_namespace_and_cgroup_namespace_on_v2() -> None:
 
 
 def test_builder_is_deterministic_and_does_not_touch_its_inputs() -> None:
-    service = ServiceConfig(sysctl={"kernel.msgmax": "8192"}, quotas=Quotas(ram_limit=1 << 26))
+    service = ServiceConfig(sysctl={"net.core.somaxconn": "8192"}, quotas=Quotas(ram_limit=1 << 26))
     before = copy.deepcopy(service)
     first = build(service)
-    first["linux"]["sysctl"]["kernel.msgmax"] = "changed"
+    first["linux"]["sysctl"]["net.core.somaxconn"] = "changed"
     assert build(service) != first
     assert service == before
     assert build(service) == build(service)

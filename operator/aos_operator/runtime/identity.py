@@ -16,8 +16,9 @@ class InstanceIdentity:
 
     def __post_init__(self) -> None:
         for field, value in (("service_id", self.service_id), ("subject_id", self.subject_id)):
-            if not isinstance(value, str) or not value or any(ch in value for ch in "\n\r\0"):
-                raise ValueError(f"instance identity: {field} must be a non-empty single-line string, got {value!r}")
+            if not isinstance(value, str) or not value or any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in value):
+                raise ValueError(f"instance identity: {field} must be a non-empty string without control characters "
+                                 f"(it becomes an AOS_* variable), got {value!r}")
         if not isinstance(self.index, int) or isinstance(self.index, bool) or self.index < 0:
             raise ValueError(f"instance identity: index must be an integer >= 0, got {self.index!r}")
 

@@ -7,8 +7,17 @@ refused. Owners are not taken from the tar (everything is 0:0) and set-uid/set-g
 dropped. OCI whiteouts become overlayfs whiteouts, as AosEdge does: `.wh.<name>` a 0/0 character
 device `<name>`, `.wh..wh..opq` the xattr `trusted.overlay.opaque=y` on its directory.
 
+Bombs: the decompressed tar stream is counted as it is read, and the unpack stops at the first
+byte past the bound: the smallest of the layer's declared uncompressed size (when its descriptor
+has one), the device's maximum (`max_layer_bytes`) and the free space of the store's file system
+(counted in blocks per entry). A member whose header already declares more than what is left is
+refused before any of its data is written. GNU sparse entries (tar type 'S', and the PAX
+`GNU.sparse.*` forms) are refused by their header, before tarfile expands them; PAX and GNU
+long-name headers above 1 MiB are refused before they are read into memory.
+
 A layer is unpacked into a temporary directory next to the store and renamed into place when
-complete, so a half-unpacked layer is never used and concurrent installs of one digest are safe.
+complete, so a half-unpacked layer is never used and concurrent installs of one digest are safe;
+a refused unpack removes the temporary directory.
 """
 
 from __future__ import annotations
@@ -21,8 +30,9 @@ import stat
 import tarfile
 import uuid
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from aos_operator.digests import digest_hex
 from aos_operator.errors import PackageError, RuntimeFailure
@@ -31,6 +41,12 @@ WHITEOUT_PREFIX = ".wh."
 OPAQUE_WHITEOUT = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
 _TEMP_PREFIX = ".unpacking-"
+DEFAULT_MAX_LAYER_BYTES = 4 << 30  # 4 GiB unpacked; a service layer is the service's own files
+MAX_TAR_HEADER_BYTES = 1 << 20  # PAX / GNU long-name data, read into memory by tarfile
+UNCOMPRESSED_SIZE_ANNOTATION = "io.aosedge.layer.uncompressed-size"
+_READ_CHUNK = 1 << 18
+_GZIP_MAGIC = b"\x1f\x8b"
+_PLAIN_REGULAR = (tarfile.REGTYPE, tarfile.AREGTYPE)
 
 _TYPE_NAMES = {
     tarfile.CHRTYPE: "character device",
@@ -41,10 +57,149 @@ _TYPE_NAMES = {
 }
 
 
+@dataclass(frozen=True)
+class UnpackLimit:
+    """What a layer may unpack to: the device's maximum, and the layer's own declared size."""
+
+    max_bytes: int = DEFAULT_MAX_LAYER_BYTES
+    declared_bytes: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1:
+            raise ValueError(f"the maximum unpacked layer size must be >= 1 byte, got {self.max_bytes}")
+
+
+class _Refused(Exception):
+    """Raised from inside tarfile's header parsing; carries the AosError to raise."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Budget:
+    """Counts the tar stream (against the declared size and the maximum) and an estimate of the
+    disk blocks written (against the free space); the first excess ends the unpack."""
+
+    def __init__(self, destination: Path, limit: UnpackLimit, where: str) -> None:
+        self.where = where
+        bounds = [(limit.max_bytes, f"the device's maximum unpacked layer size ({limit.max_bytes} bytes)",
+                   "raise the maximum (--max-layer-size) if the layer is genuine")]
+        if limit.declared_bytes is not None:
+            bounds.append((limit.declared_bytes, f"its declared uncompressed size ({limit.declared_bytes} bytes)",
+                           "the package is corrupt or hostile"))
+        self.bound, self.reason, self.hint = min(bounds, key=lambda bound: bound[0])
+        info = os.statvfs(destination)
+        self.block = info.f_frsize or 4096
+        self.free = info.f_bavail * info.f_frsize
+        self.stream = 0
+        self.disk = 0
+
+    def over(self, count: int) -> PackageError:
+        return PackageError(f"{self.where}: unpacks to more than {self.reason}: refused after {count} bytes; "
+                            "nothing was installed", hint=self.hint)
+
+    def read(self, count: int) -> None:
+        self.stream += count
+        if self.stream > self.bound:
+            raise _Refused(self.over(self.stream))
+
+    def member(self, member: tarfile.TarInfo) -> None:
+        """Before an entry is written: its declared data must fit in what is left."""
+        data = member.size if member.isreg() else 0
+        end = member.offset_data + data  # where its data ends in the tar stream
+        if end > self.bound:
+            raise self.over(end)
+        self.disk += -(-data // self.block) * self.block + self.block
+        if self.disk > self.free:
+            raise RuntimeFailure(f"cannot unpack {self.where}: its files need more than the {self.free} bytes "
+                                 "free on the layer store's file system; nothing was installed",
+                                 hint="free disk space on the node")
+
+
+class _LayerStream:
+    """The layer's tar stream (gunzipped when it is gzip), counted by the budget as it is read."""
+
+    def __init__(self, source: IO[bytes], budget: _Budget) -> None:
+        self.source = source
+        self.budget = budget
+        self.pending = source.read(2)
+        self.decompressor: Any = zlib.decompressobj(31) if self.pending == _GZIP_MAGIC else None
+        self.tail = b""
+
+    def _raw(self, size: int) -> bytes:
+        if self.pending:
+            data, self.pending = self.pending, b""
+            return data
+        return self.source.read(size)
+
+    def _next(self, limit: int) -> bytes:
+        if self.decompressor is None:
+            return self._raw(limit)
+        while True:
+            if self.tail:
+                out = self.decompressor.decompress(self.tail, limit)
+                self.tail = self.decompressor.unconsumed_tail
+                if out:
+                    return out
+                continue
+            if self.decompressor.eof:
+                rest = self.decompressor.unused_data
+                if not rest.strip(b"\0"):
+                    return b""
+                self.decompressor, self.tail = zlib.decompressobj(31), rest  # another gzip member
+                continue
+            chunk = self._raw(_READ_CHUNK)
+            if not chunk:
+                raise EOFError("the gzip stream ends early")
+            self.tail = chunk
+
+    def read(self, size: int = -1) -> bytes:
+        size = _READ_CHUNK if size is None or size < 0 else size
+        parts, count = [], 0
+        while count < size:
+            piece = self._next(size - count)
+            if not piece:
+                break
+            parts.append(piece)
+            count += len(piece)
+        self.budget.read(count)
+        return b"".join(parts)
+
+
+class _CheckedTarInfo(tarfile.TarInfo):
+    """Refuses sparse members and oversized extended headers while tarfile parses them."""
+
+    def _refuse(self, why: str) -> _Refused:
+        return _Refused(PackageError(f"member {self.name!r}: {why}; nothing was installed",
+                                     hint="rebuild the package from a source tree without such entries"))
+
+    def _proc_member(self, tarfile_: Any) -> Any:
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise self._refuse("GNU sparse files (tar type 'S') are not allowed in a service layer")
+        if self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
+                         tarfile.GNUTYPE_LONGLINK) and self.size > MAX_TAR_HEADER_BYTES:
+            raise self._refuse(f"an extended header of {self.size} bytes (at most {MAX_TAR_HEADER_BYTES})")
+        member = super()._proc_member(tarfile_)
+        if any(key.startswith("GNU.sparse.") for key in member.pax_headers):
+            raise member._refuse("GNU sparse files (PAX GNU.sparse.* headers) are not allowed in a service layer")
+        return member
+
+    def _proc_gnusparse_00(self, next: Any, *args: Any) -> None:  # noqa: A002 (tarfile's own name)
+        raise next._refuse("GNU sparse files (PAX sparse format 0.0) are not allowed in a service layer")
+
+    def _proc_gnusparse_01(self, next: Any, *args: Any) -> None:  # noqa: A002
+        raise next._refuse("GNU sparse files (PAX sparse format 0.1) are not allowed in a service layer")
+
+    def _proc_gnusparse_10(self, next: Any, *args: Any) -> None:  # noqa: A002
+        raise next._refuse("GNU sparse files (PAX sparse format 1.0) are not allowed in a service layer")
+
+
 class _Unpacker:
-    def __init__(self, root: Path, where: str) -> None:
+    def __init__(self, root: Path, where: str, budget: _Budget | None = None) -> None:
         self.root = root
         self.where = where
+        self.budget = budget
         self.directory_times: list[tuple[Path, int]] = []
 
     def refuse(self, member: tarfile.TarInfo, why: str) -> PackageError:
@@ -94,6 +249,8 @@ class _Unpacker:
                 if not member.isdir():
                     raise self.refuse(member, "the layer root must be a directory")
                 continue
+            if self.budget is not None:
+                self.budget.member(member)
             parent = self.parent_dir(member, relative)
             base = relative.rsplit("/", 1)[-1]
             path = parent / base
@@ -101,7 +258,7 @@ class _Unpacker:
                 self.whiteout(member, parent, base)
             elif member.isdir():
                 self.directory(member, path)
-            elif member.isreg():
+            elif member.type in _PLAIN_REGULAR and member.sparse is None:
                 self.regular(member, path, tar)
             elif member.issym():
                 self.symlink(member, relative, path)
@@ -114,7 +271,7 @@ class _Unpacker:
             os.utime(path, (mtime, mtime), follow_symlinks=False)
 
     def whiteout(self, member: tarfile.TarInfo, parent: Path, base: str) -> None:
-        if not member.isreg():
+        if member.type not in _PLAIN_REGULAR:
             raise self.refuse(member, "a whiteout must be an empty regular file")
         if base == OPAQUE_WHITEOUT:
             os.setxattr(parent, OPAQUE_XATTR, b"y")
@@ -177,12 +334,19 @@ class _Unpacker:
         os.link(source, path, follow_symlinks=False)
 
 
-def unpack_layer(stream: IO[bytes], destination: Path, where: str) -> None:
-    """Unpack a tar or tar+gzip stream into the empty directory `destination`."""
-    unpacker = _Unpacker(destination, where)
+def unpack_layer(stream: IO[bytes], destination: Path, where: str, limit: UnpackLimit | None = None) -> None:
+    """Unpack a tar or tar+gzip stream into the empty directory `destination`, within `limit`."""
+    budget = _Budget(destination, limit or UnpackLimit(), where)
+    unpacker = _Unpacker(destination, where, budget)
     try:
-        with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        with tarfile.open(fileobj=_LayerStream(stream, budget), mode="r|",  # type: ignore[call-overload]
+                          bufsize=_READ_CHUNK, tarinfo=_CheckedTarInfo) as tar:
             unpacker.unpack(tar)
+    except _Refused as refused:
+        error = refused.error
+        if isinstance(error, PackageError) and not error.message.startswith(where):
+            raise PackageError(f"{where}: {error.message}", hint=error.hint) from None
+        raise error from None
     except (tarfile.TarError, zlib.error, EOFError) as error:
         raise PackageError(f"{where}: not a valid tar or tar+gzip layer: {error}; nothing was installed") from None
     except OSError as error:
@@ -203,7 +367,7 @@ class LayerStore:
     def has(self, digest: str) -> bool:
         return self.path(digest).is_dir()
 
-    def ensure(self, digest: str, blob: Path, where: str) -> Path:
+    def ensure(self, digest: str, blob: Path, where: str, limit: UnpackLimit | None = None) -> Path:
         """The unpacked layer of `blob` (already verified against `digest`), unpacked once."""
         final = self.path(digest)
         if final.is_dir():
@@ -213,7 +377,7 @@ class LayerStore:
         os.mkdir(temporary, 0o755)
         try:
             with open(blob, "rb") as stream:
-                unpack_layer(stream, temporary, where)
+                unpack_layer(stream, temporary, where, limit)
             os.chmod(temporary, 0o755)
             try:
                 os.rename(temporary, final)

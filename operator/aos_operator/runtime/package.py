@@ -4,22 +4,31 @@ The package is a directory as devices receive it (reference §2.1-2.3): `manifes
 image manifest with a top-level `aosService` descriptor) and `blobs/sha256/<hex>`. Every blob's
 size and digest is checked before anything is written; a mismatch names the digest and nothing is
 installed. Installed packages live in the store by manifest digest; their layers are shared.
+
+The package directory is input: `manifest.json` and the JSON blobs are read only up to a size
+bound, blobs must be regular files (opened without following a symlink, so a blob cannot be a
+link to /dev/zero or a host file), and the image config's WorkingDir must be a directory of the
+service layer (resolved inside the layer, never outside).
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aos_operator.bounded import MAX_JSON_BYTES, read_limited
+from aos_operator import values
+from aos_operator.bounded import MAX_JSON_BYTES
 from aos_operator.digests import digest_hex, is_digest, sha256_digest
 from aos_operator.errors import InputError, PackageError
 from aos_operator.runtime.files import write_atomically
-from aos_operator.runtime.layers import LayerStore
+from aos_operator.runtime.layers import UNCOMPRESSED_SIZE_ANNOTATION, LayerStore, UnpackLimit
+from aos_operator.runtime.paths import is_dir_in_root
 from aos_operator.runtime.service_config import ImageConfig, ServiceConfig, parse_image_config, parse_service_config
 
 MANIFEST = "manifest.json"
@@ -30,6 +39,7 @@ class Descriptor:
     digest: str
     size: int
     media_type: str
+    uncompressed_size: int | None = None  # from the layer annotation, when the package declares it
 
 
 @dataclass(frozen=True)
@@ -51,13 +61,44 @@ def _descriptor(value: Any, where: str) -> Descriptor:
         raise PackageError(f"{where}.digest: {digest!r} is not a sha256:<64 hex> digest")
     if isinstance(size, bool) or not isinstance(size, int) or size < 0:
         raise PackageError(f"{where}.size: expected an integer >= 0, got {size!r}")
-    return Descriptor(digest, size, str(value.get("mediaType", "")))
+    annotations = value.get("annotations") or {}
+    declared = annotations.get(UNCOMPRESSED_SIZE_ANNOTATION) if isinstance(annotations, dict) else None
+    uncompressed: int | None = None
+    if declared is not None:
+        if not isinstance(declared, str) or not declared.isascii() or not declared.isdigit():
+            raise PackageError(f"{where}.annotations[{UNCOMPRESSED_SIZE_ANNOTATION!r}]: expected a decimal "
+                               f"number of bytes, got {declared!r}")
+        uncompressed = int(declared)
+    return Descriptor(digest, size, str(value.get("mediaType", "")), uncompressed)
+
+
+def _open_regular(path: Path) -> int:
+    """A file descriptor of `path`, which must be a regular file and not a symlink."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise PackageError(f"{path}: not a regular file", hint="a package holds regular files only")
+    return fd
+
+
+def _read_bounded(path: Path, limit: int, what: str) -> bytes:
+    try:
+        fd = _open_regular(path)
+    except OSError as error:
+        raise PackageError(f"{path}: cannot read {what}: {error.strerror}"
+                           + (" (a symlink)" if error.errno == errno.ELOOP else "")) from None
+    with os.fdopen(fd, "rb") as stream:
+        data = stream.read(limit + 1)
+    if len(data) > limit:
+        raise PackageError(f"{path}: {what} is larger than {limit} bytes; nothing was installed",
+                           hint="the package is corrupt or hostile")
+    return data
 
 
 def _file_digest(path: Path) -> tuple[str, int]:
     hasher = hashlib.sha256()
     size = 0
-    with open(path, "rb") as stream:
+    with os.fdopen(_open_regular(path), "rb") as stream:
         while chunk := stream.read(1 << 20):
             hasher.update(chunk)
             size += len(chunk)
@@ -72,12 +113,10 @@ class _PackageDir:
         manifest_path = directory / MANIFEST
         if not directory.is_dir():
             raise InputError(f"{directory}: not a directory", hint="pass an unpacked service package directory")
-        try:
-            self.manifest_bytes = read_limited(manifest_path, MAX_JSON_BYTES, lambda size: PackageError(
-                f"{manifest_path}: {size} bytes, more than the {MAX_JSON_BYTES} bytes of a manifest"))
-        except OSError as error:
-            raise InputError(f"{manifest_path}: cannot read: {error.strerror}",
-                             hint="a service package directory holds manifest.json and blobs/sha256/") from None
+        if not manifest_path.is_file():
+            raise InputError(f"{manifest_path}: cannot read: no such regular file",
+                             hint="a service package directory holds manifest.json and blobs/sha256/")
+        self.manifest_bytes = _read_bounded(manifest_path, MAX_JSON_BYTES, "the manifest")
         try:
             manifest = json.loads(self.manifest_bytes)
         except (ValueError, UnicodeDecodeError) as error:
@@ -107,14 +146,19 @@ class _PackageDir:
     def verify(self, descriptor: Descriptor, role: str) -> Path:
         path = self.blob_path(descriptor)
         try:
-            actual_size = os.stat(path).st_size
+            actual_size = os.lstat(path).st_size
         except OSError:
             raise PackageError(f"{role} blob {descriptor.digest}: missing ({path})",
                                hint="the package is incomplete; fetch or build it again") from None
         if actual_size != descriptor.size:
             raise PackageError(f"{role} blob {descriptor.digest}: size {actual_size} bytes, manifest says "
                                f"{descriptor.size}; nothing was installed", hint="the package is corrupt or altered")
-        actual_digest, _ = _file_digest(path)
+        try:
+            actual_digest, _ = _file_digest(path)
+        except OSError as error:
+            raise PackageError(f"{role} blob {descriptor.digest}: cannot read {path}: {error.strerror}"
+                               + (" (a symlink; blobs must be regular files)" if error.errno == errno.ELOOP else ""),
+                               hint="the package is corrupt or hostile") from None
         if actual_digest != descriptor.digest:
             raise PackageError(f"{role} blob {descriptor.digest}: content has digest {actual_digest}; "
                                "nothing was installed", hint="the package is corrupt or altered")
@@ -122,8 +166,7 @@ class _PackageDir:
 
     def json_blob(self, path: Path, descriptor: Descriptor, role: str) -> Any:
         try:
-            return json.loads(read_limited(path, MAX_JSON_BYTES, lambda size: PackageError(
-                f"{role} blob {descriptor.digest}: {size} bytes, more than the {MAX_JSON_BYTES} bytes of a JSON config")))
+            return json.loads(_read_bounded(path, MAX_JSON_BYTES, f"the {role} blob"))
         except (ValueError, UnicodeDecodeError) as error:
             raise PackageError(f"{role} blob {descriptor.digest}: not valid JSON: {error}") from None
 
@@ -131,8 +174,9 @@ class _PackageDir:
 class PackageStore:
     """Installed packages under `root`: `packages/<hex>.json` (manifest), `blobs/` (configs), `layers/`."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, max_layer_bytes: int | None = None) -> None:
         self.root = root
+        self.max_layer_bytes = max_layer_bytes
         self.layers = LayerStore(root / "layers")
         self._blobs = root / "blobs" / "sha256"
         self._manifests = root / "packages"
@@ -145,19 +189,28 @@ class PackageStore:
         layer = package.layers[0]
         layer_blob = package.verify(layer, "rootfs layer")
         # Parse both configs now, so a bad one is refused at install time rather than at start.
-        parse_image_config(package.json_blob(config_path, package.config, "image config"),
-                           f"image config {package.config.digest}")
+        image_config = parse_image_config(package.json_blob(config_path, package.config, "image config"),
+                                          f"image config {package.config.digest}")
         service_data = ({} if service_path is None or package.service is None
                         else package.json_blob(service_path, package.service, "service config"))
         service_where = f"service config {package.service.digest}" if package.service else "service config"
         parse_service_config(service_data, service_where)
 
-        self.layers.ensure(layer.digest, layer_blob, f"rootfs layer {layer.digest}")
+        limit = UnpackLimit(declared_bytes=layer.uncompressed_size) if self.max_layer_bytes is None else \
+            UnpackLimit(self.max_layer_bytes, layer.uncompressed_size)
+        had_layer = self.layers.has(layer.digest)
+        layer_path = self.layers.ensure(layer.digest, layer_blob, f"rootfs layer {layer.digest}", limit)
+        try:
+            check_working_dir(image_config.working_dir, layer_path, f"image config {package.config.digest}")
+        except PackageError:
+            if not had_layer:  # nothing half-installed: the layer was unpacked for this package only
+                self.layers.remove(layer.digest)
+            raise
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._manifests.mkdir(parents=True, exist_ok=True)
         for descriptor, path in ((package.config, config_path), (package.service, service_path)):
             if descriptor is not None and path is not None and not self._blob(descriptor.digest).exists():
-                write_atomically(self._blob(descriptor.digest), path.read_bytes())
+                write_atomically(self._blob(descriptor.digest), _read_bounded(path, MAX_JSON_BYTES, "a config blob"))
         write_atomically(self._manifests / f"{digest_hex(package.digest)}.json", package.manifest_bytes)
         return self.get(package.digest)
 
@@ -210,6 +263,23 @@ class PackageStore:
             self._blob(blob_digest).unlink(missing_ok=True)
         if package.layer_digest not in still_used:
             self.layers.remove(package.layer_digest)
+
+
+def check_working_dir(working_dir: str, layer_path: Path, where: str) -> None:
+    """The WorkingDir must be a directory the service layer contains (AosEdge fails to start a
+    service without it); it is looked up inside the layer only, links resolved within it."""
+    if working_dir in ("", "/"):
+        return
+    if problem := values.working_dir_problem(working_dir):
+        raise PackageError(f"{where}: WorkingDir {problem}")
+    if not is_dir_in_root(layer_path, working_dir):
+        raise PackageError(f"{where}: WorkingDir {working_dir!r}: the service layer has no such directory "
+                           f"({layer_path}); AosEdge devices fail to start such a service",
+                           hint="add the directory to the service's src/ tree, or change workingDir")
+
+
+def check_package_working_dir(package: InstalledPackage) -> None:
+    check_working_dir(package.image_config.working_dir, package.layer_path, f"package {package.digest}")
 
 
 def _referenced(manifest: dict[str, Any]) -> set[str]:

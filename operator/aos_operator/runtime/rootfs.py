@@ -2,8 +2,10 @@
 
 A read-only overlay with lower layers only, top first:
 
-1. a generated top layer: a mount point for every mount of the spec, the working directory,
-   `etc/hosts` and `etc/resolv.conf`;
+1. a generated top layer: a mount point for every mount of the spec, `etc/hosts` and
+   `etc/resolv.conf`. Not the working directory: the service layer must contain it (checked at
+   install and start, as AosEdge fails to start a service without it), and an empty directory
+   here would hide a symlink of the layer;
 2. the service layer (unpacked `layers[0]`, shared by all instances of the package);
 3. a generated whiteouts layer hiding every top-level entry of the base except the visible ones
    (default `bin sbin lib lib64 usr`);
@@ -27,6 +29,7 @@ from typing import Any
 
 from aos_operator.errors import RuntimeFailure
 from aos_operator.runtime import mounts
+from aos_operator.runtime.paths import create_file_in, make_dirs_in
 
 DEFAULT_BASE_VISIBLE = ("bin", "sbin", "lib", "lib64", "usr")
 _SCRATCH_OPTIONS = "mode=755,size=16m"
@@ -72,7 +75,7 @@ def _mode_option(options: Sequence[str], default: int) -> int:
 
 
 def mount_points(spec: Mapping[str, Any], source_is_dir: Callable[[str], bool]) -> list[tuple[str, bool, int]]:
-    """(path relative to the root, is a directory, mode) for every mount destination and the cwd.
+    """(path relative to the root, is a directory, mode) for every mount destination.
 
     The mode comes from a `mode=` option, as AosEdge does: runc gives a tmpfs the mode of the
     directory it is mounted on, so /tmp's mount point must already be 1777.
@@ -84,9 +87,6 @@ def mount_points(spec: Mapping[str, Any], source_is_dir: Callable[[str], bool]) 
             continue
         is_dir = mount.get("type") != "bind" or source_is_dir(mount["source"])
         points[destination] = (is_dir, _mode_option(mount.get("options", []), 0o755 if is_dir else 0o644))
-    cwd = spec.get("process", {}).get("cwd", "/").strip("/")
-    if cwd:
-        points.setdefault(cwd, (True, 0o755))
     return sorted((path, is_dir, mode) for path, (is_dir, mode) in points.items())
 
 
@@ -102,20 +102,17 @@ def resolv_conf(dns_servers: Sequence[str]) -> str:
 
 
 def _make_top_layer(top: Path, spec: Mapping[str, Any], dns_servers: Sequence[str]) -> None:
+    # Everything is created under `top` one component at a time, never through a link, so a
+    # destination such as /../x or /etc/hosts/x fails cleanly instead of reaching the host.
     for relative, is_dir, mode in mount_points(spec, os.path.isdir):
-        path = top / relative
-        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if relative in ("etc/hosts", "etc/resolv.conf"):
+            continue  # written below
         if is_dir:
-            path.mkdir(exist_ok=True)
-        elif not path.exists():
-            path.touch()
-        os.chmod(path, mode)
-    etc = top / "etc"
-    etc.mkdir(mode=0o755, exist_ok=True)
-    (etc / "hosts").write_text(hosts_file(spec.get("hostname")))
-    (etc / "resolv.conf").write_text(resolv_conf(dns_servers))
-    for name in ("hosts", "resolv.conf"):
-        os.chmod(etc / name, 0o644)
+            os.chmod(make_dirs_in(top, relative), mode)
+        else:
+            create_file_in(top, relative, mode)
+    create_file_in(top, "etc/hosts", 0o644, hosts_file(spec.get("hostname")).encode())
+    create_file_in(top, "etc/resolv.conf", 0o644, resolv_conf(dns_servers).encode())
 
 
 def _make_whiteouts(whiteouts: Path, base: Path, visible: Sequence[str]) -> None:

@@ -38,16 +38,17 @@ from aos_operator.runtime.cgroups import InstanceCgroup, detect_cgroups
 from aos_operator.runtime.files import file_lock, write_atomically
 from aos_operator.runtime.identity import InstanceIdentity
 from aos_operator.runtime.ids import ID_RANGE, IdPool
+from aos_operator.runtime.layers import DEFAULT_MAX_LAYER_BYTES
 from aos_operator.runtime.logs import DEFAULT_LOG_MAX_BYTES
 from aos_operator.runtime.node import detect_node_facts
-from aos_operator.runtime.package import InstalledPackage, PackageStore
+from aos_operator.runtime.package import InstalledPackage, PackageStore, check_package_working_dir
 from aos_operator.runtime.plan import PLAN_FILE, SPEC_FILE, SupervisorPlan
 from aos_operator.runtime.rootfs import DEFAULT_BASE_VISIBLE, RootfsPlan
 from aos_operator.runtime.runc import Runc
 from aos_operator.runtime.spec import InstanceSetup, NodeFacts, applied_limits, build_runtime_spec
 from aos_operator.runtime.status import InstanceStatus, Phase, Reason, read_status, write_status
 from aos_operator.runtime.teardown import teardown_instance
-from aos_operator.runtime.volumes import STATE, STORAGE, Volume, prepare_image
+from aos_operator.runtime.volumes import STATE, STORAGE, Volume, check_backing, prepare_image
 
 SUPERVISOR_FILE = "supervisor.json"
 _POLL_SECONDS = 0.02
@@ -69,6 +70,7 @@ class RuntimeConfig:
     passwd_file: Path = Path("/etc/passwd")
     group_file: Path = Path("/etc/group")
     stop_timeout: float = 10.0
+    max_layer_bytes: int = DEFAULT_MAX_LAYER_BYTES  # a layer unpacking to more is refused
 
     def __post_init__(self) -> None:
         parts = self.cgroup_parent.split("/")
@@ -77,6 +79,8 @@ class RuntimeConfig:
                              f"got {self.cgroup_parent!r}")
         if self.log_max_bytes < 1:
             raise ValueError(f"runtime config: log_max_bytes must be >= 1, got {self.log_max_bytes}")
+        if self.max_layer_bytes < 1:
+            raise ValueError(f"runtime config: max_layer_bytes must be >= 1, got {self.max_layer_bytes}")
 
 
 def _process_start_ticks(pid: int) -> tuple[int, str] | None:
@@ -93,7 +97,7 @@ class Runtime:
     def __init__(self, config: RuntimeConfig | None = None, node: NodeFacts | None = None) -> None:
         self.config = config or RuntimeConfig()
         self.node = node or detect_node_facts()
-        self.packages = PackageStore(self.config.state_root)
+        self.packages = PackageStore(self.config.state_root, self.config.max_layer_bytes)
         self.ids = IdPool(self.config.state_root / "ids.json", self.config.passwd_file, self.config.group_file,
                           self.config.id_range)
         self.runc = Runc(self.config.run_root / "runc", self.config.runc_binary)
@@ -203,6 +207,10 @@ class Runtime:
     def _prepare(self, identity: InstanceIdentity, package: InstalledPackage, env_overrides: Sequence[str],
                  restart: bool) -> SupervisorPlan:
         instance_id = identity.instance_id
+        # Hostile-input checks before anything is written: the layer must contain the cwd, and the
+        # node's disk must be able to hold the storage and state quotas.
+        check_package_working_dir(package)
+        check_backing(self._volumes(package, instance_id, 0, 0), self.config.state_root)
         data_dir = self.data_dir(instance_id)
         data_dir.mkdir(parents=True, exist_ok=True)
         uid = self.ids.instance_uid(instance_id)

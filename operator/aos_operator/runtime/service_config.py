@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from aos_operator import values
 from aos_operator.errors import PackageError
 
 # AosEdge's systemd drop-in defaults (reference §3.9).
@@ -20,11 +21,9 @@ DEFAULT_START_INTERVAL = 5.0
 DEFAULT_START_BURST = 3
 DEFAULT_RESTART_INTERVAL = 1.0
 
-_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
 _NUMBER = r"(\d+(?:[.,]\d+)?)"
 _ISO_DURATION_RE = re.compile(
-    rf"^P(?:{_NUMBER}Y)?(?:{_NUMBER}M)?(?:{_NUMBER}W)?(?:{_NUMBER}D)?"
+    rf"P(?:{_NUMBER}Y)?(?:{_NUMBER}M)?(?:{_NUMBER}W)?(?:{_NUMBER}D)?"
     rf"(?:T(?:{_NUMBER}H)?(?:{_NUMBER}M)?(?:{_NUMBER}S)?)?$"
 )
 _ISO_UNITS = (365 * 86400, 30 * 86400, 7 * 86400, 86400, 3600, 60, 1)
@@ -83,7 +82,7 @@ class ServiceConfig:
 
 
 def _iso_duration_seconds(text: str) -> float | None:
-    match = _ISO_DURATION_RE.match(text)
+    match = _ISO_DURATION_RE.fullmatch(text)
     if not match or not any(match.groups()) or text.endswith("T"):
         return None
     parts = zip(match.groups(), _ISO_UNITS, strict=True)
@@ -158,6 +157,13 @@ class _Fields:
             raise PackageError(f"{self.path(key)}: expected an integer >= 0, got {value!r}")
         return value
 
+    def limit(self, key: str) -> int | None:
+        """A quota whose 0 would be a limit of nothing (or, to some readers, no limit): refused."""
+        value = self.unsigned(key)
+        if value == 0:
+            raise PackageError(f"{self.path(key)}: 0 is not a usable limit; remove the key for no limit")
+        return value
+
     def boolean(self, key: str) -> bool:
         found = self.raw(key)
         if found is None:
@@ -190,11 +196,13 @@ def parse_image_config(data: Any, where: str) -> ImageConfig:
     if not image.args:
         raise PackageError(f"{config.where}: neither Entrypoint nor Cmd is set: nothing to run",
                            hint="set cmd in the service's config.yaml")
-    if image.working_dir and not image.working_dir.startswith("/"):
-        raise PackageError(f"{config.path('WorkingDir')}: must be an absolute path, got {image.working_dir!r}")
+    if image.working_dir and (problem := values.working_dir_problem(image.working_dir)):
+        raise PackageError(f"{config.path('WorkingDir')}: {problem}; nothing was installed")
     for entry in image.env:
         if "=" not in entry or not entry.split("=", 1)[0].strip():
             raise PackageError(f"{config.path('Env')}: {entry!r} is not NAME=value")
+        if problem := values.env_entry_problem(entry):
+            raise PackageError(f"{config.path('Env')}: {problem}")
     return image
 
 
@@ -202,13 +210,15 @@ def parse_service_config(data: Any, where: str) -> ServiceConfig:
     """The Aos service config (reference §2.4); unknown keys are ignored as on AosEdge devices."""
     top = _Fields(data, where)
     hostname = top.string("hostname")
-    if hostname is not None and (len(hostname) > 64 or not _HOSTNAME_RE.match(hostname)):
-        raise PackageError(f"{top.path('hostname')}: {hostname!r} is not a valid host name",
-                           hint="use letters, digits, '-' and '.', at most 64 characters")
+    if hostname is not None and (problem := values.hostname_problem(hostname)):
+        raise PackageError(f"{top.path('hostname')}: {problem}")
     sysctl = top.raw("sysctl")
     if sysctl is not None and (not isinstance(sysctl[1], Mapping)
                                or not all(isinstance(v, str) for v in sysctl[1].values())):
         raise PackageError(f"{top.path('sysctl')}: expected an object of string values, got {sysctl[1]!r}")
+    for key, value in (sysctl[1] if sysctl else {}).items():
+        if problem := values.sysctl_problem(str(key), value):
+            raise PackageError(f"{top.path('sysctl')}: {problem}")
     quotas = top.object("quotas") or _Fields({}, top.path("quotas"))
     run = top.object("runParameters") or _Fields({}, top.path("runParameters"))
     start_interval = run.raw("startInterval")
@@ -218,12 +228,12 @@ def parse_service_config(data: Any, where: str) -> ServiceConfig:
         hostname=hostname,
         sysctl=dict(sysctl[1]) if sysctl else {},
         quotas=Quotas(
-            cpu_dmips_limit=quotas.unsigned("cpuDmipsLimit"),
-            cpu_percent_limit=quotas.unsigned("cpuLimit"),
-            ram_limit=quotas.unsigned("ramLimit"),
-            pids_limit=quotas.unsigned("pidsLimit"),
-            no_file_limit=quotas.unsigned("noFileLimit"),
-            tmp_limit=quotas.unsigned("tmpLimit"),
+            cpu_dmips_limit=quotas.limit("cpuDmipsLimit"),
+            cpu_percent_limit=quotas.limit("cpuLimit"),
+            ram_limit=quotas.limit("ramLimit"),
+            pids_limit=quotas.limit("pidsLimit"),
+            no_file_limit=quotas.limit("noFileLimit"),
+            tmp_limit=quotas.limit("tmpLimit"),
             state_limit=quotas.unsigned("stateLimit"),
             storage_limit=quotas.unsigned("storageLimit"),
         ),

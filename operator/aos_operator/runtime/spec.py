@@ -17,6 +17,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from aos_operator import values
+from aos_operator.errors import PackageError
 from aos_operator.runtime.identity import InstanceIdentity
 from aos_operator.runtime.seccomp import default_seccomp_profile
 from aos_operator.runtime.service_config import ImageConfig, ServiceConfig
@@ -186,9 +188,24 @@ def _tmp_mount(service: ServiceConfig) -> dict[str, Any] | None:
     return {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": options}
 
 
+def check_inputs(image: ImageConfig, service: ServiceConfig, setup: InstanceSetup) -> None:
+    """Defence in depth: the values the parsers already refused, refused again where they would
+    enter the spec (a spec can be built from configs that never went through the parsers)."""
+    problems = [
+        values.working_dir_problem(image.working_dir) if image.working_dir else None,
+        *(values.env_entry_problem(entry) for entry in image.env),
+        *(values.env_entry_problem(entry, from_service=False) for entry in setup.env_overrides),
+        values.hostname_problem(service.hostname) if service.hostname else None,
+        *(values.sysctl_problem(key, value) for key, value in service.sysctl.items()),
+    ]
+    if problem := values.first_problem(problems):
+        raise PackageError(f"runtime spec of instance {setup.identity.instance_id}: {problem}")
+
+
 def build_runtime_spec(image: ImageConfig, service: ServiceConfig, setup: InstanceSetup,
                        node: NodeFacts) -> dict[str, Any]:
     """The `config.json` runc runs for this instance."""
+    check_inputs(image, service, setup)
     spec = runc_example_spec()
     process = spec["process"]
     linux = spec["linux"]

@@ -16,6 +16,11 @@ right at the cap, even for a 16 KiB state file. `<image>.json` records the quota
 blocks of the empty file system and the reserve; a quota change resizes the image offline
 (`resize2fs`) and recomputes the reserve, keeping the data.
 
+The images are sparse, so a quota is only a promise: before an instance starts, the space its
+volumes may still claim (quota minus what their images already hold) must be free on the state
+file system, else the start is refused with the free space named (`check_backing`). A quota the
+node cannot back would not stop a service from filling the node's disk.
+
 Why not AosEdge's per-UID file-system quotas: the node's root file system here is ext4 mounted
 without quota support, and turning it on means remounting `/`. A loop image needs nothing from
 the host file system, caps each volume separately (AosEdge sums storage and state on one
@@ -29,6 +34,7 @@ import json
 import os
 import struct
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +93,33 @@ class Sizing:
     block_size: int
     empty_usable: int
     reserve: int
+
+
+def _existing_ancestor(path: Path) -> Path:
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_backing(volumes: Sequence[Volume], state_root: Path) -> None:
+    """Refuse storage and state quotas that the free space of the state file system cannot hold."""
+    needed = 0
+    for volume in volumes:
+        try:
+            allocated = os.stat(volume.image).st_blocks * 512
+        except FileNotFoundError:
+            allocated = 0
+        needed += max(0, volume.quota - allocated)
+    if not needed:
+        return
+    where = _existing_ancestor(Path(volumes[0].image).parent if volumes else state_root)
+    info = os.statvfs(where)
+    free = info.f_bavail * info.f_frsize
+    if needed > free:
+        quotas = ", ".join(f"{'storageLimit' if v.kind == STORAGE else 'stateLimit'} {v.quota}" for v in volumes)
+        raise RuntimeFailure(f"quotas the node cannot back: {quotas} bytes need {needed} bytes, but only {free} "
+                             f"bytes are free on the file system of {where}; nothing was started",
+                             hint="lower storageLimit/stateLimit, or free disk space on the node")
 
 
 def read_superblock(image: Path) -> Superblock:
@@ -261,11 +294,18 @@ def mount_volume(volume: Volume) -> None:
         raise
     _ensure_reserve(mountpoint, sizing)
     source = Path(volume.bind_source)
+    # The image's content persists across starts: never follow a link found in it.
     if volume.kind == STORAGE:
         source.mkdir(mode=0o755, exist_ok=True)
+        if not source.is_dir() or source.is_symlink():
+            raise RuntimeFailure(f"{image}: its data/ is not a directory", hint="move the image away to start empty")
     else:
-        os.close(os.open(source, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
-    os.chown(source, volume.uid, volume.gid)
+        try:
+            os.close(os.open(source, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        except OSError as error:
+            raise RuntimeFailure(f"{image}: cannot open its state.dat: {error.strerror}",
+                                 hint="move the image away to start empty") from None
+    os.chown(source, volume.uid, volume.gid, follow_symlinks=False)
 
 
 def loop_devices_of(image: Path) -> list[str]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from aos_operator import values
+from aos_operator.errors import BuildError
 from aos_operator.service.description import Image, ServiceDescription
 
 DEFAULT_AUTHOR = "aos-operator"
@@ -36,6 +38,7 @@ def rfc3339(epoch: int) -> str:
 
 def image_config(service: ServiceDescription, image: Image) -> dict[str, Any]:
     """The OCI image config without `rootfs` and `created`, which the image build fills in."""
+    _refuse_unsafe_image(image)
     config: dict[str, Any] = {"Cmd": list(image.command)}
     if image.working_dir:
         config["WorkingDir"] = image.working_dir
@@ -53,6 +56,26 @@ def image_config(service: ServiceDescription, image: Image) -> dict[str, Any]:
     if service.author:
         document["author"] = service.author
     return document
+
+
+def _refuse_unsafe_image(image: Image) -> None:
+    # A description can be made without the validator (the operator, tests): check again what the
+    # device would otherwise have to refuse.
+    problem = values.first_problem([
+        values.working_dir_problem(image.working_dir) if image.working_dir else None,
+        *(values.env_entry_problem(entry) for entry in image.env if "=" in entry),
+    ])
+    if problem:
+        raise BuildError(f"image {image.platform.label()}: {problem}", hint="fix the config.yaml and validate it")
+
+
+def _refuse_unsafe_service(service: ServiceDescription) -> None:
+    problem = values.first_problem([
+        values.hostname_problem(service.hostname) if service.hostname else None,
+        *(values.sysctl_problem(key, value) for key, value in service.sysctl.items()),
+    ])
+    if problem:
+        raise BuildError(f"service config: {problem}", hint="fix the config.yaml and validate it")
 
 
 def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
@@ -77,6 +100,7 @@ def _alert_rules(service: ServiceDescription) -> dict[str, Any]:
 
 def service_config(service: ServiceDescription, *, created_epoch: int = 0) -> dict[str, Any]:
     """The Aos service config; keys without a value are left out, as the devices treat absence as default."""
+    _refuse_unsafe_service(service)
     quotas = {key: getattr(service.quotas, field) for field, key in _QUOTA_KEYS}
     document: dict[str, Any] = {
         "created": rfc3339(created_epoch),

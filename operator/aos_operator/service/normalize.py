@@ -15,6 +15,7 @@ from typing import Any
 from aos_operator.service import config_v1 as v1
 from aos_operator.service import config_v2 as v2
 from aos_operator.service import description as d
+from aos_operator import values
 from aos_operator.service import units
 from aos_operator.service.report import Reporter
 from aos_operator.service.yamlfile import Path, render_path
@@ -87,9 +88,52 @@ def check_source_folder(folder: str, report: Reporter, path: Path) -> bool:
 
 def check_env(env: Sequence[str], report: Reporter, path: Path) -> tuple[str, ...]:
     for index, entry in enumerate(env):
-        if "=" not in entry or not entry.split("=", 1)[0].strip():
+        if "=" not in entry:
             report.warning(path + (index,), f"{entry!r} is not NAME=value; the device will set it as given")
+        elif problem := values.env_entry_problem(entry):
+            report.error(path + (index,), problem)
     return tuple(env)
+
+
+def working_dir(value: str | None, report: Reporter, path: Path) -> str | None:
+    if not value:
+        return None
+    if problem := values.working_dir_problem(value):
+        report.error(path, problem)
+    return value
+
+
+def hostname(value: str | None, report: Reporter, path: Path) -> str | None:
+    if not value:
+        return None
+    if problem := values.hostname_problem(value):
+        report.error(path, problem)
+    return value
+
+
+def sysctls(settings: dict[str, str] | None, report: Reporter, path: Path) -> dict[str, str]:
+    for key, value in (settings or {}).items():
+        if problem := values.sysctl_problem(key, value):
+            report.error(path + (key,), problem)
+    return dict(settings or {})
+
+
+# Quotas whose 0 has an AosEdge meaning: the speeds and daily traffic limits (0 = no limit, the
+# bandwidth plugin and the traffic counter are left out) and storage/state (0 = no volume: the
+# CM creates them only for a quota > 0). Any other 0 would be a real limit of nothing (no file can
+# be opened, 1 ms of CPU per 100 ms, a tmpfs without size limit), so it is refused.
+def nonzero(value: int | None, report: Reporter, path: Path) -> int | None:
+    if value == 0:
+        report.error(path, "0 is not a usable limit (on a device it means none of this resource, or no limit "
+                           "at all); give a value above 0, or remove the key for no limit")
+    return value
+
+
+def zero_means_none(value: int | None, report: Reporter, path: Path, what: str) -> int | None:
+    if value == 0:
+        report.warning(path, f"0 means {what} (as on AosEdge devices); remove the key to say so")
+        return None
+    return value
 
 
 def iso(text: str | None, report: Reporter, path: Path) -> str | None:
@@ -277,7 +321,7 @@ def from_v1(config: v1.ConfigV1, report: Reporter, *, check_upload: bool) -> d.S
         source_folder=config.build.source_folder,
         source_key="build.source_folder",
         command=split_command(conf.cmd, report, c + ("cmd",)),
-        working_dir=conf.workingDir or None,
+        working_dir=working_dir(conf.workingDir, report, c + ("workingDir",)),
         env=check_env(conf.env or [], report, c + ("env",)),
     )
     instances = conf.instances
@@ -289,7 +333,7 @@ def from_v1(config: v1.ConfigV1, report: Reporter, *, check_upload: bool) -> d.S
         company=config.publisher.company if config.publisher else None,
         images=(image,),
         symlinks=config.build.symlinks,
-        hostname=conf.hostname or None,
+        hostname=hostname(conf.hostname, report, c + ("hostname",)),
         exposed_ports=tuple(units.parse_exposed_port(port).key() for port in conf.exposedPorts or ()),
         state=d.StateFile(filename=conf.state.filename, required=conf.state.required) if conf.state else None,
         instances=d.Instances(
@@ -305,10 +349,12 @@ def from_v1(config: v1.ConfigV1, report: Reporter, *, check_upload: bool) -> d.S
         balancing_policy=conf.balancingPolicy or "enabled",
         quotas=d.Quotas(
             cpu_dmips=quotas.cpu,
-            ram=ram,
-            tmp=_size(quotas.temp, 1, report, c + ("quotas", "temp")),
-            state=_size(quotas.state, 1, report, c + ("quotas", "state")),
-            storage=_size(quotas.storage, 1, report, c + ("quotas", "storage")),
+            ram=ram if conf.runner in (None, "runc", "crun") else nonzero(ram, report, c + ("quotas", "mem")),
+            tmp=nonzero(_size(quotas.temp, 1, report, c + ("quotas", "temp")), report, c + ("quotas", "temp")),
+            state=zero_means_none(_size(quotas.state, 1, report, c + ("quotas", "state")), report,
+                                  c + ("quotas", "state"), "no state file"),
+            storage=zero_means_none(_size(quotas.storage, 1, report, c + ("quotas", "storage")), report,
+                                    c + ("quotas", "storage"), "no /storage"),
             upload_speed_kbits=_speed_kbits(quotas.upload_speed, 1, report, c + ("quotas", "upload_speed")),
             download_speed_kbits=_speed_kbits(quotas.download_speed, 1, report, c + ("quotas", "download_speed")),
             upload_bytes=_size(quotas.upload, 1, report, c + ("quotas", "upload")),
@@ -398,6 +444,7 @@ def from_v2_item(config: v2.ConfigV2, index: int, report: Reporter) -> d.Service
     if conf.skipResourceLimits:
         check_prerelease_for_skip(item.version, report, c + ("skipResourceLimits",), "skipResourceLimits: true")
     images: list[d.Image] = []
+    conf_working_dir = working_dir(conf.workingDir, report, c + ("workingDir",))
     seen_architectures: set[str] = set()
     for image_index, image in enumerate(item.images):
         where = base + ("images", image_index)
@@ -411,21 +458,24 @@ def from_v2_item(config: v2.ConfigV2, index: int, report: Reporter) -> d.Service
         if platform.label() in seen_architectures:
             report.error(where + ("archInfo",), f"a second image for {platform.label()}; one image per platform")
         seen_architectures.add(platform.label())
-        env = list(conf.env or []) + list(image.env or [])
+        env = list(check_env(conf.env or [], report, c + ("env",)) if image_index == 0 else conf.env or [])
+        env += check_env(image.env or [], report, where + ("env",))
+        image_working_dir = (working_dir(image.workingDir, report, where + ("workingDir",)) if image.workingDir
+                             else conf_working_dir)
         images.append(
             d.Image(
                 platform=platform,
                 source_folder=folder,
                 source_key=render_path(key),
                 command=split_command(image.cmd if image.cmd is not None else conf.cmd, report, where + ("cmd",)),
-                working_dir=image.workingDir or conf.workingDir or None,
-                env=check_env(env, report, where + ("env",)),
+                working_dir=image_working_dir,
+                env=tuple(env),
             )
         )
     quotas = conf.quotas or v2.Quotas()
     q = c + ("quotas",)
     ram = _size(quotas.ramLimit, 2, report, q + ("ramLimit",))
-    if ram is not None and ram < MEMORY_LIMIT_MIN:
+    if ram and ram < MEMORY_LIMIT_MIN:
         report.warning(q + ("ramLimit",), f"{ram} bytes is below the {MEMORY_LIMIT_MIN} bytes runc needs to start")
     requested = conf.requestedResources
     instances = conf.instances or v2.Instances()
@@ -441,7 +491,7 @@ def from_v2_item(config: v2.ConfigV2, index: int, report: Reporter) -> d.Service
         author=config.publisher.author if config.publisher else None,
         company=config.publisher.company if config.publisher else None,
         images=tuple(images),
-        hostname=conf.hostname or None,
+        hostname=hostname(conf.hostname, report, c + ("hostname",)),
         exposed_ports=tuple(units.parse_exposed_port(port).key() for port in conf.exposedPorts or ()),
         state=d.StateFile(filename=conf.state.filename, required=conf.state.required) if conf.state else None,
         instances=d.Instances(
@@ -455,13 +505,15 @@ def from_v2_item(config: v2.ConfigV2, index: int, report: Reporter) -> d.Service
         balancing_policy=conf.balancingPolicy,
         base_layer_is_node_rootfs=conf.baseLayerIsNodeRootfs is not False,
         quotas=d.Quotas(
-            cpu_dmips=quotas.cpuLimit,
-            ram=ram,
-            pids=quotas.pidsLimit,
-            no_file=quotas.noFileLimit,
-            tmp=_size(quotas.tmpLimit, 2, report, q + ("tmpLimit",)),
-            state=_size(quotas.stateLimit, 2, report, q + ("stateLimit",)),
-            storage=_size(quotas.storageLimit, 2, report, q + ("storageLimit",)),
+            cpu_dmips=nonzero(quotas.cpuLimit, report, q + ("cpuLimit",)),
+            ram=nonzero(ram, report, q + ("ramLimit",)),
+            pids=nonzero(quotas.pidsLimit, report, q + ("pidsLimit",)),
+            no_file=nonzero(quotas.noFileLimit, report, q + ("noFileLimit",)),
+            tmp=nonzero(_size(quotas.tmpLimit, 2, report, q + ("tmpLimit",)), report, q + ("tmpLimit",)),
+            state=zero_means_none(_size(quotas.stateLimit, 2, report, q + ("stateLimit",)), report,
+                                  q + ("stateLimit",), "no state file"),
+            storage=zero_means_none(_size(quotas.storageLimit, 2, report, q + ("storageLimit",)), report,
+                                    q + ("storageLimit",), "no /storage"),
             upload_speed_kbits=_speed_kbits(quotas.uploadSpeedLimit, 2, report, q + ("uploadSpeedLimit",)),
             download_speed_kbits=_speed_kbits(quotas.downloadSpeedLimit, 2, report, q + ("downloadSpeedLimit",)),
             upload_bytes=_size(quotas.uploadLimit, 2, report, q + ("uploadLimit",)),
@@ -479,7 +531,7 @@ def from_v2_item(config: v2.ConfigV2, index: int, report: Reporter) -> d.Service
         devices=tuple(d.DeviceAccess(name=device.name, permissions=device.mode) for device in conf.devices or ()),
         resources=tuple(resource.name for resource in conf.resources or ()),
         permissions={server: dict(functions) for server, functions in (conf.permissions or {}).items()},
-        sysctl=dict(conf.sysctl or {}),
+        sysctl=sysctls(conf.sysctl, report, c + ("sysctl",)),
         layers=layer_requirements(conf.layers or (), report, c + ("layers",)),
         dependencies=tuple(
             d.Dependency(

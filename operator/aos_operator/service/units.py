@@ -44,7 +44,7 @@ class Quantity:
 
 
 def _match_quantity(text: str) -> re.Match[str] | None:
-    return _SIZE_RE.match(text.strip())
+    return _SIZE_RE.fullmatch(text.strip())
 
 
 def _multiplier(prefix: str | None) -> int:
@@ -73,7 +73,7 @@ def parse_size(value: int | str, *, dialect: int = 2) -> int:
     if not isinstance(value, str):
         raise ValueError(f"expected a size, got {type(value).__name__}")
     text = value.strip()
-    if dialect == 1 and not _V1_SIZE_RE.match(value):
+    if dialect == 1 and not _V1_SIZE_RE.fullmatch(value):
         raise ValueError(f"{value!r} is not a size; use {SIZE_HELP_V1}")
     match = _match_quantity(text)
     if match is None:
@@ -100,7 +100,7 @@ def parse_speed(value: int | str, *, dialect: int = 2) -> int:
         return value
     if not isinstance(value, str):
         raise ValueError(f"expected a speed, got {type(value).__name__}")
-    if dialect == 1 and not _V1_SPEED_RE.match(value):
+    if dialect == 1 and not _V1_SPEED_RE.fullmatch(value):
         raise ValueError(f"{value!r} is not a speed; use {SPEED_HELP}")
     text = value.strip()
     if dialect == 1 and text.endswith("Kibits"):
@@ -166,7 +166,7 @@ def parse_iso_duration(text: str) -> tuple[Duration, bool]:
     """Parse an ISO 8601 duration; the flag says whether a fraction of a second was rounded up."""
     if not isinstance(text, str):
         raise ValueError(f"expected {DURATION_HELP}, got {type(text).__name__}")
-    match = _ISO_DURATION_RE.match(text)
+    match = _ISO_DURATION_RE.fullmatch(text)
     if match is None:
         raise ValueError(f"{text!r} is not {DURATION_HELP}")
     parts = {key: Decimal(value.replace(",", ".")) if value else Decimal(0) for key, value in match.groupdict().items()}
@@ -217,7 +217,7 @@ class SemVer:
 def parse_semver(text: str) -> SemVer:
     if not isinstance(text, str):
         raise ValueError(f"expected {SEMVER_HELP}, got {type(text).__name__}")
-    match = _SEMVER_RE.match(text)
+    match = _SEMVER_RE.fullmatch(text)
     if match is None:
         raise ValueError(f"{text!r} is not {SEMVER_HELP}")
     major, minor, patch, pre, build = match.groups()

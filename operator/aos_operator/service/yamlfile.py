@@ -31,27 +31,27 @@ class _Yaml12Resolver(yaml.resolver.BaseResolver):
     """Implicit tags of the YAML 1.2 core schema (the JSON-compatible one)."""
 
 
-_Yaml12Resolver.add_implicit_resolver(_TAG + "bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+_Yaml12Resolver.add_implicit_resolver(_TAG + "bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)\Z"), list("tTfF"))
 # ruamel.yaml (aos-signer's loader) also reads 0b101 and 1_000 as integers; so do we.
 _Yaml12Resolver.add_implicit_resolver(
-    _TAG + "int", re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7_]+|0x[0-9a-fA-F_]+|0b[01_]+)$"), list("-+0123456789")
+    _TAG + "int", re.compile(r"^(?:[-+]?[0-9][0-9_]*|0o[0-7_]+|0x[0-9a-fA-F_]+|0b[01_]+)\Z"), list("-+0123456789")
 )
 # ...and dates and times as timestamps, which then fail where a string is expected, as there.
 _Yaml12Resolver.add_implicit_resolver(
     _TAG + "timestamp",
     re.compile(
         r"^(?:[0-9]{4}-[0-9]{1,2}-[0-9]{1,2}"
-        r"(?:(?:[Tt]|[ \t]+)[0-9]{1,2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]*)?(?:[ \t]*(?:Z|[-+][0-9]{1,2}(?::[0-9]{2})?))?)?)$"
+        r"(?:(?:[Tt]|[ \t]+)[0-9]{1,2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]*)?(?:[ \t]*(?:Z|[-+][0-9]{1,2}(?::[0-9]{2})?))?)?)\Z"
     ),
     list("0123456789"),
 )
 _Yaml12Resolver.add_implicit_resolver(
     _TAG + "float",
-    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))\Z"),
     list("-+0123456789."),
 )
-_Yaml12Resolver.add_implicit_resolver(_TAG + "null", re.compile(r"^(?:~|null|Null|NULL|)$"), ["~", "n", "N", ""])
-_Yaml12Resolver.add_implicit_resolver(_TAG + "merge", re.compile(r"^<<$"), ["<"])
+_Yaml12Resolver.add_implicit_resolver(_TAG + "null", re.compile(r"^(?:~|null|Null|NULL|)\Z"), ["~", "n", "N", ""])
+_Yaml12Resolver.add_implicit_resolver(_TAG + "merge", re.compile(r"^<<\Z"), ["<"])
 
 
 class _ComposeLoader(

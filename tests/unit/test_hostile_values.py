@@ -1,0 +1,242 @@
+"""Hostile values, checked where they enter: the shared value checks, full-match validation
+regexes, path resolution inside a root, the spec builder, the service-config parser and the
+artifact writer (each refuses on its own, whoever built its input)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from aos_operator import values
+from aos_operator.digests import is_digest
+from aos_operator.errors import BuildError, InputError, PackageError, RuntimeFailure
+from aos_operator.image.oci import check_tag
+from aos_operator.registry.reference import parse_reference
+from aos_operator.runtime.identity import InstanceIdentity
+from aos_operator.runtime.paths import PathLoop, create_file_in, make_dirs_in, resolve_in_root
+from aos_operator.runtime.service_config import ImageConfig, ServiceConfig, parse_image_config, parse_service_config
+from aos_operator.runtime.spec import InstanceSetup, NodeFacts, build_runtime_spec
+from aos_operator.service import units
+from aos_operator.service.artifacts import image_config, service_config
+from aos_operator.service.description import Image, Platform, ServiceDescription
+
+
+@pytest.mark.parametrize("path", ["/", "/app", "/app/work", "/app/", "/srv/my-service_1.0"])
+def test_clean_working_dirs(path: str) -> None:
+    assert values.working_dir_problem(path) is None
+
+
+@pytest.mark.parametrize("path, problem", [
+    ("/../../tmp/x", "contains '..'"), ("/app/..", "contains '..'"), ("/a/./b", "'.' components"),
+    ("app", "not an absolute path"), ("", "not an absolute path"), ("/a//b", "empty component"),
+    ("/a\0b", "NUL"), ("/a\nb", "control character"), ("/a\x7fb", "control character"),
+])
+def test_unclean_working_dirs(path: str, problem: str) -> None:
+    assert problem in (values.working_dir_problem(path) or "")
+
+
+@pytest.mark.parametrize("entry, problem", [
+    ("FOO=1\nAOS_SERVICE_ID=evil", "newline"), ("FOO=a\rb", "control character"), ("FOO=a\0", "NUL"),
+    ("=x", "empty variable name"), ("NOEQUALS", "not NAME=value"), ("A B=1", "whitespace"),
+    ("A\nB=1", "whitespace"), ("AOS_SERVICE_ID=x", "reserved"), ("AOS_ANYTHING=x", "reserved"),
+])
+def test_hostile_env_entries(entry: str, problem: str) -> None:
+    assert problem in (values.env_entry_problem(entry) or "")
+
+
+def test_env_values_may_hold_tabs_and_equals_and_overrides_may_set_aos_variables() -> None:
+    assert values.env_entry_problem("A=b=c\td") is None
+    assert values.env_entry_problem("aos_lower=1") is None  # names are case-sensitive
+    assert values.env_entry_problem("AOS_SUBJECT_ID=forced", from_service=False) is None
+    assert "newline" in (values.env_entry_problem("AOS_X=1\n", from_service=False) or "")
+
+
+def test_sysctl_allow_list_is_the_kubernetes_safe_set_plus_somaxconn() -> None:
+    kubernetes_safe = {
+        "kernel.shm_rmid_forced", "net.ipv4.ip_local_port_range", "net.ipv4.tcp_syncookies",
+        "net.ipv4.ping_group_range", "net.ipv4.ip_unprivileged_port_start", "net.ipv4.ip_local_reserved_ports",
+        "net.ipv4.tcp_keepalive_time", "net.ipv4.tcp_fin_timeout", "net.ipv4.tcp_keepalive_intvl",
+        "net.ipv4.tcp_keepalive_probes", "net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem",
+    }
+    assert values.ALLOWED_SYSCTLS == kubernetes_safe | {"net.core.somaxconn"}
+    for key in ("net.ipv4.ip_forward", "kernel.core_pattern", "vm.overcommit_memory", "net/core/somaxconn",
+                "net.core.somaxconn\n", "kernel.msgmax"):
+        assert f"sysctl {key!r} is not allowed" in (values.sysctl_problem(key, "1") or "")
+    assert values.sysctl_problem("net.ipv4.ip_local_port_range", "1024\t65000") is None
+    assert "one-line" in (values.sysctl_problem("net.core.somaxconn", "1\n2") or "")
+    assert "one-line" in (values.sysctl_problem("net.core.somaxconn", "") or "")
+
+
+@pytest.mark.parametrize("hostname, good", [
+    ("svc", True), ("my-svc.local", True), ("a" * 63, True), ("evil\n", False), ("-x", False), ("a_b", False),
+    ("a" * 65, False), ("a..b", False), ("", False),
+])
+def test_hostnames_are_fully_matched(hostname: str, good: bool) -> None:
+    assert (values.hostname_problem(hostname) is None) is good
+
+
+def test_validation_regexes_match_the_whole_value() -> None:
+    assert is_digest("sha256:" + "a" * 64) and not is_digest("sha256:" + "a" * 64 + "\n")
+    with pytest.raises(InputError):
+        parse_reference("registry.local/repo:tag\n")
+    with pytest.raises(InputError):
+        parse_reference("registry.local\n/repo:tag")
+    with pytest.raises(Exception, match="tag"):
+        check_tag("v1\n")
+    with pytest.raises(ValueError):
+        units.parse_semver("1.0.0\n")
+    with pytest.raises(ValueError):
+        units.parse_iso_duration("PT1S\n")
+    with pytest.raises(ValueError):
+        units.parse_size("1M\n", dialect=1)
+
+
+# --- paths inside a root -------------------------------------------------------------------------
+
+def test_resolve_in_root_follows_links_only_inside(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "app" / "work").mkdir(parents=True)
+    os.symlink("/app", root / "srv")  # absolute: from the root, not the host
+    os.symlink("../../../../..", root / "app" / "up")  # climbs: stops at the root
+    os.symlink("loop", root / "loop")
+    assert resolve_in_root(root, "/srv/work") == root / "app" / "work"
+    assert resolve_in_root(root, "/app/up/app") == root / "app"
+    assert resolve_in_root(root, "/../../etc") is None  # the host's /etc is never looked at
+    assert resolve_in_root(root, "/srv/missing") is None
+    with pytest.raises(PathLoop):
+        resolve_in_root(root, "/loop")
+
+
+def test_make_dirs_and_files_in_refuse_links_and_climbs(tmp_path: Path) -> None:
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    os.symlink(outside, root / "link")
+    (root / "etc").mkdir()
+    create_file_in(root, "etc/hosts", 0o644, b"x\n")
+    for bad in ("link/x", "../outside/x", "etc/hosts/x"):
+        with pytest.raises(RuntimeFailure):
+            make_dirs_in(root, bad)
+    with pytest.raises(RuntimeFailure):
+        create_file_in(root, "link", 0o644)
+    with pytest.raises(RuntimeFailure, match="is a directory"):
+        create_file_in(root, "etc", 0o644)
+    assert list(outside.iterdir()) == []
+    assert make_dirs_in(root, "a/b/c") == root / "a" / "b" / "c"
+
+
+# --- each stage refuses on its own ------------------------------------------------------------------
+
+IMAGE = ImageConfig(os="linux", architecture="amd64", entrypoint=(), cmd=("/bin/app",), working_dir="/app", env=())
+NODE = NodeFacts(cores=2, dmips=20000)
+
+
+def setup(**changes: object) -> InstanceSetup:
+    fields: dict = dict(identity=InstanceIdentity("svc", "subject", 0), uid=5000, gid=5000, rootfs="/run/x/rootfs",
+                        cgroups_path="/aos/x")
+    fields.update(changes)
+    return InstanceSetup(**fields)
+
+
+@pytest.mark.parametrize("image, service, message", [
+    (ImageConfig("linux", "amd64", (), ("x",), "/../../tmp", ()), ServiceConfig(), "contains '..'"),
+    (ImageConfig("linux", "amd64", (), ("x",), "/a\0b", ()), ServiceConfig(), "NUL"),
+    (ImageConfig("linux", "amd64", (), ("x",), "/", ("X=1\nAOS_SERVICE_ID=evil",)), ServiceConfig(), "newline"),
+    (ImageConfig("linux", "amd64", (), ("x",), "/", ("AOS_INSTANCE_ID=evil",)), ServiceConfig(), "reserved"),
+    (IMAGE, ServiceConfig(hostname="evil\n"), "not a valid host name"),
+    (IMAGE, ServiceConfig(sysctl={"net.ipv4.ip_forward": "1"}), "'net.ipv4.ip_forward' is not allowed"),
+])
+def test_spec_builder_refuses_what_the_parsers_refuse(image: ImageConfig, service: ServiceConfig,
+                                                      message: str) -> None:
+    with pytest.raises(PackageError, match=message):
+        build_runtime_spec(image, service, setup(), NODE)
+
+
+def test_spec_builder_refuses_control_characters_in_overrides() -> None:
+    with pytest.raises(PackageError, match="newline"):
+        build_runtime_spec(IMAGE, ServiceConfig(), setup(env_overrides=("X=1\nY=2",)), NODE)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"Cmd": ["x"], "WorkingDir": "/../../x"}, "WorkingDir: '/../../x' contains '..'"),
+    ({"Cmd": ["x"], "WorkingDir": "/a\u0000b"}, "NUL"),
+    ({"Cmd": ["x"], "Env": ["FOO=1\nAOS_SERVICE_ID=evil"]}, "newline"),
+    ({"Cmd": ["x"], "Env": ["AOS_SERVICE_ID=evil"]}, "reserved"),
+])
+def test_image_config_parser_refuses(config: dict, message: str) -> None:
+    with pytest.raises(PackageError, match=message):
+        parse_image_config({"os": "linux", "config": config}, "image config sha256:abc")
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"hostname": "evil\n"}, "hostname: 'evil\\\\n' is not a valid host name"),
+    ({"sysctl": {"kernel.core_pattern": "|/x"}}, "'kernel.core_pattern' is not allowed"),
+    ({"quotas": {"noFileLimit": 0}}, r"quotas\.noFileLimit: 0 is not a usable limit"),
+    ({"quotas": {"cpuDMIPSLimit": 0}}, r"quotas\.cpuDMIPSLimit: 0 is not a usable limit"),
+])
+def test_service_config_parser_refuses(data: dict, message: str) -> None:
+    with pytest.raises(PackageError, match=message):
+        parse_service_config(data, "service config")
+
+
+def test_zero_storage_and_state_mean_no_volume_on_the_device() -> None:
+    quotas = parse_service_config({"quotas": {"storageLimit": 0, "stateLimit": 0}}, "service config").quotas
+    assert (quotas.storage_limit, quotas.state_limit) == (0, 0)  # falsy: no volume is made
+
+
+def _description(**changes: object) -> tuple[ServiceDescription, Image]:
+    image = Image(platform=Platform(architecture="amd64"), source_folder="src", command=("/bin/app",),
+                  **{key: value for key, value in changes.items() if key in ("working_dir", "env")})
+    service = ServiceDescription(dialect=2, version="1.0.0", images=(image,),
+                                 **{key: value for key, value in changes.items() if key in ("hostname", "sysctl")})
+    return service, image
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"working_dir": "/../x"}, "contains '..'"),
+    ({"env": ("X=1\nY=2",)}, "newline"),
+    ({"env": ("AOS_SERVICE_ID=x",)}, "reserved"),
+])
+def test_build_refuses_an_unsafe_image_config(changes: dict, message: str) -> None:
+    service, image = _description(**changes)
+    with pytest.raises(BuildError, match=message):
+        image_config(service, image)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"hostname": "evil\n"}, "not a valid host name"),
+    ({"sysctl": {"net.ipv4.ip_forward": "1"}}, "is not allowed"),
+])
+def test_build_refuses_an_unsafe_service_config(changes: dict, message: str) -> None:
+    service, _ = _description(**changes)
+    with pytest.raises(BuildError, match=message):
+        service_config(service)
+
+
+def test_build_refuses_a_working_dir_the_tree_lacks(tmp_path: Path) -> None:
+    from aos_operator.packaging import build_service
+
+    tree = tmp_path / "src"
+    (tree / "app").mkdir(parents=True)
+    (tree / "app" / "main.py").write_text("print(1)\n")
+    os.symlink("app", tree / "srv")  # inside the tree: fine
+    service, _ = _description(working_dir="/missing")
+    with pytest.raises(BuildError, match="workingDir '/missing': the source tree .* has no such directory"):
+        build_service(service, tree, archive=tmp_path / "out.tar", cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "out.tar").exists()
+    service, _ = _description(working_dir="/srv")
+    build_service(service, tree, archive=tmp_path / "out.tar", cache_dir=tmp_path / "cache")
+    assert (tmp_path / "out.tar").stat().st_size > 0
+
+
+def test_max_layer_size_flag() -> None:
+    from aos_operator.cli import _parser
+    from aos_operator.runtime.layers import DEFAULT_MAX_LAYER_BYTES
+
+    assert _parser().parse_args(["run", "dir"]).max_layer_size == DEFAULT_MAX_LAYER_BYTES == 4 << 30
+    assert _parser().parse_args(["agent", "--max-layer-size", "512MiB"]).max_layer_size == 512 << 20
+    for bad in ("0", "lots", "-1"):
+        with pytest.raises(SystemExit):
+            _parser().parse_args(["run", "dir", "--max-layer-size", bad])
