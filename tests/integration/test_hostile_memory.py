@@ -62,7 +62,7 @@ def _sparse(path: Path) -> Path:
         ("package-dir", lambda root: _sparse(root / "pkg" / "manifest.json").parent, "larger than"),
         ("oci-index", lambda root: (_sparse(root / "layout" / "index.json"), (root / "layout" / "oci-layout").write_text(
             '{"imageLayoutVersion": "1.0.0"}'))[0].parent, "larger than"),
-        ("runtime-package", lambda root: _sparse(root / "pkg" / "manifest.json").parent, "bytes of a manifest"),
+        ("runtime-package", lambda root: _sparse(root / "pkg" / "manifest.json").parent, "the manifest is larger than"),
     ],
 )
 def test_sparse_multi_gib_file_is_refused_before_it_is_read(tmp_path: Path, kind: str, make, expected: str) -> None:
