@@ -88,10 +88,11 @@ def _read_bounded(path: Path, limit: int, what: str) -> bytes:
         raise PackageError(f"{path}: cannot read {what}: {error.strerror}"
                            + (" (a symlink)" if error.errno == errno.ELOOP else "")) from None
     with os.fdopen(fd, "rb") as stream:
-        data = stream.read(limit + 1)
-    if len(data) > limit:
-        raise PackageError(f"{path}: {what} is larger than {limit} bytes; nothing was installed",
-                           hint="the package is corrupt or hostile")
+        size = os.fstat(stream.fileno()).st_size
+        data = stream.read(limit + 1) if size <= limit else b""
+    if size > limit or len(data) > limit:
+        raise PackageError(f"{path}: {what} is larger than {limit} bytes ({max(size, len(data))} bytes); "
+                           "nothing was installed", hint="the package is corrupt or hostile")
     return data
 
 
