@@ -296,6 +296,23 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_sign(args: argparse.Namespace) -> int:
+    """trust: the AosCloud upload bundle, as `aos-signer sign` writes it."""
+    from aos_operator.trust.bundle import credentials_from_files, credentials_from_pkcs12, sign_bundle
+
+    if bool(args.key) != bool(args.cert) or (args.pkcs12 and args.key):
+        raise InputError("pass --pkcs12 FILE, or --key FILE with --cert FILE (or neither: the config names them)")
+    credentials = None
+    if args.pkcs12:
+        credentials = credentials_from_pkcs12(Path(args.pkcs12))
+    elif args.key:
+        credentials = credentials_from_files(Path(args.key), Path(args.cert))
+    signed = sign_bundle(Path(args.path), output=Path(args.output) if args.output else None, credentials=credentials)
+    print(f"signed {signed.archive['name']} ({signed.archive['size']} bytes) and config.yaml", file=sys.stderr)
+    print(signed.output)
+    return EXIT_OK
+
+
 # --- run ----------------------------------------------------------------------------------------
 
 
@@ -547,6 +564,19 @@ def _parser() -> argparse.ArgumentParser:
     build_options(push)
     registry_options(push)
     push.set_defaults(func=cmd_push)
+
+    sign = commands.add_parser(
+        "sign", help="write the signed upload bundle for AosCloud, as aos-signer sign does",
+        description="Validate the config for upload, then write the bundle aos-signer writes: the archive of the "
+        "service (schema version 1: service.tar.gz; version 2: batch.tar.gz), config.yaml, and package.sign (a JWT, "
+        "RS256, over their SHA3-512 hashes). Credentials: the config's, or --pkcs12, or --key and --cert.",
+    )
+    sign.add_argument("path", metavar="DIR", help="service directory (meta/config.yaml + src/) or a version-2 bundle directory")
+    sign.add_argument("-o", "--output", metavar="FILE", help="where the bundle goes (default: where aos-signer puts it)")
+    sign.add_argument("--pkcs12", metavar="FILE", help="aos-user-sp.p12 (passwordless PKCS#12 from AosCloud)")
+    sign.add_argument("--key", metavar="FILE", help="PEM RSA private key (with --cert)")
+    sign.add_argument("--cert", metavar="FILE", help="PEM certificate of --key")
+    sign.set_defaults(func=cmd_sign)
 
     pull = commands.add_parser("pull", help="pull a package from an OCI registry, verified")
     pull.add_argument("reference", metavar="REF", help="registry/repository:tag or registry/repository@sha256:...")
