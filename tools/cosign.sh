@@ -14,10 +14,8 @@ if [ -x "$binary" ]; then
 	exit 0
 fi
 
-# cosign's go.mod may ask for a newer Go than the machine's; this is the approved one.
-if ! go version | grep -Eq 'go1\.(2[7-9]|[3-9][0-9])'; then
-	export GOTOOLCHAIN="${GOTOOLCHAIN:-go1.27.3}"
-fi
+# cosign v2.6.5 declares go 1.25: the machine's Go (1.26) builds it. A later pin that needs a
+# newer Go must export GOTOOLCHAIN=go1.27.3 here (the one approved toolchain).
 mkdir -p "$cache"
 staging=$(mktemp -d "$cache/.build.XXXXXX")
 trap 'rm -rf "$staging"' EXIT
