@@ -248,10 +248,48 @@ def cmd_push(args: argparse.Namespace) -> int:
             package = open_package(built.oci_layout)  # type: ignore[arg-type]
         else:
             package = open_package(path)
+        signing_key = _signing_key(args)  # trust: read before anything is pushed
         with _registry(args) as client:
             digest = push_package(client, package, args.reference)
+            if signing_key is not None:
+                _sign_pushed(client, args.reference, digest, len(package.manifest_bytes), signing_key)
     print(f"{args.reference.split('@')[0]}@{digest}")
     return EXIT_OK
+
+
+# trust: signing on push, verification on run (see trust/)
+
+
+def _signing_key(args: argparse.Namespace) -> Any:
+    from aos_operator.trust.keys import load_signing_key
+
+    return load_signing_key(Path(args.sign_key)) if getattr(args, "sign_key", None) else None
+
+
+def _sign_pushed(client: RegistryClient, reference: str, digest: str, size: int, key: Any) -> None:
+    from aos_operator.trust.store import attach_signature
+
+    attached = attach_signature(client, reference, digest, size, key)
+    where = attached.tag + (f" and referrer {attached.referrer}" if attached.referrer else "")
+    state = "already signed by this key at" if attached.already_signed else "signed:"
+    print(f"{state} {where}", file=sys.stderr)
+
+
+def _verify_before_pull(args: argparse.Namespace, client: RegistryClient) -> str:
+    """The reference to pull: by digest, after its signature was checked when keys are given."""
+    from aos_operator.registry.reference import Reference
+    from aos_operator.trust.store import verify_package
+    from aos_operator.trust.verify import VerificationPolicy
+
+    policy = VerificationPolicy.load(None, args.verify_key or [])
+    if not policy.required:
+        return args.target
+    reference = Reference.parse(args.target)
+    digest = reference.digest or client.pull_manifest(reference).digest
+    verdict = verify_package(client, reference, digest, policy)
+    if verdict is not None:
+        print(f"aosctl: {reference.repository_name}@{digest}: signature by {verdict.key.key_id} verified", file=sys.stderr)
+    return str(reference.with_digest(digest))
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
@@ -262,6 +300,23 @@ def cmd_pull(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_sign(args: argparse.Namespace) -> int:
+    """trust: the AosCloud upload bundle, as `aos-signer sign` writes it."""
+    from aos_operator.trust.bundle import credentials_from_files, credentials_from_pkcs12, sign_bundle
+
+    if bool(args.key) != bool(args.cert) or (args.pkcs12 and args.key):
+        raise InputError("pass --pkcs12 FILE, or --key FILE with --cert FILE (or neither: the config names them)")
+    credentials = None
+    if args.pkcs12:
+        credentials = credentials_from_pkcs12(Path(args.pkcs12))
+    elif args.key:
+        credentials = credentials_from_files(Path(args.key), Path(args.cert))
+    signed = sign_bundle(Path(args.path), output=Path(args.output) if args.output else None, credentials=credentials)
+    print(f"signed {signed.archive['name']} ({signed.archive['size']} bytes) and config.yaml", file=sys.stderr)
+    print(signed.output)
+    return EXIT_OK
+
+
 # --- run ----------------------------------------------------------------------------------------
 
 
@@ -269,6 +324,8 @@ def _package_for_run(args: argparse.Namespace, scratch: Path) -> tuple[Path, str
     """A package directory for the runtime, and the service ID its instances run as."""
     path = Path(args.target)
     directory = scratch / "package"
+    if path.exists() and args.verify_key:
+        raise InputError(f"{args.target}: --verify-key checks signatures in a registry; pass a registry reference")
     if path.exists():
         if path.is_dir() and not (path / "manifest.json").exists() and not (path / "oci-layout").exists():
             built = _build(args, path, archive=None, oci_layout=scratch / "layout")
@@ -280,7 +337,7 @@ def _package_for_run(args: argparse.Namespace, scratch: Path) -> tuple[Path, str
     if "/" not in args.target:
         raise InputError(f"{args.target}: no such file or directory, and not an image reference (registry/repo:tag)")
     with _registry(args) as client:
-        client.pull(args.target, directory)
+        client.pull(_verify_before_pull(args, client), directory)
     return directory, args.service_id or "local"
 
 
@@ -378,6 +435,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         instance_stop_timeout=args.stop_timeout,
         liveness=args.liveness or None,
         peering=args.peering,
+        sign_key=Path(args.sign_key) if args.sign_key else None,
     )
     asyncio.run(handlers.run(settings))
     return EXIT_OK
@@ -435,7 +493,11 @@ def cmd_agent(args: argparse.Namespace) -> int:
         host_devices=host_devices,
     )
     kube = KubeClient(settings.connection, user_agent=f"aos-agent/{device}")
-    loop = AgentLoop(settings, kube, DeviceAgent(runtime, registry, data_dir / "pulls"), node)
+    from aos_operator.trust.verify import VerificationPolicy
+
+    policy = VerificationPolicy.load(args.signature_policy, args.verify_key or [])
+    logging.getLogger("aos_operator.agent").info("device %s: %s", device, policy.describe())
+    loop = AgentLoop(settings, kube, DeviceAgent(runtime, registry, data_dir / "pulls", policy), node)
     with stop_on_signals(loop.stop):
         loop.run()
     return EXIT_OK
@@ -533,9 +595,24 @@ def _parser() -> argparse.ArgumentParser:
     )
     push.add_argument("path", metavar="DIR|ARCHIVE", help="service directory, package archive or directory, OCI layout")
     push.add_argument("reference", metavar="REF", help="registry/repository:tag, e.g. localhost:5000/aos/hello:1.0.0")
+    push.add_argument("--sign-key", metavar="KEY", help="sign the package as cosign does (PEM or cosign.key; "
+                      "password from $COSIGN_PASSWORD)")
     build_options(push)
     registry_options(push)
     push.set_defaults(func=cmd_push)
+
+    sign = commands.add_parser(
+        "sign", help="write the signed upload bundle for AosCloud, as aos-signer sign does",
+        description="Validate the config for upload, then write the bundle aos-signer writes: the archive of the "
+        "service (schema version 1: service.tar.gz; version 2: batch.tar.gz), config.yaml, and package.sign (a JWT, "
+        "RS256, over their SHA3-512 hashes). Credentials: the config's, or --pkcs12, or --key and --cert.",
+    )
+    sign.add_argument("path", metavar="DIR", help="service directory (meta/config.yaml + src/) or a version-2 bundle directory")
+    sign.add_argument("-o", "--output", metavar="FILE", help="where the bundle goes (default: where aos-signer puts it)")
+    sign.add_argument("--pkcs12", metavar="FILE", help="aos-user-sp.p12 (passwordless PKCS#12 from AosCloud)")
+    sign.add_argument("--key", metavar="FILE", help="PEM RSA private key (with --cert)")
+    sign.add_argument("--cert", metavar="FILE", help="PEM certificate of --key")
+    sign.set_defaults(func=cmd_sign)
 
     pull = commands.add_parser("pull", help="pull a package from an OCI registry, verified")
     pull.add_argument("reference", metavar="REF", help="registry/repository:tag or registry/repository@sha256:...")
@@ -562,6 +639,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", default="/run/aosctl", help="runtime state (bundles, logs, runc)")
     run.add_argument("--max-layer-size", type=_layer_size_limit, default="4GiB", metavar="SIZE",
                      help=MAX_LAYER_SIZE_HELP)
+    run.add_argument("--verify-key", action="append", metavar="KEY", help="refuse a registry package without a valid "
+                     "cosign signature by this public key (file or directory; repeatable)")
     build_options(run)
     registry_options(run)
     run.set_defaults(func=cmd_run)
@@ -585,6 +664,8 @@ def _parser() -> argparse.ArgumentParser:
     operator.add_argument("--registry-auth", default=os.environ.get("AOS_REGISTRY_AUTH"), metavar="FILE")
     registry_limit_options(operator)
     operator.add_argument("--work-dir", default="/var/cache/aos-operator", help="build cache and scratch space")
+    operator.add_argument("--sign-key", default=os.environ.get("AOS_SIGN_KEY"), metavar="KEY",
+                          help="sign every pushed package with this key (cosign format; $COSIGN_PASSWORD)")
     operator.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", help="kopf probe endpoint ('' for none)")
     operator.add_argument("--peering", metavar="NAME", help="kopf peering object; without it: standalone")
     operator.add_argument("--resync", type=float, default=30.0, metavar="SECONDS", help="re-check every service this often")
@@ -609,6 +690,11 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--max-layer-size", type=_layer_size_limit, default="4GiB", metavar="SIZE",
                        help=MAX_LAYER_SIZE_HELP)
     agent.add_argument("--heartbeat", type=float, default=10.0, metavar="SECONDS")
+    agent.add_argument("--signature-policy", choices=["required", "off"], default=os.environ.get("AOS_SIGNATURE_POLICY"),
+                       help="required: run only packages signed by a --verify-key (default when keys are given)")
+    agent.add_argument("--verify-key", action="append", metavar="KEY",
+                       default=[item for item in os.environ.get("AOS_VERIFY_KEYS", "").split(":") if item] or None,
+                       help="public key file or directory of them (repeatable; $AOS_VERIFY_KEYS, ':'-separated)")
     agent.add_argument("--insecure", "--registry-insecure", dest="insecure", action="store_true",
                        default=_env_flag("AOS_REGISTRY_INSECURE"), help="plain HTTP to the registry")
     agent.add_argument("--ca", "--registry-ca", dest="ca", default=os.environ.get("AOS_REGISTRY_CA"), metavar="FILE")

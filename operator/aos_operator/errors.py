@@ -112,6 +112,14 @@ class RegistryError(AosError):
     exit_code = EXIT_FAILED
 
 
+class SignatureError(AosError):
+    """A package's signature is missing, made with another key, or over another digest; or a
+    signing key or certificate cannot be used. The package is refused, nothing of it is used."""
+
+    exit_code = EXIT_INVALID
+    reason = "SignatureInvalid"
+
+
 class RuntimeFailure(AosError):
     """Running a service failed: runc, mounts, cgroups or the kernel said no."""
 

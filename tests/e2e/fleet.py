@@ -127,16 +127,16 @@ class Fleet:
     def __post_init__(self) -> None:
         self.api = KubeClient(Connection(server=self.kube.url), user_agent="e2e-test")
 
-    def start_operator(self) -> Process:
+    def start_operator(self, *extra: str) -> Process:
         self.operator = Process("operator", [
             "operator", "--kube-server", self.kube.url, "--registry", f"{self.registry_host}/aos",
             "--registry-insecure", "--work-dir", str(self.root / "operator"), "--liveness", "",
-            "--resync", "2", "--stop-timeout", "30", "--log-level", "info",
+            "--resync", "2", "--stop-timeout", "30", "--log-level", "info", *extra,
         ], self.root / "operator.log")
         self.operator.start()
         return self.operator
 
-    def start_agent(self, device: str, labels: Mapping[str, str]) -> Agent:
+    def start_agent(self, device: str, labels: Mapping[str, str], *extra: str) -> Agent:
         self.kube.create_node(device, dict(labels))
         root = self.root / device
         proxy = self.kube.proxy(device)
@@ -145,7 +145,7 @@ class Fleet:
         agent.process.arguments = [
             "agent", "--device", device, "--kube-server", proxy.url, "--data-dir", str(agent.data_dir),
             "--run-dir", str(agent.run_dir), "--cgroup-parent", agent.cgroup_parent, "--heartbeat", "1",
-            "--registry-insecure", "--log-level", "info",
+            "--registry-insecure", "--log-level", "info", *extra,
         ]
         agent.process.start()
         self.agents[device] = agent

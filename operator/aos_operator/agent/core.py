@@ -3,6 +3,9 @@
 A plain class with no Kubernetes in it: the Kubernetes loop (`agent.loop`) feeds it desired
 instances and reports what it returns; `aosctl run` shares the runtime beneath it. Packages
 are pulled by digest into a local cache, verified, installed once, and shared by instances.
+With a signature policy, a package's cosign signature is checked before any layer is pulled
+(and before an installed package starts for the first time in this process); a refused package
+leaves what ran before running.
 """
 
 from __future__ import annotations
@@ -15,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aos_operator.digests import digest_hex
-from aos_operator.errors import AosError, PackageError, RegistryError, RuntimeFailure
+from aos_operator.errors import AosError, PackageError, RegistryError, RuntimeFailure, SignatureError
 from aos_operator.registry import RegistryClient
 from aos_operator.runtime import InstanceIdentity, InstanceStatus, Runtime
+from aos_operator.trust.store import verify_package
+from aos_operator.trust.verify import VerificationPolicy
 
 log = logging.getLogger("aos_operator.agent")
 
@@ -48,11 +53,15 @@ class Outcome:
 
 
 class DeviceAgent:
-    def __init__(self, runtime: Runtime, registry: RegistryClient, package_cache: Path) -> None:
+    def __init__(
+        self, runtime: Runtime, registry: RegistryClient, package_cache: Path, policy: VerificationPolicy | None = None
+    ) -> None:
         self.runtime = runtime
         self.registry = registry
         self.package_cache = package_cache
+        self.policy = policy or VerificationPolicy()
         self._installing = threading.Lock()
+        self._verified: set[str] = set()  # digests whose signature this process checked
 
     def adopt(self) -> list[InstanceStatus]:
         """After a restart: find the instances that kept running, without restarting them."""
@@ -77,10 +86,15 @@ class DeviceAgent:
             if not self.runtime.packages.has(desired.digest):
                 report(Outcome("Pulling", message=desired.reference))
                 self._pull_and_install(desired)
+            else:
+                self._verify(desired)  # installed earlier, perhaps under another policy
             report(Outcome("Starting"))
             if current is not None:  # a new package: replace the container, keep storage and state
                 self.runtime.stop(desired.instance_id)
             self.runtime.start(identity, desired.digest, wait=False)
+        except SignatureError as error:
+            log.warning("instance %s: package refused: %s", desired.instance_id, error)
+            return Outcome("Failed", SignatureError.reason, error.message)
         except AosError as error:
             reason = "PullFailed" if isinstance(error, RegistryError | PackageError) else "StartError"
             log.warning("instance %s: %s", desired.instance_id, error)
@@ -93,12 +107,23 @@ class DeviceAgent:
         with self._installing:  # one pull per package at a time; instances of it share it
             if self.runtime.packages.has(desired.digest):
                 return
+            self._verify(desired)  # before any layer is fetched
             directory = self.package_cache / digest_hex(desired.digest)
             self.registry.pull(desired.reference, directory)
             try:
                 self.runtime.install(directory)
             finally:
                 shutil.rmtree(directory, ignore_errors=True)  # the runtime keeps what it needs
+
+    def _verify(self, desired: Desired) -> None:
+        if not self.policy.required or desired.digest in self._verified:
+            return
+        if not desired.reference.endswith("@" + desired.digest):
+            raise SignatureError(
+                f"{desired.reference}: a signed package is pulled by its digest {desired.digest}; the reference names another"
+            )
+        verify_package(self.registry, desired.reference, desired.digest, self.policy)
+        self._verified.add(desired.digest)
 
     def remove(self, instance_id: str) -> None:
         """Stop the instance and delete its data; drop its package when nothing else uses it."""

@@ -36,7 +36,7 @@ from aos_operator.runtime import InstanceStatus, NodeFacts
 log = logging.getLogger("aos_operator.agent")
 API_ERRORS = (ApiException, HTTPError, OSError)
 ALIVE_FILE = "agent.alive"
-RETRIED_REASONS = ("PullFailed", "StartError")
+RETRIED_REASONS = ("PullFailed", "StartError", "SignatureInvalid")  # a signature may be added later
 
 Key = tuple[str, str]  # (namespace, name) of an AosServiceInstance
 

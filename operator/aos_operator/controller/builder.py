@@ -8,6 +8,7 @@ from its repository when it lives in the same registry.
 
 from __future__ import annotations
 
+import functools
 import json
 import tempfile
 from collections.abc import Callable, Mapping
@@ -34,6 +35,9 @@ from aos_operator.registry import BytesBlob, RegistryClient
 from aos_operator.registry.reference import Reference
 from aos_operator.service import image_config, service_config
 from aos_operator.service.description import Image, ServiceDescription
+from aos_operator.errors import SignatureError
+from aos_operator.trust.keys import SigningKey, load_signing_key
+from aos_operator.trust.store import attach_signature
 
 # Part of every content digest: a new builder that lays packages out differently must rebuild.
 BUILDER_VERSION = 1
@@ -69,9 +73,32 @@ def gather_source(
     return Source()
 
 
-def source_digest(spec: AosServiceSpec, source: Source, repository: str) -> str:
+def source_digest(spec: AosServiceSpec, source: Source, repository: str, signer: str | None = None) -> str:
     settings = {"builder": BUILDER_VERSION, "item": spec.item, "repository": repository, **source.identity}
+    if signer:  # a new signing key re-pushes (blobs skipped) and signs what was pushed unsigned
+        settings["signer"] = signer
     return content_digest(spec.config, settings, list(source.files))
+
+
+def signing_key(settings: OperatorSettings) -> SigningKey | None:
+    """The operator's signing key (re-read when the mounted Secret changes), or None."""
+    if settings.sign_key is None:
+        return None
+    try:
+        stat = settings.sign_key.stat()
+    except OSError as error:
+        raise SignatureError(f"{settings.sign_key}: cannot read the signing key ({error.strerror})") from None
+    return _load_key(settings.sign_key, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_key(path: Path, _mtime_ns: int, _size: int) -> SigningKey:
+    return load_signing_key(path)
+
+
+def signer_id(settings: OperatorSettings) -> str | None:
+    key = signing_key(settings)
+    return key.public.key_id if key else None
 
 
 def repository_for(settings: OperatorSettings, namespace: str, name: str) -> str:
@@ -90,14 +117,19 @@ def build_and_push(
     source: Source,
     repository: str,
 ) -> list[ImageStatus]:
-    """Every image of the service, built and pushed; their references by digest."""
+    """Every image of the service, built and pushed (and signed when the operator has a key);
+    their references by digest."""
     pushed = []
+    key = signing_key(settings)
     for image in service.images:
         reference = f"{repository}:{tag_for(service, image)}"
         if source.image is not None:
             digest = _push_from_layer(registry, service, image, source, reference)
         else:
             digest = _build_and_push_files(settings, registry, service, image, source.files, reference)
+        if key is not None:
+            size = len(registry.pull_manifest(f"{repository}@{digest}").data)
+            attach_signature(registry, reference, digest, size, key)
         pushed.append(ImageStatus(architecture=image.platform.architecture, ref=f"{reference}@{digest}", digest=digest))
     return pushed
 

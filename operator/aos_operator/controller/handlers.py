@@ -22,7 +22,7 @@ from aos_operator.api.client import KubeClient
 from aos_operator.api.models import AOS_SERVICE_INSTANCE, GROUP, LABEL_SERVICE, VERSION
 from aos_operator.api.naming import label_value
 from aos_operator.api.selectors import equality_selector
-from aos_operator.controller import reconciler
+from aos_operator.controller import builder, reconciler
 from aos_operator.controller.placement import DeviceView
 from aos_operator.controller.reconciler import Operator, release_stopped
 from aos_operator.controller.settings import OperatorSettings
@@ -178,6 +178,7 @@ async def _guarded_pass(op: Operator, body: kopf.Body, devices: dict[str, Device
 async def run(settings: OperatorSettings, *, stop_flag: asyncio.Event | threading.Event | None = None,
               ready_flag: asyncio.Event | threading.Event | None = None) -> None:
     kube = KubeClient(settings.connection, user_agent="aos-operator")
+    builder.signing_key(settings)  # trust: a missing or unreadable signing key stops the start
     registry = registry_client(
         insecure=settings.registry_insecure,
         ca_file=settings.registry_ca,

@@ -46,7 +46,7 @@ from aos_operator.controller.conditions import (
 from aos_operator.controller.placement import DeviceView, InstanceView, PackageRef, ServiceView, plan
 from aos_operator.controller.settings import OperatorSettings
 from aos_operator.controller.source import SourceError
-from aos_operator.errors import AosError, BuildError, ConfigError, InputError, PackageError, RegistryError
+from aos_operator.errors import AosError, BuildError, ConfigError, InputError, PackageError, RegistryError, SignatureError
 from aos_operator.registry import RegistryClient
 from aos_operator.service import parse_config_data
 from aos_operator.service.description import ServiceDescription
@@ -181,7 +181,7 @@ async def _ensure_packages(
             return list(memo.images)  # nothing changed since the sources were last read
     repository = builder.repository_for(op.settings, namespace, name)
     source = await op.call(builder.gather_source, spec, namespace, op.kube.config_map, op.registry)
-    digest = builder.source_digest(spec, source, repository)
+    digest = builder.source_digest(spec, source, repository, builder.signer_id(op.settings))
     # After a restart the status remembers what was built: no rebuild for unchanged inputs.
     recorded = memo.images if memo else tuple(ImageStatus.model_validate(i) for i in status.get("images") or ())
     if recorded and (memo.source_digest if memo else status.get("sourceDigest")) == digest:
@@ -313,6 +313,11 @@ async def reconcile(
         delay = op.backoff(key)
         log.warning("AosService %s/%s: push failed, retrying in %.0f s: %s", *key, delay, error)
         await write_status(op, body, _stalled(IMAGE_PUSHED, "RegistryUnavailable", str(error)), {})
+        return delay
+    except SignatureError as error:  # the operator's own key cannot be used
+        delay = op.backoff(key)
+        log.warning("AosService %s/%s: signing failed, retrying in %.0f s: %s", *key, delay, error)
+        await write_status(op, body, _stalled(IMAGE_PUSHED, "SigningFailed", str(error)), {})
         return delay
     view = _service_view(body, spec, service, images)
     instances = [InstanceView.from_body(instance) for instance in instance_bodies]

@@ -28,6 +28,7 @@ class OperatorSettings:
     retry_max_seconds: float = 120.0
     liveness: str | None = None
     peering: str | None = None
+    sign_key: Path | None = None  # every pushed package is signed with it (trust/)
 
     @property
     def registry_host(self) -> str:
