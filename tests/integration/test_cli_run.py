@@ -28,12 +28,15 @@ def aosctl_run(tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess[s
 def test_run_builds_runs_and_cleans_up(tmp_path: Path) -> None:
     process = aosctl_run(tmp_path, str(EXAMPLES / "hello-world"), "--timeout", "4", "--instances", "2")
     assert process.returncode == 0, process.stderr
-    out = process.stdout
-    assert "[aos] limit memory: 64000000 bytes" in out
-    assert "CFS quota" in out
+    out, err = process.stdout, process.stderr
+    # aosctl's own lines are messages (stderr); the service's output is the result (stdout)
+    assert "aosctl: limit memory: 64000000 bytes" in err and "limit memory" not in out
+    assert "CFS quota" in err
+    assert "aosctl: service ID 0c3f6b8e-5a47-4a4b-9d8b-6f1c2b7e4a10 (the config's service ID)" in err
     assert "[0] Hello from an AosEdge service (instance 0, run 1)" in out
     assert "[1] Hello from an AosEdge service (instance 1, run 1)" in out
-    assert "instance 1: Stopped" in out
+    assert "Hello" not in err
+    assert "instance 1: Stopped" in err
     mounts = Path("/proc/mounts").read_text()
     assert str(tmp_path) not in mounts, "no mount is left behind"
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True).stdout
