@@ -186,10 +186,12 @@ class RegistryClient:
         descriptor = Descriptor(media_type="", digest=source.digest, size=source.size, field="blob")
         self._push_blob(ref, descriptor, source, mount_from)
 
-    def blob_exists(self, repository: str | Reference, digest: str, *, for_push: bool = False) -> bool:
-        """Whether the repository has the blob; `for_push` asks with the push token (one token per push)."""
+    def blob_exists(self, repository: str | Reference, digest: str, *, for_push: bool = False,
+                    what: str | None = None) -> bool:
+        """Whether the repository has the blob; `for_push` asks with the push token (one token per push).
+        `what` names the operation in errors (a push names the reference the user gave)."""
         ref = parse_reference(repository)
-        what = f"check {ref.repository_name}@{digest}"
+        what = what or f"check {ref.repository_name}@{digest}"
         response = self.transport.request(
             "HEAD",
             ref.api_host,
@@ -204,7 +206,7 @@ class RegistryClient:
 
     def _push_blob(self, ref: Reference, descriptor: Descriptor, source: BlobSource, mount_from: Sequence[str]) -> None:
         what = f"push {ref} ({descriptor.field} {descriptor.digest})"
-        if self.blob_exists(ref, descriptor.digest, for_push=True):
+        if self.blob_exists(ref, descriptor.digest, for_push=True, what=what):
             self.stats.add(blobs_present=1)
         else:
             session = None
