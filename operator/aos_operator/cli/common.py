@@ -115,6 +115,8 @@ def runtime_dir_options(command: argparse.ArgumentParser) -> None:
                        help="installed packages, storage, state and logs (default: %(default)s)")
     group.add_argument("--run-dir", default=DEFAULT_RUN_DIR, metavar="DIR",
                        help="runtime state: bundles, runc (default: %(default)s)")
+    group.add_argument("--cgroup-parent", default="/aos", metavar="PATH",
+                       help="cgroup under which instances run (default: %(default)s)")
 
 
 def kube_options(command: argparse.ArgumentParser) -> None:

@@ -15,7 +15,6 @@ from aos_operator.cli.common import build_options, quiet_option, registry, regis
 from aos_operator.cli.output import add_output_option, emit, result, structured
 from aos_operator.digests import sha256_digest
 from aos_operator.errors import EXIT_OK, InputError, PackageError
-from aos_operator.image import open_package
 from aos_operator.registry.reference import Reference
 from aos_operator.service.units import human_bytes
 

@@ -10,13 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import signal
 import sys
 import tempfile
 import threading
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +28,7 @@ from aos_operator.cli.common import (
     whole_number,
 )
 from aos_operator.cli.output import add_output_option, camel_keys, emit, note, result, structured
-from aos_operator.errors import EXIT_OK, InputError, PackageError, RuntimeFailure
+from aos_operator.errors import EXIT_FAILED, EXIT_OK, InputError, RuntimeFailure
 from aos_operator.image import Package, open_package
 from aos_operator.packaging import materialize
 from aos_operator.registry.reference import Reference
@@ -109,16 +106,6 @@ def prepare(args: argparse.Namespace, scratch: Path, node_architecture: str) -> 
                      f"derived from the repository {repository}")
 
 
-@contextmanager
-def stop_on_hangup(stop: threading.Event) -> Iterator[None]:
-    """Closing the terminal (SIGHUP) stops and cleans up like Ctrl-C (run_foreground's signals)."""
-    previous = signal.signal(signal.SIGHUP, lambda signum, frame: stop.set())
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGHUP, previous)
-
-
 class _LineFilter:
     """A text stream that sends the runtime's own `[aos]` lines to one stream and the service's
     output to another: the service's output is the result (stdout), our lines are messages."""
@@ -152,7 +139,8 @@ def _needs_root(what: str) -> None:
 def runtime_config(args: argparse.Namespace) -> object:
     from aos_operator.runtime import RuntimeConfig
 
-    return RuntimeConfig(state_root=Path(args.state_dir), run_root=Path(args.run_dir))
+    return RuntimeConfig(state_root=Path(args.state_dir), run_root=Path(args.run_dir),
+                         cgroup_parent=args.cgroup_parent)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -173,8 +161,10 @@ def cmd_run(args: argparse.Namespace) -> int:
             timer = threading.Timer(args.timeout, stop.set)
             timer.daemon = True
             timer.start()
-        stream = _LineFilter(sys.stdout, sys.stderr, quiet=args.quiet or structured(args))
-        with stop_on_signals(stop), stop_on_hangup(stop):
+        # with a document on stdout, the service's output goes to stderr so the document stays whole
+        stream = _LineFilter(sys.stderr if structured(args) else sys.stdout, sys.stderr,
+                             quiet=args.quiet or structured(args))
+        with stop_on_signals(stop):  # SIGINT, SIGTERM and SIGHUP
             outcome = run_foreground(
                 target.package_dir,
                 instances=args.instances,
@@ -196,10 +186,7 @@ def _run_detached(args: argparse.Namespace, target: RunTarget, config: object, n
     from aos_operator.runtime import InstanceIdentity, Runtime
 
     runtime = Runtime(config, node)  # type: ignore[arg-type]
-    try:
-        package = runtime.install(target.package_dir)
-    except PackageError:
-        raise
+    package = runtime.install(target.package_dir)
     statuses = []
     for index in range(args.instances):
         identity = InstanceIdentity(target.service_id, args.subject, index)
@@ -213,7 +200,7 @@ def _run_detached(args: argparse.Namespace, target: RunTarget, config: object, n
                        + (f" ({status.reason})" if status.reason else ""))
             result(status.instance_id)
     failed = [s for s in statuses if s.phase.terminal]
-    return 3 if failed else EXIT_OK
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def instance_document(status: object) -> dict[str, object]:
