@@ -11,7 +11,7 @@ from pathlib import Path
 from aos_operator.cli import progress
 from aos_operator.cli.common import build_options, default_cache_dir, quiet_option, registry, registry_options
 from aos_operator.cli.output import add_output_option, camel_keys, emit, note, result, structured, warn
-from aos_operator.errors import EXIT_OK, InputError
+from aos_operator.errors import EXIT_OK, BuildError, InputError
 from aos_operator.image import BuildResult, Package, open_package
 from aos_operator.packaging import build_service, pull_package, push_package, source_folder
 from aos_operator.registry.reference import Reference
@@ -43,6 +43,17 @@ def build(args: argparse.Namespace, path: Path, *, archive: Path | None, oci_lay
           loaded: tuple[ServiceDescription, ConfigResult] | None = None) -> BuildResult:
     service, config = loaded or load_for_build(path, args.item)
     image = choose_image(service, args.arch)
+    if not image.command:
+        # version 2 ignores unknown keys: a misspelt `cmd` would build a package that runs nothing
+        raise BuildError(f"{config.file}: the {image.platform.label()} image has no command (cmd): "
+                         "the package would have nothing to run",
+                         hint="set cmd; a warning above names a key that may be a misspelt cmd")
+    if config.base_dir is not None and not (config.base_dir / image.source_folder).is_dir():
+        from aos_operator.cli.validate import source_key
+
+        raise InputError(f"{config.base_dir / image.source_folder}: the service's source folder does not exist",
+                         hint=f"create it, or name the folder that holds the image's files in "
+                         f"{source_key(config, image)}")
     source = source_folder(image, config.base_dir or path)
     line = progress.BuildProgress(progress.enabled(args))
     try:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from aos_operator.cli.output import add_output_option, emit, structured
-from aos_operator.errors import EXIT_INVALID, EXIT_OK, EXIT_UNREADABLE, AosError
+from aos_operator.errors import EXIT_INVALID, EXIT_OK, EXIT_UNREADABLE, AosError, Issue
 from aos_operator.service import ConfigResult, ServiceDescription, image_config, read_config, service_config
 from aos_operator.service.schema import config_json_schema
 from aos_operator.service.units import human_bytes
@@ -76,6 +76,40 @@ def result_json(result: ConfigResult, strict: bool) -> dict[str, Any]:
     }
 
 
+def source_key(result: ConfigResult, image: object) -> str:
+    """The config key that names an image's source folder, for messages."""
+    named = getattr(image, "source_key", None)
+    if named:
+        return str(named)
+    if result.dialect == 1:
+        return "build.source_folder"
+    return f"sourceFolder (or path) of the {image.platform.label()} image"  # type: ignore[attr-defined]
+
+
+def check_source_folders_exist(result: ConfigResult, service_directory: bool) -> ConfigResult:
+    """A source folder that is not there cannot be built: an error for a service directory, a
+    warning for a lone config.yaml (which may be checked away from its files)."""
+    if result.base_dir is None:
+        return result
+    for service in result.services:
+        for image in service.images:
+            folder = result.base_dir / image.source_folder
+            if not folder.is_dir():
+                result.issues.append(Issue(
+                    result.file, None, source_key(result, image),
+                    f"the source folder {image.source_folder or '.'}/ does not exist in {result.base_dir}; "
+                    "create it or name the folder that holds the image's files",
+                    "error" if service_directory else "warning"))
+    return result
+
+
+def read_checked(path: Path, *, local: bool) -> ConfigResult:
+    """What validate reports on: the config's own checks, then what it refers to on disk."""
+    result = read_config(path, check_upload=not local)
+    in_service_directory = path.is_dir() or path.parent.name == "meta"
+    return check_source_folders_exist(result, in_service_directory)
+
+
 def _unreadable_json(path: str, error: AosError) -> dict[str, Any]:
     issue = {"file": path, "line": None, "field": "", "message": error.message, "severity": "error"}
     return {"file": path, "dialect": None, "valid": False, "unreadable": True, "issues": [issue], "services": []}
@@ -88,7 +122,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
     documents: list[dict[str, Any]] = []
     for path in args.paths:
         try:
-            result = read_config(Path(path), check_upload=not args.local)
+            result = read_checked(Path(path), local=args.local)
         except AosError as error:
             codes.append(EXIT_UNREADABLE)
             if structured(args):
