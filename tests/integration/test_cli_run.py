@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -50,3 +51,16 @@ def test_run_refuses_a_missing_target(tmp_path: Path) -> None:
     process = aosctl_run(tmp_path, "no-such-dir")
     assert process.returncode == 2
     assert "no such file or directory" in process.stderr and "Traceback" not in process.stderr
+
+
+def test_quiet_run_prints_only_the_service_output_and_json_gives_a_document(tmp_path: Path) -> None:
+    process = aosctl_run(tmp_path, str(EXAMPLES / "hello-world"), "--timeout", "3", "--quiet")
+    assert process.returncode == 0, process.stderr
+    assert "Hello from an AosEdge service" in process.stdout
+    assert "limit memory" not in process.stderr and "service ID" not in process.stderr
+    process = aosctl_run(tmp_path, str(EXAMPLES / "hello-world"), "--timeout", "3", "-o", "json")
+    document = json.loads(process.stdout)
+    assert document["kind"] == "RunResult" and document["interrupted"] is True
+    assert document["serviceId"] == "0c3f6b8e-5a47-4a4b-9d8b-6f1c2b7e4a10"
+    assert document["instances"][0]["phase"] == "Stopped"
+    assert "Hello from an AosEdge service" in process.stderr, "with a document on stdout the output moves to stderr"
