@@ -267,14 +267,11 @@ def test_an_unreachable_registry_says_that_it_retries(capsys: pytest.CaptureFixt
     assert "retry 1 of 5" not in err and "gave up" in err, "--quiet keeps only the error"
 
 
-def test_push_progress_on_a_terminal(tmp_path: Path, registry: RegistryServer) -> None:
-    """stderr a terminal: a progress line is drawn and erased; stdout still has only the result."""
+def on_a_terminal(*arguments: str) -> tuple[int, str, str]:
+    """Run aosctl with stderr on a pseudo-terminal; returns (exit code, stdout, what the terminal got)."""
     primary, secondary = pty.openpty()
-    process = subprocess.run(
-        [sys.executable, "-m", "aos_operator.cli", "push", str(EXAMPLES / "hello-world"),
-         f"{registry.host}/aos/tty:1", "--cache-dir", str(tmp_path / "c")],
-        stdout=subprocess.PIPE, stderr=secondary, timeout=120, check=False,
-    )
+    process = subprocess.run([sys.executable, "-m", "aos_operator.cli", *arguments],
+                             stdout=subprocess.PIPE, stderr=secondary, timeout=120, check=False)
     os.close(secondary)
     chunks = []
     while True:
@@ -286,7 +283,19 @@ def test_push_progress_on_a_terminal(tmp_path: Path, registry: RegistryServer) -
             break
         chunks.append(data)
     os.close(primary)
-    terminal = b"".join(chunks).decode()
-    assert process.returncode == 0, terminal
-    assert "\r" in terminal and ("build  [" in terminal or "push [" in terminal)
-    assert process.stdout.decode().strip().startswith(f"{registry.host}/aos/tty:1@sha256:")
+    return process.returncode, process.stdout.decode(), b"".join(chunks).decode()
+
+
+def test_push_and_pull_progress_on_a_terminal(tmp_path: Path, registry: RegistryServer) -> None:
+    """stderr a terminal: progress lines are drawn in place; stdout still has only the result."""
+    reference = f"{registry.host}/aos/tty:1"
+    code, out, terminal = on_a_terminal("push", str(EXAMPLES / "hello-world"), reference,
+                                        "--cache-dir", str(tmp_path / "c"))
+    assert code == 0, terminal
+    assert "\rpush [" in terminal and "scan " in terminal, "build phases and push bytes are drawn in place"
+    assert out.strip().startswith(f"{reference}@sha256:")
+    code, out, terminal = on_a_terminal("pull", reference, "-o", str(tmp_path / "pulled"))
+    assert code == 0, terminal
+    assert "\rpull " in terminal and " kB" in terminal and out.strip().startswith("sha256:")
+    code, _, terminal = on_a_terminal("pull", reference, "-o", str(tmp_path / "again"), "-q")
+    assert code == 0 and "\rpull" not in terminal, "--quiet draws no progress"

@@ -28,10 +28,14 @@ def _connection(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from aos_operator.api.client import Connection
 
     connection = Connection(server=args.kube_server, kubeconfig=args.kubeconfig)
-    if not args.kube_server and not (os.environ.get("KUBERNETES_SERVICE_HOST") and not args.kubeconfig):
-        candidates = [args.kubeconfig] if args.kubeconfig else \
-            (os.environ.get("KUBECONFIG") or "").split(os.pathsep) if os.environ.get("KUBECONFIG") else \
-            [str(Path.home() / ".kube" / "config")]
+    in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and not args.kubeconfig
+    if not args.kube_server and not in_cluster:
+        if args.kubeconfig:
+            candidates = [args.kubeconfig]
+        elif os.environ.get("KUBECONFIG"):
+            candidates = os.environ["KUBECONFIG"].split(os.pathsep)
+        else:
+            candidates = [str(Path.home() / ".kube" / "config")]
         if not any(candidate and Path(candidate).is_file() for candidate in candidates):
             raise InputError(
                 f"no Kubernetes API to talk to: not in a cluster, and no kubeconfig at {', '.join(candidates)}",

@@ -88,7 +88,11 @@ def cmd_logs(args: argparse.Namespace) -> int:
 
     _needs_root("aosctl logs")
     runtime = _runtime(args)
-    (instance_id,) = find_instances(runtime, [args.instance])[:1] or [args.instance]
+    found = find_instances(runtime, [args.instance])
+    if len(found) > 1:
+        raise InputError(f"{args.instance}: the service has {len(found)} instances "
+                         f"({', '.join(i[:12] for i in found)})", hint="name one by its instance ID (aosctl ps)")
+    instance_id = found[0]
     path = runtime.log_path(instance_id)
     rotated = path.with_name(path.name + ".1")
     history = b""

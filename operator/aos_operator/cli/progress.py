@@ -71,6 +71,7 @@ class TransferProgress(ProgressLine):
 
     def __enter__(self) -> TransferProgress:
         if self.enabled:
+            self._sample()  # drawn at once: a short transfer shows its line too
             self._thread = threading.Thread(target=self._run, name="aosctl-progress", daemon=True)
             self._thread.start()
         return self
@@ -79,14 +80,18 @@ class TransferProgress(ProgressLine):
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+            self._sample()
         self.close()
 
     def _run(self) -> None:
         while not self._stop.wait(0.2):
-            done = self.counter()
-            elapsed = max(time.monotonic() - self._started, 1e-3)
-            rate = f"{transfer_bytes(done / elapsed)}/s"
-            if self.total:
-                self.draw(f"{self.label} {bar(done, self.total)} {rate}")
-            else:
-                self.draw(f"{self.label} {transfer_bytes(done)} {rate}")
+            self._sample()
+
+    def _sample(self) -> None:
+        done = self.counter()
+        elapsed = max(time.monotonic() - self._started, 1e-3)
+        rate = f"{transfer_bytes(done / elapsed)}/s"
+        if self.total:
+            self.draw(f"{self.label} {bar(done, self.total)} {rate}")
+        else:
+            self.draw(f"{self.label} {transfer_bytes(done)} {rate}")
