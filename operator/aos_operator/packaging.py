@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -21,6 +21,7 @@ from aos_operator.image.tree import SymlinkPolicy, resolve_source_folder
 from aos_operator.registry import RegistryClient, RegistryLimits
 from aos_operator.registry.content import BlobSource
 from aos_operator.registry.credentials import DockerConfig
+from aos_operator.registry.retry import RetryPolicy
 from aos_operator.registry.reference import Reference
 from aos_operator.runtime.paths import is_dir_in_root
 from aos_operator.service import image_config, service_config
@@ -34,7 +35,9 @@ def source_folder(image: Image, base_dir: Path) -> Path:
     if not folder.is_dir():
         raise InputError(
             f"{folder}: the service's source folder does not exist",
-            hint="create it, or set build.source_folder (schema version 1) or sourceFolder (version 2)",
+            hint=f"create it, or name the right folder: {image.source_key}" if getattr(image, "source_key", None)
+            else "create it, or name the right folder: build.source_folder (schema version 1), or the image's "
+            "sourceFolder or path (schema version 2)",
         )
     return folder
 
@@ -110,7 +113,41 @@ class _PackageBlob:
     size: int
 
     def open(self) -> BinaryIO:
-        return self.package.reader(self.digest)
+        return _BlobReader(self.package, self.digest)  # type: ignore[return-value]
+
+    def __str__(self) -> str:
+        return f"blob {self.digest} of {self.package.source}"
+
+
+class _BlobReader:
+    """A package blob as a file: reading from the start verifies the digest at the end; `seek`
+    (the chunked upload starts each chunk at its offset) reopens the blob there, unverified, as
+    the registry checks the digest of the whole upload when it completes."""
+
+    def __init__(self, package: Package, digest: str) -> None:
+        self._package, self._digest = package, digest
+        self._stream: BinaryIO | None = None
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        if whence != 0 or self._stream is not None:
+            raise OSError(f"blob {self._digest}: can only seek once, from the start, before reading")
+        self._stream = self._package.reader(self._digest, offset)
+        return offset
+
+    def read(self, size: int = -1) -> bytes:
+        if self._stream is None:
+            self._stream = self._package.reader(self._digest)
+        return self._stream.read(size)
+
+    def close(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+
+    def __enter__(self) -> _BlobReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
 def blob_sources(package: Package) -> Mapping[str, BlobSource]:
@@ -136,15 +173,20 @@ def registry_client(
     auth_file: Path | None = None,
     limits: RegistryLimits | None = None,
     insecure_registries: tuple[str, ...] = (),
+    docker_defaults: bool = False,
+    notify_retry: Callable[[str], None] | None = None,
 ) -> RegistryClient:
-    credentials = DockerConfig.from_file(auth_file) if auth_file else None
-    return RegistryClient(
-        credentials=credentials,
-        ca_file=ca_file,
-        insecure=insecure,
-        limits=limits,
-        insecure_registries=insecure_registries,
-    )
+    """A client with the credentials of `auth_file`, else (`docker_defaults`) of docker's own
+    config.json, as docker, skopeo and crane find it; `notify_retry` hears of every retry."""
+    if auth_file:
+        credentials: DockerConfig | None = DockerConfig.from_file(auth_file)
+    elif docker_defaults:
+        credentials = DockerConfig.from_file(None)
+    else:
+        credentials = None
+    retry = RetryPolicy(notify=notify_retry) if notify_retry else None
+    return RegistryClient(credentials=credentials, ca_file=ca_file, insecure=insecure, retry=retry,
+                          limits=limits, insecure_registries=insecure_registries)
 
 
 def push_package(client: RegistryClient, package: Package, reference: str, mount_from: tuple[str, ...] = ()) -> str:

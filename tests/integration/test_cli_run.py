@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -28,12 +29,15 @@ def aosctl_run(tmp_path: Path, *arguments: str) -> subprocess.CompletedProcess[s
 def test_run_builds_runs_and_cleans_up(tmp_path: Path) -> None:
     process = aosctl_run(tmp_path, str(EXAMPLES / "hello-world"), "--timeout", "4", "--instances", "2")
     assert process.returncode == 0, process.stderr
-    out = process.stdout
-    assert "[aos] limit memory: 64000000 bytes" in out
-    assert "CFS quota" in out
+    out, err = process.stdout, process.stderr
+    # aosctl's own lines are messages (stderr); the service's output is the result (stdout)
+    assert "aosctl: limit memory: 64000000 bytes" in err and "limit memory" not in out
+    assert "CFS quota" in err
+    assert "aosctl: service ID 0c3f6b8e-5a47-4a4b-9d8b-6f1c2b7e4a10 (the config's service ID)" in err
     assert "[0] Hello from an AosEdge service (instance 0, run 1)" in out
     assert "[1] Hello from an AosEdge service (instance 1, run 1)" in out
-    assert "instance 1: Stopped" in out
+    assert "Hello" not in err
+    assert "instance 1: Stopped" in err
     mounts = Path("/proc/mounts").read_text()
     assert str(tmp_path) not in mounts, "no mount is left behind"
     loops = subprocess.run(["losetup", "-a"], capture_output=True, text=True, check=True).stdout
@@ -47,3 +51,16 @@ def test_run_refuses_a_missing_target(tmp_path: Path) -> None:
     process = aosctl_run(tmp_path, "no-such-dir")
     assert process.returncode == 2
     assert "no such file or directory" in process.stderr and "Traceback" not in process.stderr
+
+
+def test_quiet_run_prints_only_the_service_output_and_json_gives_a_document(tmp_path: Path) -> None:
+    process = aosctl_run(tmp_path, str(EXAMPLES / "hello-world"), "--timeout", "3", "--quiet")
+    assert process.returncode == 0, process.stderr
+    assert "Hello from an AosEdge service" in process.stdout
+    assert "limit memory" not in process.stderr and "service ID" not in process.stderr
+    process = aosctl_run(tmp_path, str(EXAMPLES / "hello-world"), "--timeout", "3", "-o", "json")
+    document = json.loads(process.stdout)
+    assert document["kind"] == "RunResult" and document["interrupted"] is True
+    assert document["serviceId"] == "0c3f6b8e-5a47-4a4b-9d8b-6f1c2b7e4a10"
+    assert document["instances"][0]["phase"] == "Stopped"
+    assert "Hello from an AosEdge service" in process.stderr, "with a document on stdout the output moves to stderr"

@@ -42,7 +42,7 @@ def test_invalid_config_lists_every_error_as_file_line_field(capsys: pytest.Capt
     )
     code, out, err = run(capsys, "validate", str(config))
     assert code == 1
-    lines = out.strip().splitlines()
+    lines = err.strip().splitlines()  # problems are the tool's messages: stderr
     assert len(lines) == 4
     parsed = [ERROR_LINE.match(line) for line in lines]
     assert all(parsed), lines
@@ -52,14 +52,14 @@ def test_invalid_config_lists_every_error_as_file_line_field(capsys: pytest.Capt
         ("13", "configuration.quotas.cpu"),
         ("14", "configuration.hostnme"),
     ]
-    assert "did you mean 'hostname'" in out
-    assert "4 errors" in err
+    assert "did you mean 'hostname'" in err
+    assert out.strip() == f"{config}: invalid, 4 errors"  # the verdict is the result: stdout
 
 
 def test_warnings_do_not_fail(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "validate", str(CONFIG_CORPUS / "v1" / "valid" / "legacy-cpu-percent.yaml"))
+    code, out, err = run(capsys, "validate", str(CONFIG_CORPUS / "v1" / "valid" / "legacy-cpu-percent.yaml"))
     assert code == 0
-    assert "warning: quotas.cpu is in DMIPS" in out
+    assert "warning: quotas.cpu is in DMIPS" in err and "valid (schema version 1)" in out
 
 
 def test_local_skips_upload_credentials(capsys: pytest.CaptureFixture[str]) -> None:

@@ -16,6 +16,7 @@ import kubernetes
 from kubernetes.client.exceptions import ApiException
 
 from aos_operator.api.models import GROUP, VERSION, Kind
+from aos_operator.errors import InputError
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,16 @@ class Connection:
         else:
             kubernetes.config.load_kube_config(config_file=self.kubeconfig, client_configuration=configuration)
         return configuration
+
+    def check(self) -> None:
+        """Load the configuration now, so that a missing or broken kubeconfig is an InputError
+        naming it (the CLI's exit code 2), not a traceback from the first request."""
+        try:
+            self.configuration()
+        except (kubernetes.config.ConfigException, OSError, ValueError, TypeError) as error:
+            where = self.kubeconfig or os.environ.get("KUBECONFIG") or "~/.kube/config"
+            raise InputError(f"{where}: cannot use this kubeconfig: {error}",
+                             hint="pass --kubeconfig FILE or --kube-server URL") from None
 
 
 class KubeClient:

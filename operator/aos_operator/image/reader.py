@@ -85,9 +85,23 @@ class Package:
     def read_blob(self, digest: str) -> bytes:
         return b"".join(self.iter_blob(digest))
 
-    def reader(self, digest: str) -> BinaryIO:
-        """A new file object over the blob; reading it to the end verifies it (raises PackageError otherwise)."""
-        return _ChunkReader(self.iter_blob(digest))  # type: ignore[return-value]
+    def reader(self, digest: str, offset: int = 0) -> BinaryIO:
+        """A new file object over the blob; reading it to the end verifies it (raises PackageError otherwise).
+
+        From an `offset` (a chunk of an upload) it reads the rest of the blob unverified: the digest
+        is the whole blob's, so whoever assembles the chunks (the registry) checks it."""
+        if not offset:
+            return _ChunkReader(self.iter_blob(digest))  # type: ignore[return-value]
+        descriptor = self.descriptor(digest)
+        raw = self._blobs.get(digest_hex(digest))
+        if raw is None or raw.size != descriptor.size:
+            raise PackageError(f"{self.source}: blob {digest} is missing or has the wrong size",
+                               hint="the package is incomplete; rebuild or download it again")
+        if not 0 < offset <= descriptor.size:
+            raise PackageError(f"{self.source}: blob {digest}: offset {offset} is outside its {descriptor.size} bytes")
+        file = raw.open()
+        file.seek(offset, io.SEEK_CUR)
+        return _Bounded(file, descriptor.size - offset)  # type: ignore[return-value]
 
     @contextmanager
     def open_blob(self, digest: str) -> Iterator[BinaryIO]:
@@ -230,6 +244,14 @@ class _Bounded(io.RawIOBase):
 
     def readable(self) -> bool:
         return True
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Only forward from the current position (SEEK_CUR): enough to start inside a blob."""
+        if whence != io.SEEK_CUR or not 0 <= offset <= self._left:
+            raise io.UnsupportedOperation("a bounded blob reader only skips forward")
+        self._file.seek(offset, io.SEEK_CUR)
+        self._left -= offset
+        return offset
 
     def readinto(self, buffer: Any) -> int:
         if not self._left:

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 from urllib.parse import urlencode, urljoin
 
 import urllib3
@@ -196,10 +197,12 @@ class RegistryClient:
         descriptor = Descriptor(media_type="", digest=source.digest, size=source.size, field="blob")
         self._push_blob(ref, descriptor, source, mount_from)
 
-    def blob_exists(self, repository: str | Reference, digest: str, *, for_push: bool = False) -> bool:
-        """Whether the repository has the blob; `for_push` asks with the push token (one token per push)."""
+    def blob_exists(self, repository: str | Reference, digest: str, *, for_push: bool = False,
+                    what: str | None = None) -> bool:
+        """Whether the repository has the blob; `for_push` asks with the push token (one token per push).
+        `what` names the operation in errors (a push names the reference the user gave)."""
         ref = parse_reference(repository)
-        what = f"check {ref.repository_name}@{digest}"
+        what = what or f"check {ref.repository_name}@{digest}"
         response = self.transport.request(
             "HEAD",
             ref.api_host,
@@ -214,7 +217,7 @@ class RegistryClient:
 
     def _push_blob(self, ref: Reference, descriptor: Descriptor, source: BlobSource, mount_from: Sequence[str]) -> None:
         what = f"push {ref} ({descriptor.field} {descriptor.digest})"
-        if self.blob_exists(ref, descriptor.digest, for_push=True):
+        if self.blob_exists(ref, descriptor.digest, for_push=True, what=what):
             self.stats.add(blobs_present=1)
         else:
             session = None
@@ -506,6 +509,40 @@ class RegistryClient:
             raise InputError(f"{directory}: cannot write manifest.json ({error.strerror})") from None
         return manifest
 
+    # -- listing and login (aosctl ls, login) -------------------------------------------
+
+    def list_tags(self, repository: str | Reference, *, limit: int = 10_000) -> list[str]:
+        """The repository's tags (following `Link` pages), at most `limit` of them."""
+        ref = parse_reference(repository)
+        what = f"list tags of {ref.repository_name}"
+        path: str | None = f"/v2/{ref.repository}/tags/list?n=1000"
+        tags: list[str] = []
+        while path and len(tags) < limit:
+            response = self.transport.request(
+                "GET", ref.api_host, path, what=what, scopes=[repository_scope(ref.repository)],
+                headers={"Accept": "application/json"},
+            )
+            if response.status != 200:
+                raise self._status_error(response, what, ref, "pull")
+            link = response.headers.get("Link", "")
+            document = parse_json_body(read_body(response, MAX_MANIFEST_BYTES, what), what)
+            page = document.get("tags") if isinstance(document, dict) else None
+            if page is not None and (not isinstance(page, list) or not all(isinstance(t, str) for t in page)):
+                raise RegistryError(f"{what}: the registry's tag list is not a list of strings")
+            tags.extend(page or [])
+            path = _next_page(link)
+        return sorted(set(tags[:limit]))
+
+    def check_login(self, registry: str) -> None:
+        """Ask the registry's API root with the client's credentials; raise RegistryError when
+        they are refused (a registry without authentication accepts anyone)."""
+        ref = parse_reference(f"{registry}/login-check")
+        what = f"log in to {registry}"
+        response = self.transport.request("GET", ref.api_host, "/v2/", what=what)
+        if response.status != 200:
+            raise self._status_error(response, what, ref, "pull")
+        discard(response)
+
     # -- shared ------------------------------------------------------------------------
 
     def _parallel(self, action: Callable[[T], None], items: Sequence[T]) -> None:
@@ -686,3 +723,18 @@ def _sink_call(operation: Callable[[], None], what: str) -> None:
 def _abort(sink: BlobSink) -> None:
     with contextlib.suppress(OSError):  # the original error matters more than a failed clean-up
         sink.abort()
+
+
+def _next_page(link: str) -> str | None:
+    """The path of a `Link: </v2/...?n=..&last=..>; rel="next"` header, if any."""
+    if 'rel="next"' not in link or "<" not in link:
+        return None
+    target = link[link.index("<") + 1 : link.index(">")] if ">" in link else ""
+    return target if target.startswith("/v2/") else None
+
+
+def parse_json_body(data: bytes, what: str) -> Any:
+    try:
+        return json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise RegistryError(f"{what}: the registry answered with invalid JSON ({error})") from None

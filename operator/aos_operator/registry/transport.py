@@ -427,8 +427,8 @@ def _read_reply(response: urllib3.BaseHTTPResponse, limit: int, what: str) -> Re
 def credentials_hint(host: str, credentials: Credentials | None) -> str:
     if credentials is None:
         return (
-            f"give credentials for {host}: an 'auths' entry in docker's config.json or an image pull "
-            "secret (.dockerconfigjson)"
+            f"give credentials for {host}: `aosctl login {host}` (or `docker login`), a docker config.json "
+            "passed with --auth FILE, or an image pull secret (.dockerconfigjson)"
         )
     return f"check the user name and password given for {host} and that user's rights on the repository"
 

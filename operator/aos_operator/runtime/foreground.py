@@ -61,8 +61,9 @@ class _Stream:
 
 @contextmanager
 def stop_on_signals(stop_event: threading.Event) -> Iterator[None]:
-    """Set `stop_event` on SIGINT and SIGTERM inside the block (main thread only)."""
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    """Set `stop_event` on SIGINT, SIGTERM and SIGHUP (the terminal closed) inside the block
+    (main thread only)."""
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     for sig in previous:
         signal.signal(sig, lambda signum, frame: stop_event.set())
     try:
@@ -76,12 +77,17 @@ def _describe(status: InstanceStatus) -> str:
     text = status.phase.value
     if status.reason:
         text += f" ({status.reason})"
-    if status.last_exit is not None and status.phase != Phase.RUNNING:
-        text += f", last exit code {status.last_exit.exit_code} ({status.last_exit.reason})"
+    if status.last_exit is not None:
+        # after a crash and a restart, "Running" alone would hide the crash
+        label = "previous run exited with code" if status.phase == Phase.RUNNING else "last exit code"
+        text += f", {label} {status.last_exit.exit_code} ({status.last_exit.reason})"
     if status.restarts:
-        text += f", restarts {status.restarts}"
+        text += f", restarted {status.restarts} time{'s' if status.restarts != 1 else ''}"
     if status.message:
         text += f": {status.message}"
+    if status.reason == "CrashLoop" and status.exit_code == 0:
+        text += " (the service ends by itself with exit code 0 and is restarted each time; run it with " \
+                "--no-restart if it is meant to end)"
     return text
 
 
@@ -107,6 +113,15 @@ def run_foreground(package_dir: Path | str, instances: int = 1, node: NodeFacts 
     ids = {identity.instance_id for identity in identities}
     index_of = {identity.instance_id: identity.index for identity in identities}
     interrupted = False
+    said: dict[str, str] = {}  # the last status line of each instance: each change is said once
+
+    def say(status: InstanceStatus) -> None:
+        line = f"[aos] instance {index_of[status.instance_id]}: {_describe(status)}\n"
+        if said.get(status.instance_id) != line:
+            said[status.instance_id] = line
+            output.write(line)
+            output.flush()
+
     try:
         for identity in identities:
             runtime.start(identity, package, restart=restart, wait=False)
@@ -115,8 +130,7 @@ def run_foreground(package_dir: Path | str, instances: int = 1, node: NodeFacts 
                 stream.pump(output)
             for status in poller.poll():
                 if status.instance_id in ids:
-                    output.write(f"[aos] instance {index_of[status.instance_id]}: {_describe(status)}\n")
-                    output.flush()
+                    say(status)
             if stop_event.is_set():
                 interrupted = True
                 break
@@ -132,6 +146,5 @@ def run_foreground(package_dir: Path | str, instances: int = 1, node: NodeFacts 
             stream.follower.close()
     statuses = [runtime.status(identity.instance_id) for identity in identities]
     for status in statuses:
-        output.write(f"[aos] instance {index_of[status.instance_id]}: {_describe(status)}\n")
-    output.flush()
+        say(status)
     return ForegroundResult(statuses, interrupted)

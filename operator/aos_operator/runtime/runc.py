@@ -42,7 +42,9 @@ class Runc:
         except FileNotFoundError:
             raise RuntimeFailure(f"{self.binary}: not found", hint="install runc (apt-get install runc)") from None
         if result.returncode != 0:
-            raise RuntimeFailure(f"runc create failed: {last_error(log_file) or f'exit {result.returncode}'}")
+            # runc's own message often starts with "runc create failed: " already: say it once
+            detail = (last_error(log_file) or f"exit {result.returncode}").removeprefix("runc create failed: ")
+            raise RuntimeFailure(f"runc create failed: {detail}")
 
     def start(self, container_id: str) -> None:
         self._run("start", container_id)

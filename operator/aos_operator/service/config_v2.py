@@ -13,7 +13,7 @@ from datetime import timedelta
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, model_validator
 
 from aos_operator.service import units
 from aos_operator.service.fields import RUNNERS, DeviceMode, SemVerText, V2Size, V2Speed
@@ -192,6 +192,9 @@ class LayerRef(_Model):
     maxVersion: SemVerText | None = None
 
 
+LegacyLayerRef = Annotated[str, Strict(), Field(max_length=255, description="Legacy: a layer named by its UID")]
+
+
 def _default_runtimes() -> list[Identity]:
     return [Identity(codename="runc", type="runtime"), Identity(codename="crun", type="runtime")]
 
@@ -224,7 +227,8 @@ class Configuration(_Model):
     devices: list[DeviceAccess] | None = Field(None, description="Extension: host devices")
     sysctl: dict[str, str] | None = Field(None, description="Extension: kernel parameters")
     requestedResources: RequestedResources | None = Field(None, description="Extension: reservation")
-    layers: list[LayerRef] | None = Field(None, description="Extension: required Aos layers")
+    # the legacy plain-string form (`- some-layer`) of AosEdge's demo services, as in version 1
+    layers: list[LayerRef | LegacyLayerRef] | None = Field(None, description="Extension: required Aos layers")
     downloadTTL: timedelta | None = Field(None, description="Extension: download TTL")
 
 

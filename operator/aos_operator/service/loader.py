@@ -6,6 +6,7 @@ services only through `read_config`, `parse_config_data` and `load_service`.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,8 +85,14 @@ def detect_dialect(data: dict[Any, Any]) -> int:
 
 def _warn_unknown_keys(model: BaseModel, path: tuple[Any, ...], report: Reporter) -> None:
     """Schema version 2 ignores unknown keys; say so, since a typo there is silent otherwise."""
+    known = [info.alias or name for name, info in type(model).model_fields.items()]
     for key in (model.model_extra or {}):
-        report.warning(path + (key,), "unknown key, ignored by AosEdge; is it misspelt?")
+        close = difflib.get_close_matches(str(key), known, n=1) if len(str(key)) <= 100 else []
+        if close:
+            message = f"unknown key, ignored by AosEdge; did you mean {close[0]!r}?"
+        else:
+            message = f"unknown key, ignored by AosEdge; known here: {', '.join(known)}"
+        report.warning(path + (key,), message)
     for name, info in type(model).model_fields.items():
         value = getattr(model, name)
         key = info.alias or name

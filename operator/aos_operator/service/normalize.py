@@ -7,6 +7,7 @@ issue still carries the path of the field it is about.
 
 from __future__ import annotations
 
+import difflib
 import shlex
 from collections.abc import Sequence
 from datetime import timedelta
@@ -43,14 +44,17 @@ ARCHITECTURES: dict[str, tuple[str, str | None]] = {
 }
 
 
-def platform_of(os_name: str, architecture: str, variant: str | None, report: Reporter, path: Path) -> d.Platform:
+def platform_of(os_name: str, architecture: str, variant: str | None, report: Reporter, os_path: Path,
+                arch_path: Path) -> d.Platform:
+    """The OCI platform; an unknown architecture is an error at its own key (a package for a
+    platform no device has would be built, and run on the wrong one)."""
     if os_name.lower() != "linux":
-        report.error(path + ("os",), f"{os_name!r} is not supported: AosEdge devices run linux services only")
+        report.error(os_path, f"{os_name!r} is not supported: AosEdge devices run linux services only")
     known = ARCHITECTURES.get(architecture.lower())
     if known is None:
-        report.warning(
-            path + ("arch",), f"unknown architecture {architecture!r}; known: {', '.join(sorted(ARCHITECTURES))}"
-        )
+        close = difflib.get_close_matches(architecture.lower(), list(ARCHITECTURES), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        report.error(arch_path, f"unknown architecture {architecture!r}{hint}; known: {', '.join(sorted(ARCHITECTURES))}")
         return d.Platform(architecture=architecture.lower(), variant=variant)
     return d.Platform(architecture=known[0], variant=variant or known[1])
 
@@ -317,7 +321,7 @@ def from_v1(config: v1.ConfigV1, report: Reporter, *, check_upload: bool) -> d.S
 
     check_source_folder(config.build.source_folder, report, ("build", "source_folder"))
     image = d.Image(
-        platform=platform_of(config.build.os, config.build.arch, None, report, ("build",)),
+        platform=platform_of(config.build.os, config.build.arch, None, report, ("build", "os"), ("build", "arch")),
         source_folder=config.build.source_folder,
         source_key="build.source_folder",
         command=split_command(conf.cmd, report, c + ("cmd",)),
@@ -454,7 +458,8 @@ def from_v2_item(config: v2.ConfigV2, index: int, report: Reporter) -> d.Service
             folder = ""
         key = _source_folder_key(item, image, base, where)
         check_source_folder(folder, report, key)
-        platform = platform_of(image.osInfo.os, image.archInfo.architecture, image.archInfo.variant, report, where + ("osInfo",))
+        platform = platform_of(image.osInfo.os, image.archInfo.architecture, image.archInfo.variant, report,
+                               where + ("osInfo", "os"), where + ("archInfo", "architecture"))
         if platform.label() in seen_architectures:
             report.error(where + ("archInfo",), f"a second image for {platform.label()}; one image per platform")
         seen_architectures.add(platform.label())

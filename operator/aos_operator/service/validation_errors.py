@@ -86,7 +86,10 @@ def _model_at(model: type[BaseModel], path: tuple[Any, ...]) -> type[BaseModel] 
         current = _unwrap_to_model(current, segment)
         if current is None:
             return None
-    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+    for candidate in _candidates(current):  # `Quotas | None` is the model Quotas
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
 
 
 def _candidates(annotation: Any) -> list[Any]:
@@ -115,6 +118,10 @@ def _unwrap_to_model(current: Any, segment: Any) -> Any:
     return None
 
 
+# Words people write for a key of another name (version 1's short quota names).
+_SYNONYMS = {"ram": "mem", "memory": "mem", "tmp": "temp", "disk": "storage"}
+
+
 def allowed_keys(model: type[BaseModel]) -> list[str]:
     return [info.alias or name for name, info in model.model_fields.items()]
 
@@ -130,6 +137,8 @@ def _message(error: dict[str, Any], value: Any, root_model: type[BaseModel], pat
         key = str(path[-1]) if path else ""
         # a near miss is a typo of a short key; comparing a huge key would only cost time
         close = difflib.get_close_matches(key, allowed, n=1) if len(key) <= MAX_ECHO else []
+        if not close and _SYNONYMS.get(key.lower()) in allowed:
+            close = [_SYNONYMS[key.lower()]]
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         return f"unknown key{hint}; allowed here: {', '.join(allowed)}" if allowed else "unknown key"
     if kind in _TYPE_NAMES:

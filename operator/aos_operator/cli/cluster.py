@@ -1,0 +1,249 @@
+"""`aosctl operator`, `agent`, `agent-health` and `crds`: the commands the Helm chart runs."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from aos_operator.cli import trust
+from aos_operator.cli.common import (
+    kube_options,
+    max_layer_size_option,
+    registry,
+    registry_options,
+    seconds,
+    whole_number,
+)
+from aos_operator.packaging import registry_limits
+from aos_operator.errors import EXIT_FAILED, EXIT_OK, InputError, RuntimeFailure
+
+
+def _logging(args: argparse.Namespace) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if not args.verbose:
+        # kopf reports every handler call at INFO: one line per watch event, which buries ours.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+
+
+def _connection(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    """The API connection, refused up front when there is none to be had (no traceback later)."""
+    from aos_operator.api.client import Connection
+
+    connection = Connection(server=args.kube_server, kubeconfig=args.kubeconfig)
+    in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST")) and not args.kubeconfig
+    if not args.kube_server and not in_cluster:
+        if args.kubeconfig:
+            candidates = [args.kubeconfig]
+        elif os.environ.get("KUBECONFIG"):
+            candidates = os.environ["KUBECONFIG"].split(os.pathsep)
+        else:
+            candidates = [str(Path.home() / ".kube" / "config")]
+        if not any(candidate and Path(candidate).is_file() for candidate in candidates):
+            raise InputError(
+                f"no Kubernetes API to talk to: not in a cluster, and no kubeconfig at {', '.join(candidates)}",
+                hint="pass --kubeconfig FILE or --kube-server URL, or set KUBECONFIG",
+            )
+    connection.check()
+    return connection
+
+
+def cmd_operator(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from aos_operator.controller import handlers
+    from aos_operator.controller.settings import OperatorSettings
+
+    if not args.registry:
+        raise InputError("no registry: pass --registry HOST[:PORT][/PREFIX] or set AOS_REGISTRY")
+    connection = _connection(args)
+    _logging(args)
+    settings = OperatorSettings(
+        registry=args.registry,
+        work_dir=Path(args.work_dir),
+        connection=connection,
+        namespaces=tuple(args.namespace or ()),
+        registry_insecure=args.insecure,
+        registry_ca=Path(args.ca) if args.ca else None,
+        registry_auth=Path(args.auth) if args.auth else None,
+        registry_limits=registry_limits(args.request_timeout, args.min_blob_rate),
+        registry_insecure_hosts=tuple(args.insecure_registry or ()),
+        resync_seconds=args.resync,
+        instance_stop_timeout=args.stop_timeout,
+        liveness=args.liveness or None,
+        peering=args.peering,
+        sign_key=Path(args.sign_key) if args.sign_key else None,
+    )
+    asyncio.run(handlers.run(settings))
+    return EXIT_OK
+
+
+def _node_config(path: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Resources and host devices the node offers, from a small YAML file."""
+    if not path:
+        return (), ()
+    import yaml
+
+    try:
+        document = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise InputError(f"{path}: cannot read the node config: {error}") from None
+    if not isinstance(document, dict):
+        raise InputError(f"{path}: the node config must be a mapping with `resources` and `devices` lists")
+
+    def names(key: str) -> tuple[str, ...]:
+        items = document.get(key) or []
+        if not isinstance(items, list):
+            raise InputError(f"{path}: {key}: expected a list of names (or of mappings with `name`)")
+        found = []
+        for number, item in enumerate(items):
+            name = item.get("name") if isinstance(item, dict) else item
+            if not isinstance(name, str) or not name:
+                raise InputError(f"{path}: {key}[{number}]: expected a name (or a mapping with `name`)")
+            found.append(name)
+        return tuple(found)
+
+    return names("resources"), names("devices")
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from aos_operator.agent.core import DeviceAgent
+    from aos_operator.agent.loop import AgentLoop, AgentSettings
+    from aos_operator.api.client import KubeClient
+    from aos_operator.runtime import Runtime, RuntimeConfig, detect_node_facts, stop_on_signals
+
+    device = args.device or os.environ.get("NODE_NAME")
+    if not device:
+        raise InputError("no device name: pass --device NAME or set NODE_NAME")
+    if os.geteuid() != 0:
+        raise RuntimeFailure("the agent needs root: it runs services under runc", hint="run it as root")
+    connection = _connection(args)
+    _logging(args)
+    resources, host_devices = _node_config(args.node_config)
+    data_dir, run_dir = Path(args.data_dir), Path(args.run_dir)
+    config = RuntimeConfig(
+        state_root=data_dir,
+        run_root=run_dir,  # runc's state is then <run-dir>/runc, where the chart's docs look
+        base_path=args.base_rootfs,
+        cgroup_parent=args.cgroup_parent,
+        max_layer_bytes=args.max_layer_size,
+    )
+    node = detect_node_facts(dmips=args.dmips)
+    runtime = Runtime(config, node)
+    # The agent gets credentials from --auth or pull secrets, not from the node's docker config.
+    client = registry(args, notify=lambda line: logging.getLogger("aos_operator.registry").warning("%s", line),
+                      docker_defaults=False)
+    settings = AgentSettings(
+        device=device,
+        node=args.node or device,
+        run_dir=run_dir,
+        connection=connection,
+        heartbeat_seconds=args.heartbeat,
+        resources=resources,
+        host_devices=host_devices,
+    )
+    kube = KubeClient(settings.connection, user_agent=f"aos-agent/{device}")
+    from aos_operator.trust.verify import VerificationPolicy
+
+    policy = VerificationPolicy.load(args.signature_policy, args.verify_key or [])
+    logging.getLogger("aos_operator.agent").info("device %s: %s", device, policy.describe())
+    loop = AgentLoop(settings, kube, DeviceAgent(runtime, client, data_dir / "pulls", policy), node)
+    with stop_on_signals(loop.stop):
+        loop.run()
+    return EXIT_OK
+
+
+def cmd_agent_health(args: argparse.Namespace) -> int:
+    from aos_operator.agent.loop import agent_alive
+
+    alive, problem = agent_alive(Path(args.run_dir))
+    if alive:
+        return EXIT_OK
+    print(f"aosctl: {problem}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def cmd_crds(args: argparse.Namespace) -> int:
+    from aos_operator.api import crds
+
+    if args.output:
+        for path in crds.write_all(Path(args.output)):
+            print(path)
+    else:
+        print("---\n".join(crds.render(kind) for kind in crds.KINDS), end="")
+    return EXIT_OK
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    operator = commands.add_parser(
+        "operator", help="run the Kubernetes operator (AosService -> packages -> instances)",
+        description="Reconcile AosServices: validate their config, build and push their packages, place "
+        "AosServiceInstances on matching AosDevices, and report status. Runs until SIGTERM.",
+    )
+    operator.add_argument("--namespace", action="append", metavar="NS",
+                          help="watch this namespace (repeatable; default: all)")
+    operator.add_argument("--registry", default=os.environ.get("AOS_REGISTRY"), metavar="HOST[:PORT][/PREFIX]",
+                          help="the registry to push packages to ($AOS_REGISTRY)")
+    registry_options(operator, from_environment=True)
+    operator.add_argument("--work-dir", default="/var/cache/aos-operator", metavar="DIR",
+                          help="build cache and scratch space (default: %(default)s)")
+    trust.sign_key_option(operator, default=os.environ.get("AOS_SIGN_KEY"))
+    operator.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", metavar="URL",
+                          help="kopf probe endpoint, '' for none (default: %(default)s)")
+    operator.add_argument("--peering", metavar="NAME", help="kopf peering object; without it: standalone")
+    operator.add_argument("--resync", type=seconds(), default=30.0, metavar="SECONDS",
+                          help="re-check every service this often (default: %(default)s)")
+    operator.add_argument("--stop-timeout", type=seconds(), default=120.0, metavar="SECONDS",
+                          help="how long a removed instance waits for its agent to report it stopped "
+                          "(default: %(default)s)")
+    kube_options(operator)
+    operator.set_defaults(func=cmd_operator)
+
+    agent = commands.add_parser(
+        "agent", help="run the device agent of one edge node (root)",
+        description="Register and heart-beat this node's AosDevice, run the AosServiceInstances assigned to it "
+        "under runc, and report their status. Services keep running when the agent stops.",
+    )
+    agent.add_argument("--device", help="AosDevice name (default: $NODE_NAME)")
+    agent.add_argument("--node", help="Node whose labels the AosDevice mirrors (default: the device name)")
+    agent.add_argument("--data-dir", default="/var/lib/aos", metavar="DIR",
+                       help="packages, layers, storage and state (default: %(default)s)")
+    agent.add_argument("--run-dir", default="/run/aos", metavar="DIR",
+                       help="runtime state, bundles, runc state (default: %(default)s)")
+    agent.add_argument("--base-rootfs", default="/", metavar="DIR",
+                       help="the services' base layer: the host root, /host in a pod (default: %(default)s)")
+    agent.add_argument("--cgroup-parent", default="/aos", metavar="PATH",
+                       help="cgroup under which instances run (default: %(default)s)")
+    agent.add_argument("--dmips", type=whole_number(1), help="total DMIPS of the device (default: cores x 10000)")
+    agent.add_argument("--node-config", metavar="FILE", help="YAML with the resources and devices the node offers")
+    agent.add_argument("--heartbeat", type=seconds(), default=10.0, metavar="SECONDS",
+                       help="how often the AosDevice is renewed (default: %(default)s)")
+    max_layer_size_option(agent)
+    agent.add_argument("--signature-policy", choices=["required", "off"], default=os.environ.get("AOS_SIGNATURE_POLICY"),
+                       help="required: run only packages signed by a --verify-key (default when keys are given; "
+                       "$AOS_SIGNATURE_POLICY)")
+    trust.verify_key_option(agent, default=[item for item in os.environ.get("AOS_VERIFY_KEYS", "").split(":")
+                                            if item] or None)
+    registry_options(agent, from_environment=True)
+    kube_options(agent)
+    agent.set_defaults(func=cmd_agent)
+
+    health = commands.add_parser(
+        "agent-health", help="liveness check of a running agent (the chart's probe)",
+        description="Exit 0 when the agent that uses --run-dir has heart-beaten recently, 3 (with the reason "
+        "on stderr) otherwise.")
+    health.add_argument("--run-dir", default="/run/aos", metavar="DIR", help="the agent's --run-dir (default: %(default)s)")
+    health.set_defaults(func=cmd_agent_health)
+
+    crds = commands.add_parser(
+        "crds", help="print or write the CustomResourceDefinitions",
+        description="Print the CRDs of AosService, AosDevice, AosServiceInstance and AosLayer as one YAML "
+        "stream, or write one file per CRD into DIR.")
+    crds.add_argument("--output", "-o", metavar="DIR", help="write one YAML file per CRD into DIR")
+    crds.set_defaults(func=cmd_crds)
