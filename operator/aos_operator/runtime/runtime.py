@@ -192,6 +192,7 @@ class Runtime:
         """
         installed = self._package(package)
         instance_id = identity.instance_id
+        self._spawn_supervisor_if_absent()  # its interpreter starts while the spec is prepared
         with self._locked(instance_id):
             current = self._read(instance_id)
             if current is not None and not current.phase.terminal:
@@ -336,8 +337,8 @@ class Runtime:
     def _tidy(self, instance_id: str) -> None:
         """Tear down what an ended instance left (the caller holds the instance lock)."""
         plan_path = self.data_dir(instance_id) / PLAN_FILE
-        if plan_path.exists() and (self.run_dir(instance_id).exists()
-                                   or self.runc.state(instance_id) is not None):
+        # runc keeps a container's state in <root>/<id>: a look at it, not a `runc state` process.
+        if plan_path.exists() and (self.run_dir(instance_id).exists() or (self.runc.root / instance_id).exists()):
             teardown_instance(SupervisorPlan.load(plan_path))
 
     # --- stop, remove ------------------------------------------------------------------------------

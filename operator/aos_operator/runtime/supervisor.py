@@ -117,6 +117,18 @@ def _termination(wait_status: int | None, oom_kills: int, stopping: bool, killed
                        oom_kills=oom_kills, message=message)
 
 
+def prepare_bundle(plan: SupervisorPlan) -> None:
+    """The runc bundle of an instance: directory, spec, volumes, rootfs. The spec is kept in the
+    data directory, so a later supervisor can set the bundle up again."""
+    bundle = Path(plan.run_dir)
+    bundle.mkdir(parents=True, exist_ok=True)
+    spec_text = (Path(plan.data_dir) / SPEC_FILE).read_text()
+    write_atomically(bundle / SPEC_FILE, spec_text)
+    for volume in plan.volumes:
+        volumes.mount_volume(volume)
+    rootfs_module.assemble(plan.rootfs, json.loads(spec_text))
+
+
 class Instance:
     """One supervised instance: its status, its container while it runs, its timers."""
 
@@ -149,19 +161,15 @@ class Instance:
     # --- setup, start ------------------------------------------------------------------------
 
     def setup(self) -> None:
-        """Bundle directory, volumes, rootfs: once per supervised life, not per restart. The spec
-        is kept in the data directory, so a later supervisor can set the bundle up again."""
-        self.bundle.mkdir(parents=True, exist_ok=True)
-        spec_text = (Path(self.plan.data_dir) / SPEC_FILE).read_text()
-        write_atomically(self.bundle / SPEC_FILE, spec_text)
-        for volume in self.plan.volumes:
-            volumes.mount_volume(volume)
-        rootfs_module.assemble(self.plan.rootfs, json.loads(spec_text))
+        """Once per supervised life, not per restart."""
+        prepare_bundle(self.plan)
 
     def begin(self, fresh: bool = True) -> None:
         """Set up and make the first start (a failing setup ends the instance as SetupError)."""
         try:
-            if not fresh:
+            if fresh:  # a new start request: the start limit counts from here
+                (Path(self.plan.data_dir) / STARTS_FILE).unlink(missing_ok=True)
+            else:
                 teardown_instance(self.plan)  # whatever a previous supervisor left half done
             self.setup()
         except AosError as error:
