@@ -24,6 +24,7 @@ The service is a Python script run by the host's python3 that prints one line an
 from __future__ import annotations
 
 import argparse
+import compileall
 import hashlib
 import json
 import os
@@ -37,6 +38,7 @@ import uuid
 from contextlib import suppress
 from pathlib import Path
 
+import aos_operator
 from aos_operator.image import build_package, open_package
 from aos_operator.packaging import materialize
 from aos_operator.runtime import InstanceIdentity, Runtime, RuntimeConfig
@@ -292,6 +294,9 @@ def main() -> int:
     if os.geteuid() != 0:
         print("benchmarks/run.py: needs root (runc, mounts, cgroups)", file=sys.stderr)
         return 2
+    # Byte-code as `pip install` leaves it: with PYTHONDONTWRITEBYTECODE in the environment, every
+    # start of the node supervisor would compile its modules again.
+    compileall.compile_dir(Path(aos_operator.__file__).parent, quiet=1)
     with tempfile.TemporaryDirectory(prefix="aos-bench-") as temporary:
         work = Path(temporary)
         package = build(work)
