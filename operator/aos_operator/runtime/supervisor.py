@@ -232,6 +232,9 @@ class Instance:
             self._start_failed(str(error))
             return
         self._watch(pid, pidfd, reader, our_child=True)
+        # runc's exited helpers re-parented here hold a PID of the container's pids cgroup
+        # until reaped: reap them now, before the service's first forks count against it.
+        self.node.reap()
         self.update(phase=Phase.RUNNING, reason=None, message="", pid=pid)
 
     def _watch(self, pid: int, pidfd: int, output: int | None, our_child: bool) -> None:
@@ -251,6 +254,8 @@ class Instance:
     # --- running ---------------------------------------------------------------------------
 
     def on_output(self, fd: int) -> None:
+        if fd != self.output:
+            return
         if not self._copy_output():
             self.node.selector.unregister(fd)
             os.close(fd)
@@ -599,6 +604,8 @@ class NodeSupervisor:
                 idle_since = None
             timeout = max(0.0, min(moments) - now) if moments else None
             for key, _ in self.selector.select(timeout):
+                if self.selector.get_map().get(key.fd) is not key:
+                    continue  # unregistered (and maybe closed) by an earlier callback of this round
                 callback = key.data[0]
                 callback(key.fd)
             self.reap()
