@@ -1,22 +1,30 @@
-"""Benchmark: from a service package on disk to the service's first line of output.
+"""Benchmark: from a service package on disk to the service's first line of output, and the
+memory a running instance costs beyond its own processes.
 
 Measured (median of --repeat runs, wall clock, as root):
-  aos cold    Runtime.install + Runtime.start on an empty node, until the first output line
-  aos warm    Runtime.start of an already installed package (after a stop), until the first line
+  aos cold    Runtime.install + Runtime.start on an empty node (no node supervisor yet: install
+              starts it in the background), until the first output line
+  aos warm    Runtime.start of an already installed package (after a stop; the node supervisor is
+              resident, as it is while any service runs), until the first line
   baseline    `umoci unpack` of an OCI layout holding the same image (same layer blob and image
               config, no Aos service config: umoci refuses non-tar entries in `layers`), then
               `runc run` of the unpacked bundle with the host's /usr bound in (our runtime
-              takes /usr from the node's base file system), until the first line
-and printed as ratios to the baseline, with the part of an aos start spent starting the
-supervisor's Python interpreter. The service is the example: a Python script run by the
-host's python3 that prints one line and sleeps.
+              takes /usr from the node's base file system), until the first line; "cold" is
+              unpack + run, "warm" the `runc run` of the same prepared bundle alone
+  memory      20 instances at once: the resident memory (VmRSS) of every process the project
+              runs for them (the node supervisor; runc does not stay) plus this process's own
+              growth while starting them (the agent's share), divided by 20; against conmon's
+              VmRSS for one container of the same bundle and a Python interpreter that imports
+              the supervisor module (what the former design ran per instance)
+The service is a Python script run by the host's python3 that prints one line and sleeps.
 
-    sudo .venv/bin/python benchmarks/run.py [--repeat 5]
+    sudo .venv/bin/python benchmarks/run.py [--repeat 5] [--instances 20]
 """
 
 from __future__ import annotations
 
 import argparse
+import compileall
 import hashlib
 import json
 import os
@@ -27,22 +35,27 @@ import sys
 import tempfile
 import time
 import uuid
+from contextlib import suppress
 from pathlib import Path
 
+import aos_operator
 from aos_operator.image import build_package, open_package
 from aos_operator.packaging import materialize
 from aos_operator.runtime import InstanceIdentity, Runtime, RuntimeConfig
 from aos_operator.runtime.logs import LogFollower
+from aos_operator.runtime.supervisor import RECORD_FILE, prepare_bundle
+from aos_operator.runtime.teardown import teardown_instance
 
 SERVICE = "import time\nprint('ready', flush=True)\ntime.sleep(3600)\n"
 QUOTAS = {"cpuDmipsLimit": 10000, "ramLimit": 128 << 20, "pidsLimit": 64}
 
 
-def build(work: Path) -> Path:
-    """The service's package, made by the project's builder, as a package directory."""
+def build(work: Path, tag: str = "") -> Path:
+    """The service's package, made by the project's builder, as a package directory; `tag`
+    makes a package of its own (another layer digest)."""
     tree = work / "tree" / "app"
     tree.mkdir(parents=True)
-    (tree / "hello.py").write_text(SERVICE)
+    (tree / "hello.py").write_text(SERVICE + (f"# {tag}\n" if tag else ""))
     image_config = {"architecture": "amd64", "os": "linux",
                     "config": {"Cmd": ["/usr/bin/python3", "-u", "/app/hello.py"]}}
     build_package(work / "tree", image_config, {"quotas": QUOTAS}, oci_layout=work / "layout-aos")
@@ -59,29 +72,61 @@ def wait_for_line(follower: LogFollower, needle: bytes, timeout: float = 30.0) -
         time.sleep(0.001)
 
 
-def aos_runs(package: Path, work: Path, repeat: int) -> tuple[list[float], list[float]]:
-    cold, warm = [], []
-    identity = InstanceIdentity("bench", "subject", 0)
+def aos_runs(work: Path, repeat: int) -> tuple[list[float], list[float], list[float]]:
+    """(cold on an idle node, cold beside a running service, warm) per repeat."""
+    idle, resident, warm = [], [], []
+    first, other = InstanceIdentity("bench", "subject", 0), InstanceIdentity("bench-other", "subject", 0)
     for n in range(repeat):
+        packages = [build(work / f"aos{n}-{kind}", f"{n}-{kind}") for kind in ("a", "b")]
         config = RuntimeConfig(state_root=work / f"state{n}", run_root=work / f"run{n}",
                                cgroup_parent=f"/aos-bench-{uuid.uuid4().hex[:8]}")
         runtime = Runtime(config)
-        follower = LogFollower(runtime.log_path(identity.instance_id))
+        times = []
+        for identity, package in ((first, packages[0]), (other, packages[1])):
+            follower = LogFollower(runtime.log_path(identity.instance_id))
+            began = time.perf_counter()
+            runtime.start(identity, runtime.install(package), wait=False)
+            wait_for_line(follower, b"ready")
+            times.append(time.perf_counter() - began)
+        idle.append(times[0])
+        resident.append(times[1])
+        runtime.stop(first.instance_id)
+        follower = LogFollower(runtime.log_path(first.instance_id))
         began = time.perf_counter()
-        installed = runtime.install(package)
-        runtime.start(identity, installed, wait=False)
-        wait_for_line(follower, b"ready")
-        cold.append(time.perf_counter() - began)
-        runtime.stop(identity.instance_id)
-        follower = LogFollower(runtime.log_path(identity.instance_id))
-        began = time.perf_counter()
-        runtime.start(identity, installed.digest, wait=False)
+        runtime.start(first, runtime.status(first.instance_id).package, wait=False)
         wait_for_line(follower, b"ready")
         warm.append(time.perf_counter() - began)
-        runtime.stop(identity.instance_id)
+        runtime.cleanup()
         shutil.rmtree(config.state_root)
         shutil.rmtree(config.run_root)
-    return cold, warm
+    return idle, resident, warm
+
+
+def bare_runc_runs(package: Path, work: Path, repeat: int) -> list[float]:
+    """`runc run` of exactly the bundle an aos start runs (its spec, its assembled rootfs)."""
+    config = RuntimeConfig(state_root=work / "bare-state", run_root=work / "bare-run",
+                           cgroup_parent=f"/aos-bench-{uuid.uuid4().hex[:8]}")
+    runtime = Runtime(config)
+    installed = runtime.packages.install(package)
+    identity = InstanceIdentity("bench-bare", "subject", 0)
+    times = []
+    for _ in range(repeat):
+        plan = runtime._prepare(identity, installed, (), restart=False)  # what Runtime.start writes
+        prepare_bundle(plan)  # what the supervisor sets up before runc
+        began = time.perf_counter()
+        process = subprocess.Popen(["runc", "--root", str(runtime.runc.root), "run", "--bundle", plan.run_dir,
+                                    identity.instance_id], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        times.append(time.perf_counter() - began)
+        if b"ready" not in line:
+            raise RuntimeError(f"bare runc run printed {line!r}")
+        runtime.runc.kill(identity.instance_id, "KILL")
+        process.wait()
+        teardown_instance(plan)
+    shutil.rmtree(config.state_root, ignore_errors=True)
+    shutil.rmtree(config.run_root, ignore_errors=True)
+    return times
 
 
 def oci_layout_of(package: Path, layout: Path) -> None:
@@ -102,70 +147,183 @@ def oci_layout_of(package: Path, layout: Path) -> None:
         "size": len(image_manifest), "annotations": {"org.opencontainers.image.ref.name": "bench"}}]}))
 
 
-def baseline_runs(package: Path, work: Path, repeat: int) -> list[float]:
+def prepared_bundle(layout: Path, bundle: Path) -> None:
+    """What `umoci unpack` gave, made runnable the way the runtime runs it (host /usr bound in)."""
+    config_path = bundle / "config.json"
+    config = json.loads(config_path.read_text())
+    config["process"]["terminal"] = False
+    rootfs = bundle / "rootfs"
+    for entry in ("bin", "sbin", "lib", "lib64"):  # the host's merged-/usr links, as the base gives them
+        if os.path.islink(f"/{entry}"):
+            os.symlink(os.readlink(f"/{entry}"), rootfs / entry)
+    (rootfs / "usr").mkdir(exist_ok=True)
+    config["mounts"].append({"destination": "/usr", "type": "bind", "source": "/usr", "options": ["rbind", "ro"]})
+    config_path.write_text(json.dumps(config))
+
+
+def baseline_runs(package: Path, work: Path, repeat: int) -> tuple[list[float], list[float]]:
+    """(unpack + run, run alone) per repeat."""
     layout = work / "layout"
     oci_layout_of(package, layout)
     runc_root = work / "runc-baseline"
-    times = []
+    cold, warm = [], []
     for n in range(repeat):
         bundle = work / f"bundle{n}"
         container = f"bench-baseline-{uuid.uuid4().hex[:8]}"
         began = time.perf_counter()
         subprocess.run(["umoci", "unpack", "--image", f"{layout}:bench", str(bundle)], check=True,
                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        config_path = bundle / "config.json"
-        config = json.loads(config_path.read_text())
-        config["process"]["terminal"] = False
-        rootfs = bundle / "rootfs"
-        for entry in ("bin", "sbin", "lib", "lib64"):  # the host's merged-/usr links, as the base gives them
-            if os.path.islink(f"/{entry}"):
-                os.symlink(os.readlink(f"/{entry}"), rootfs / entry)
-        (rootfs / "usr").mkdir(exist_ok=True)
-        config["mounts"].append({"destination": "/usr", "type": "bind", "source": "/usr", "options": ["rbind", "ro"]})
-        config_path.write_text(json.dumps(config))
+        unpacked = time.perf_counter() - began
+        prepared_bundle(layout, bundle)
+        began = time.perf_counter()
         process = subprocess.Popen(["runc", "--root", str(runc_root), "run", "--bundle", str(bundle), container],
                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
         assert process.stdout is not None
         line = process.stdout.readline()
-        times.append(time.perf_counter() - began)
+        run = time.perf_counter() - began
         if b"ready" not in line:
             raise RuntimeError(f"baseline printed {line!r}")
+        cold.append(unpacked + run)
+        warm.append(run)
         subprocess.run(["runc", "--root", str(runc_root), "kill", container, "KILL"], check=True)
         process.wait()
         subprocess.run(["runc", "--root", str(runc_root), "delete", "--force", container], check=False)
         shutil.rmtree(bundle)
-    return times
+    return cold, warm
 
 
-def supervisor_start_runs(repeat: int) -> list[float]:
-    """A part of every aos start: a fresh interpreter importing the supervisor module."""
-    times = []
-    for _ in range(repeat):
-        began = time.perf_counter()
-        subprocess.run([sys.executable, "-c", "import aos_operator.runtime.supervisor"], check=True)
-        times.append(time.perf_counter() - began)
-    return times
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def processes_naming(text: str) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        with suppress(OSError):
+            if proc.name.isdigit() and text in (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode():
+                found.append(int(proc.name))
+    return found
+
+
+def memory_per_instance(package: Path, work: Path, instances: int) -> tuple[float, int, int]:
+    """(KiB per instance, supervisor KiB, this process's growth KiB) with `instances` running."""
+    config = RuntimeConfig(state_root=work / "mem-state", run_root=work / "mem-run",
+                           cgroup_parent=f"/aos-bench-{uuid.uuid4().hex[:8]}")
+    runtime = Runtime(config)
+    installed = runtime.install(package)
+    identities = [InstanceIdentity("bench-mem", "subject", n) for n in range(instances)]
+    followers = [LogFollower(runtime.log_path(i.instance_id)) for i in identities]
+    before = rss_kib(os.getpid())
+    try:
+        for identity in identities:
+            runtime.start(identity, installed, wait=False)
+        for follower in followers:
+            wait_for_line(follower, b"ready", timeout=120)
+        time.sleep(1)  # let the supervisor settle after the last start
+        grown = max(0, rss_kib(os.getpid()) - before)
+        ours = [pid for pid in processes_naming(str(config.run_root)) if pid != os.getpid()]
+        supervisor = json.loads((config.run_root / RECORD_FILE).read_text())["pid"]
+        if ours != [supervisor]:
+            raise RuntimeError(f"expected the node supervisor alone, found processes {ours}")
+        supervisor_kib = rss_kib(supervisor)
+    finally:
+        runtime.cleanup()
+    shutil.rmtree(config.state_root, ignore_errors=True)
+    shutil.rmtree(config.run_root, ignore_errors=True)
+    return (supervisor_kib + grown) / instances, supervisor_kib, grown
+
+
+def conmon_kib(package: Path, work: Path) -> int | None:
+    """conmon's VmRSS while it monitors one container of the same prepared bundle."""
+    if shutil.which("conmon") is None:
+        return None
+    layout, bundle, runc_root = work / "layout", work / "conmon-bundle", work / "runc-conmon"
+    directory = work / "conmon"
+    directory.mkdir()
+    subprocess.run(["umoci", "unpack", "--image", f"{layout}:bench", str(bundle)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    prepared_bundle(layout, bundle)
+    container = f"bench-conmon-{uuid.uuid4().hex[:8]}"
+    runc = shutil.which("runc") or "/usr/sbin/runc"
+    subprocess.run(["conmon", "-c", container, "-u", container, "-n", container, "-r", runc, "-b", str(bundle),
+                    "-p", str(directory / "pid"), "--conmon-pidfile", str(directory / "conmon.pid"),
+                    "-l", f"k8s-file:{directory / 'log'}", "--log-size-max", str(1 << 20),
+                    "--exit-dir", str(directory), "--socket-dir-path", str(directory),
+                    "--runtime-arg", "--root", "--runtime-arg", str(runc_root)],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not (directory / "pid").exists():  # conmon's parent returns before runc create ends
+            if time.monotonic() > deadline:
+                raise RuntimeError("conmon did not create the container")
+            time.sleep(0.01)
+        subprocess.run(["runc", "--root", str(runc_root), "start", container], check=True)
+        while b"ready" not in ((directory / "log").read_bytes() if (directory / "log").exists() else b""):
+            if time.monotonic() > deadline:
+                raise RuntimeError("conmon's container printed nothing")
+            time.sleep(0.01)
+        return rss_kib(int((directory / "conmon.pid").read_text()))
+    finally:
+        subprocess.run(["runc", "--root", str(runc_root), "kill", container, "KILL"], check=False)
+        time.sleep(0.5)
+        subprocess.run(["runc", "--root", str(runc_root), "delete", "--force", container], check=False)
+
+
+def python_supervisor_kib() -> int:
+    """A Python interpreter with the supervisor module imported: the former per-instance cost."""
+    child = subprocess.Popen([sys.executable, "-c", "import sys, aos_operator.runtime.supervisor\n"
+                              "print('ready', flush=True)\nsys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert child.stdout is not None and child.stdin is not None
+    child.stdout.readline()
+    try:
+        return rss_kib(child.pid)
+    finally:
+        child.stdin.close()
+        child.wait()
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--instances", type=int, default=20)
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("benchmarks/run.py: needs root (runc, mounts, cgroups)", file=sys.stderr)
         return 2
+    # Byte-code as `pip install` leaves it: with PYTHONDONTWRITEBYTECODE in the environment, every
+    # start of the node supervisor would compile its modules again.
+    compileall.compile_dir(Path(aos_operator.__file__).parent, quiet=1)
     with tempfile.TemporaryDirectory(prefix="aos-bench-") as temporary:
         work = Path(temporary)
         package = build(work)
-        baseline = statistics.median(baseline_runs(package, work, args.repeat))
-        cold_runs, warm_runs = aos_runs(package, work, args.repeat)
-        cold, warm = statistics.median(cold_runs), statistics.median(warm_runs)
-        interpreter = statistics.median(supervisor_start_runs(args.repeat))
+        baseline_cold_runs, baseline_warm_runs = baseline_runs(package, work, args.repeat)
+        bare = statistics.median(bare_runc_runs(package, work, args.repeat))
+        idle_runs, resident_runs, warm_runs = aos_runs(work, args.repeat)
+        per_instance, supervisor, grown = memory_per_instance(package, work, args.instances)
+        conmon = conmon_kib(package, work)
+        python = python_supervisor_kib()
+    baseline_cold, baseline_warm = statistics.median(baseline_cold_runs), statistics.median(baseline_warm_runs)
+    idle, resident, warm = (statistics.median(runs) for runs in (idle_runs, resident_runs, warm_runs))
     print(f"package on disk -> first output line, median of {args.repeat} runs")
-    print(f"  baseline umoci unpack + runc run : {baseline * 1000:7.1f} ms  (1.00)")
-    print(f"  aos cold (install + start)       : {cold * 1000:7.1f} ms  ({cold / baseline:.2f} x baseline)")
-    print(f"  aos warm (start, installed)      : {warm * 1000:7.1f} ms  ({warm / baseline:.2f} x baseline)")
-    print(f"  of which supervisor interpreter  : {interpreter * 1000:7.1f} ms  (python + imports, in both aos runs)")
+    print(f"  baseline umoci unpack + runc run       : {baseline_cold * 1000:7.1f} ms  (1.00)")
+    print(f"  aos cold beside a running service      : {resident * 1000:7.1f} ms  "
+          f"({resident / baseline_cold:.2f} x baseline)  install + start, supervisor resident")
+    print(f"  aos cold on an idle node               : {idle * 1000:7.1f} ms  "
+          f"({idle / baseline_cold:.2f} x baseline)  install + start, supervisor started on demand")
+    print(f"installed package -> first output line, median of {args.repeat} runs")
+    print(f"  baseline runc run of the aos bundle    : {bare * 1000:7.1f} ms  (1.00)  same spec and rootfs")
+    print(f"  aos warm (start, installed)            : {warm * 1000:7.1f} ms  ({warm / bare:.2f} x baseline)")
+    print(f"  (runc run of umoci's bundle            : {baseline_warm * 1000:7.1f} ms  no seccomp, no limits)")
+    print(f"resident memory per running instance, {args.instances} instances, beyond the containers")
+    print(f"  aos (supervisor + agent growth)  : {per_instance / 1024:7.2f} MiB  "
+          f"(supervisor {supervisor / 1024:.1f} MiB + this process +{grown / 1024:.1f} MiB, / {args.instances})")
+    if conmon is not None:
+        print(f"  conmon, one per container        : {conmon / 1024:7.2f} MiB  ({per_instance / conmon:.2f} x aos/conmon)")
+    print(f"  a Python supervisor per instance : {python / 1024:7.2f} MiB  ({per_instance / python:.2f} x aos/python)")
     return 0
 
 

@@ -212,22 +212,24 @@ def test_recovery_after_the_runtime_process_exits(runtime: Runtime, make_package
     assert_nothing_left(runtime)
 
 
-def test_recovery_restarts_an_instance_whose_supervisor_died(runtime: Runtime,
-                                                             make_package: Callable[..., Path]) -> None:
-    package = install(runtime, make_package, SLEEPER)
+def test_recovery_after_the_node_supervisor_died_adopts_without_restarting(
+        runtime: Runtime, make_package: Callable[..., Path]) -> None:
+    """The node supervisor is killed; recover() starts a new one, which adopts the running
+    container (same PID, no second start) and keeps copying its output into the log."""
+    package = install(runtime, make_package, SLEEPER, runParameters=FAST_RESTARTS)
     identity = InstanceIdentity("svc-orphan", "subject", 0)
     first = runtime.start(identity, package)
-    record = (runtime.data_dir(identity.instance_id) / SUPERVISOR_FILE).read_text()
-    supervisor_pid = int(record.split('"pid": ')[1].split(",")[0])
-    os.kill(supervisor_pid, signal.SIGKILL)
+    wait_for_log(runtime, identity.instance_id, "up")
+    record = json.loads((runtime.config.run_root / SUPERVISOR_FILE).read_text())
+    os.kill(record["pid"], signal.SIGKILL)
     wait_until(lambda: runtime.status(identity.instance_id).reason == Reason.SUPERVISOR_LOST, what="lost")
+    assert not process_gone(first.pid)  # the container outlived its supervisor
 
     again = Runtime(runtime.config)
     again.recover()
-    status = wait_for_status(again, identity.instance_id, lambda s: s.phase == Phase.RUNNING and s.pid != first.pid,
-                             what="a new run")
-    assert status.starts == 2
-    wait_until(lambda: process_gone(first.pid), what="the old container process to go")
+    status = again.status(identity.instance_id)
+    assert (status.phase, status.pid, status.starts) == (Phase.RUNNING, first.pid, 1)
+    assert json.loads((runtime.config.run_root / SUPERVISOR_FILE).read_text())["pid"] != record["pid"]
     assert [c["id"] for c in again.runc.list()] == [identity.instance_id]
     again.cleanup()
     assert_nothing_left(again)

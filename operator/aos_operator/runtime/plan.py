@@ -1,4 +1,4 @@
-"""Everything an instance's supervisor needs to run it, as one JSON file in the instance's data
+"""Everything the node supervisor needs to run an instance, as one JSON file in the instance's data
 directory: written by the runtime before it starts the supervisor, read by the supervisor, and by
 a later runtime process that must tidy up after a supervisor that died.
 """
@@ -6,6 +6,7 @@ a later runtime process that must tidy up after a supervisor that died.
 from __future__ import annotations
 
 import json
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,7 @@ class SupervisorPlan:
     run_parameters: RunParameters
     restart: bool
     log_max_bytes: int
+    stop_signal: int = signal.SIGTERM  # sent first on a stop; SIGKILL follows after the grace period
 
     @property
     def instance_id(self) -> str:
@@ -61,7 +63,7 @@ class SupervisorPlan:
             "run_parameters": {"start_interval": self.run_parameters.start_interval,
                                "start_burst": self.run_parameters.start_burst,
                                "restart_interval": self.run_parameters.restart_interval},
-            "restart": self.restart, "log_max_bytes": self.log_max_bytes,
+            "restart": self.restart, "log_max_bytes": self.log_max_bytes, "stop_signal": int(self.stop_signal),
         }
 
     @classmethod
@@ -74,6 +76,7 @@ class SupervisorPlan:
             volumes=tuple(Volume(**volume) for volume in data["volumes"]),
             run_parameters=RunParameters(**data["run_parameters"]),
             restart=data["restart"], log_max_bytes=data["log_max_bytes"],
+            stop_signal=int(data.get("stop_signal", signal.SIGTERM)),
         )
 
     def save(self) -> Path:

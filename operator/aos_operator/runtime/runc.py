@@ -7,6 +7,8 @@ All containers of one runtime live under their own runc state directory (`--root
 from __future__ import annotations
 
 import json
+import os
+import select
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -37,13 +39,13 @@ class Runc:
         command = [self.binary, "--root", str(self.root), "--log", str(log_file), "--log-format", "json",
                    "create", "--bundle", str(bundle), "--pid-file", str(pid_file), container_id]
         try:
-            result = subprocess.run(command, stdin=subprocess.DEVNULL, stdout=stdio_fd, stderr=stdio_fd,
-                                    timeout=60)
+            process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stdio_fd, stderr=stdio_fd)
         except FileNotFoundError:
             raise RuntimeFailure(f"{self.binary}: not found", hint="install runc (apt-get install runc)") from None
-        if result.returncode != 0:
+        returncode = _wait_bounded(process, 60)
+        if returncode != 0:
             # runc's own message often starts with "runc create failed: " already: say it once
-            detail = (last_error(log_file) or f"exit {result.returncode}").removeprefix("runc create failed: ")
+            detail = (last_error(log_file) or f"exit {returncode}").removeprefix("runc create failed: ")
             raise RuntimeFailure(f"runc create failed: {detail}")
 
     def start(self, container_id: str) -> None:
@@ -70,6 +72,20 @@ class Runc:
         result = self._run(*args, check=False)
         if result.returncode != 0 and self.state(container_id) is not None:
             raise RuntimeFailure(f"runc delete {container_id} failed: {result.stderr.strip()}")
+
+
+def _wait_bounded(process: subprocess.Popen[bytes], timeout: float) -> int:
+    """The exit code, waiting at most `timeout` (then kill). Through a pidfd: Popen.wait with a
+    timeout polls with sleeps of up to 50 ms, which would be most of a container start."""
+    pidfd = os.pidfd_open(process.pid)
+    try:
+        if not select.select([pidfd], [], [], timeout)[0]:
+            process.kill()
+            process.wait()
+            raise RuntimeFailure(f"{process.args[0]} did not end within {timeout:g} s")
+    finally:
+        os.close(pidfd)
+    return process.wait()
 
 
 def last_error(log_file: Path) -> str | None:

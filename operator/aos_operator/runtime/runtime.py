@@ -1,16 +1,20 @@
 """The runtime API of a node: install packages, start, stop, watch and recover instances.
 
-A plain class (no Kubernetes) that the device agent's loop and `aosctl run` drive. Each running
-instance has a supervisor process (see supervisor.py) that owns its container; the runtime
-writes the plan and the spec, starts the supervisor, and reads the status file the supervisor
-keeps. Because supervisors run in their own sessions and all state is on disk, a new Runtime
-object (or a new process) finds running instances again with `recover()`.
+A plain class (no Kubernetes) that the device agent's loop and `aosctl run` drive. One resident
+node supervisor per runtime (see supervisor.py) owns every running container; the runtime writes
+an instance's plan and spec, asks the supervisor over its unix socket to start or stop it
+(starting the supervisor on demand when none runs), and reads the status file the supervisor
+keeps. The supervisor runs in its own session and all state is on disk, so the runtime's
+process (the agent, `aosctl`) can exit and a new Runtime object finds everything again;
+`recover()` also brings back a supervisor that died, which adopts the running containers.
 
 On disk:
     <state_root>/packages, blobs, layers   installed packages (package.py)
     <state_root>/ids.json                   UID/GID pool (ids.py)
-    <state_root>/instances/<id>/            plan.json, config.json, status.json, service.log,
-                                            supervisor.json, storage.img, state.img (kept)
+    <state_root>/supervisor.log             the node supervisor's own errors
+    <state_root>/instances/<id>/            plan.json, config.json, status.json, starts.json,
+                                            service.log, storage.img, state.img (kept)
+    <run_root>/supervisor.sock, .lock, .json the node supervisor's socket, lock and PID record
     <run_root>/instances/<id>/              the runc bundle while it runs (removed at stop)
     <run_root>/runc/                        runc's state (--root): only this runtime's containers
 """
@@ -20,9 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-import select
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -31,9 +33,10 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aos_operator.errors import RuntimeFailure
+from aos_operator.runtime import supervisor as node_supervisor
 from aos_operator.runtime.cgroups import InstanceCgroup, detect_cgroups
 from aos_operator.runtime.files import file_lock, write_atomically
 from aos_operator.runtime.identity import InstanceIdentity
@@ -50,8 +53,9 @@ from aos_operator.runtime.status import InstanceStatus, Phase, Reason, read_stat
 from aos_operator.runtime.teardown import teardown_instance
 from aos_operator.runtime.volumes import STATE, STORAGE, Volume, check_backing, prepare_image
 
-SUPERVISOR_FILE = "supervisor.json"
-_POLL_SECONDS = 0.02
+SUPERVISOR_FILE = node_supervisor.RECORD_FILE  # in the run root
+_POLL_SECONDS = 0.01
+_STOP_MARGIN = 60.0  # beyond the grace period: teardown (unmounts, e2fsck-free detach) and a busy supervisor
 
 
 @dataclass(frozen=True)
@@ -69,8 +73,11 @@ class RuntimeConfig:
     id_range: tuple[int, int] = ID_RANGE
     passwd_file: Path = Path("/etc/passwd")
     group_file: Path = Path("/etc/group")
+    # A stop sends SIGTERM, and SIGKILL this many seconds later (the default is Docker's and
+    # podman's; systemd's DefaultTimeoutStopSec is 90 s, AosEdge itself sends SIGKILL at once).
     stop_timeout: float = 10.0
     max_layer_bytes: int = DEFAULT_MAX_LAYER_BYTES  # a layer unpacking to more is refused
+    supervisor_linger: float = 2.0  # the node supervisor exits after this long without instances
 
     def __post_init__(self) -> None:
         parts = self.cgroup_parent.split("/")
@@ -81,28 +88,32 @@ class RuntimeConfig:
             raise ValueError(f"runtime config: log_max_bytes must be >= 1, got {self.log_max_bytes}")
         if self.max_layer_bytes < 1:
             raise ValueError(f"runtime config: max_layer_bytes must be >= 1, got {self.max_layer_bytes}")
+        if self.stop_timeout < 0 or self.supervisor_linger < 0:
+            raise ValueError("runtime config: stop_timeout and supervisor_linger must be >= 0")
 
 
-def _process_start_ticks(pid: int) -> tuple[int, str] | None:
-    """(start time in clock ticks, state letter) of a process, None when it does not exist."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    fields = text[text.rindex(")") + 2:].split()
-    return int(fields[19]), fields[0]
+class InstanceHook(Protocol):
+    """Node setup an instance needs beside its container, once per instance and not per restart
+    (e.g. a network namespace): `setup` runs in every `Runtime.start` before the spec is written
+    (it may change the spec and must be idempotent), `teardown` in `Runtime.remove`."""
+
+    def setup(self, identity: InstanceIdentity, spec: dict[str, Any]) -> None: ...
+
+    def teardown(self, instance_id: str) -> None: ...
 
 
 class Runtime:
-    def __init__(self, config: RuntimeConfig | None = None, node: NodeFacts | None = None) -> None:
+    def __init__(self, config: RuntimeConfig | None = None, node: NodeFacts | None = None,
+                 hooks: Sequence[InstanceHook] = ()) -> None:
         self.config = config or RuntimeConfig()
+        self.hooks = list(hooks)
         self.node = node or detect_node_facts()
         self.packages = PackageStore(self.config.state_root, self.config.max_layer_bytes)
         self.ids = IdPool(self.config.state_root / "ids.json", self.config.passwd_file, self.config.group_file,
                           self.config.id_range)
         self.runc = Runc(self.config.run_root / "runc", self.config.runc_binary)
         self._cgroups = detect_cgroups()
-        self._children: dict[str, subprocess.Popen[bytes]] = {}
+        self._spawned: list[subprocess.Popen[bytes]] = []
         self._cpu_samples: dict[str, tuple[float, int, float]] = {}
 
     # --- paths -------------------------------------------------------------------------------
@@ -127,7 +138,9 @@ class Runtime:
     # --- packages ------------------------------------------------------------------------------
 
     def install(self, package_dir: Path | str) -> InstalledPackage:
-        """Verify and install a package directory; returns the handle `start` takes."""
+        """Verify and install a package directory; returns the handle `start` takes. Starts the
+        node supervisor in the background if none runs, so its start overlaps the unpacking."""
+        self._spawn_supervisor_if_absent()
         return self.packages.install(Path(package_dir))
 
     def uninstall(self, digest: str) -> None:
@@ -183,23 +196,20 @@ class Runtime:
         """
         installed = self._package(package)
         instance_id = identity.instance_id
+        self._spawn_supervisor_if_absent()  # its interpreter starts while the spec is prepared
         with self._locked(instance_id):
-            if self._supervisor_pid(instance_id) is not None:
-                current = self._read(instance_id)
-                if current is not None and current.package == installed.digest:
-                    return self.status(instance_id)
-                raise RuntimeFailure(f"instance {instance_id} ({identity}) already runs package "
-                                     f"{current.package if current else 'unknown'}",
-                                     hint="stop it before starting another package")
+            current = self._read(instance_id)
+            if current is not None and not current.phase.terminal:
+                if current.package != installed.digest:
+                    raise RuntimeFailure(f"instance {instance_id} ({identity}) already runs package "
+                                         f"{current.package}", hint="stop it before starting another package")
+                self._request({"op": "start", "id": instance_id})  # a no-op when it is supervised
+                return self.status(instance_id)
             self._tidy(instance_id)
             plan = self._prepare(identity, installed, env_overrides, restart)
-            # No record of a previous supervisor while the new one starts: a missing record means
-            # "being started", a record of a dead process means "lost" (see status()).
-            (Path(plan.data_dir) / SUPERVISOR_FILE).unlink(missing_ok=True)
-            previous = read_status(plan.status_path)
             write_status(plan.status_path, InstanceStatus(
-                instance_id, identity, installed.digest, generation=(previous.generation + 1) if previous else 0))
-            self._spawn(plan)
+                instance_id, identity, installed.digest, generation=(current.generation + 1) if current else 0))
+            self._request({"op": "start", "id": instance_id})
         if wait:
             return self._wait_first_start(instance_id, timeout)
         return self.status(instance_id)
@@ -219,6 +229,8 @@ class Runtime:
         for volume in volumes:
             prepare_image(Path(volume.image), volume.kind, volume.quota)
         spec = self.spec_for(identity, package, uid, gid, volumes=volumes, env_overrides=env_overrides)
+        for hook in self.hooks:  # once per start request, never per restart of the container
+            hook.setup(identity, spec)
         write_atomically(data_dir / SPEC_FILE, json.dumps(spec, indent=1))
         plan = SupervisorPlan(
             identity=identity, package=package.digest, run_dir=str(self.run_dir(instance_id)),
@@ -232,21 +244,6 @@ class Runtime:
         plan.save()
         return plan
 
-    def _spawn(self, plan: SupervisorPlan) -> None:
-        self.config.run_root.mkdir(parents=True, exist_ok=True)
-        # runc, losetup, mkfs.ext4 and e2fsck live in sbin, which a caller's PATH may lack.
-        path = os.environ.get("PATH", "")
-        environment = dict(os.environ, PATH=":".join(filter(None, [path, "/usr/local/sbin:/usr/sbin:/sbin"])))
-        with open(plan.supervisor_log_path, "ab") as log:
-            child = subprocess.Popen(
-                [sys.executable, "-m", "aos_operator.runtime.supervisor", str(Path(plan.data_dir) / PLAN_FILE)],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd="/", env=environment,
-            )
-        started = _process_start_ticks(child.pid)
-        self._children[plan.instance_id] = child
-        write_atomically(Path(plan.data_dir) / SUPERVISOR_FILE,
-                         json.dumps({"pid": child.pid, "start_ticks": started[0] if started else None}))
-
     def _wait_first_start(self, instance_id: str, timeout: float) -> InstanceStatus:
         deadline = time.monotonic() + timeout
         while True:
@@ -256,80 +253,135 @@ class Runtime:
                     raise RuntimeFailure(f"instance {instance_id}: setup failed: {status.message}")
                 if status.phase in (Phase.RUNNING, Phase.FAILED, Phase.STOPPED) or status.last_exit is not None:
                     return self.status(instance_id)
-            if self._supervisor_pid(instance_id) is None and (status is None or not status.phase.terminal):
-                log = Path(self.data_dir(instance_id) / "supervisor.log")
-                tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
-                raise RuntimeFailure(f"instance {instance_id}: its supervisor exited early\n{tail}")
+            if not self._supervisor_alive() and (status is None or not status.phase.terminal):
+                raise RuntimeFailure(f"instance {instance_id}: the node supervisor exited\n{self._supervisor_log_tail()}")
             if time.monotonic() > deadline:
                 return self.status(instance_id)
             time.sleep(_POLL_SECONDS)
 
-    # --- supervisors -----------------------------------------------------------------------------
+    # --- the node supervisor -----------------------------------------------------------------------
+
+    def _supervisor_log_tail(self) -> str:
+        log = self.config.state_root / node_supervisor.LOG_FILE
+        return log.read_text(errors="replace")[-2000:] if log.exists() else ""
 
     def _reap_children(self) -> None:
-        """Collect supervisors of this process that have exited, so none stays a zombie."""
-        for instance_id, child in list(self._children.items()):
-            if child.poll() is not None:
-                self._children.pop(instance_id, None)
+        """Collect supervisors this process started that have exited, so none stays a zombie."""
+        self._spawned = [child for child in self._spawned if child.poll() is None]
 
-    def _supervisor_pid(self, instance_id: str) -> int | None:
-        """The PID of the instance's live supervisor (checked against its start time), else None."""
+    def _supervisor_alive(self) -> bool:
+        """Whether the node supervisor's PID record names a live process (checked by start time)."""
         self._reap_children()
         try:
-            record = json.loads((self.data_dir(instance_id) / SUPERVISOR_FILE).read_text())
+            record = json.loads((self.config.run_root / SUPERVISOR_FILE).read_text())
         except (FileNotFoundError, ValueError):
-            return None
-        found = _process_start_ticks(record["pid"])
+            return False
+        found = node_supervisor.process_start_ticks(int(record["pid"]))
         if found is None or found[1] == "Z":
-            return None
-        if record["start_ticks"] is not None and found[0] != record["start_ticks"]:
-            return None  # the PID now belongs to another process
-        return int(record["pid"])
+            return False
+        return record["start_ticks"] is None or found[0] == record["start_ticks"]
 
-    def _wait_supervisor_exit(self, pid: int, timeout: float) -> bool:
-        try:
-            pidfd = os.pidfd_open(pid)
-        except ProcessLookupError:
-            return True
-        try:
-            return bool(select.select([pidfd], [], [], timeout)[0])
-        finally:
-            os.close(pidfd)
+    def _spawn_supervisor(self) -> subprocess.Popen[bytes]:
+        self.config.run_root.mkdir(parents=True, exist_ok=True)
+        self.config.state_root.mkdir(parents=True, exist_ok=True)
+        # runc, losetup, mkfs.ext4 and e2fsck live in sbin, which a caller's PATH may lack.
+        path = os.environ.get("PATH", "")
+        environment = dict(os.environ, PATH=":".join(filter(None, [path, "/usr/local/sbin:/usr/sbin:/sbin"])))
+        with open(self.config.state_root / node_supervisor.LOG_FILE, "ab") as log:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "aos_operator.runtime.supervisor", "--state-root", str(self.config.state_root),
+                 "--run-root", str(self.config.run_root), "--linger", str(self.config.supervisor_linger)],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, cwd="/", env=environment,
+            )
+        self._spawned.append(child)
+        return child
+
+    def _spawn_supervisor_if_absent(self) -> None:
+        self._reap_children()
+        if self._spawned or self._supervisor_alive():
+            return
+        with file_lock(self.config.run_root / "supervisor.spawn.lock"):
+            if not self._supervisor_alive():
+                self._spawn_supervisor()
+
+    def _ensure_supervisor(self, timeout: float = 30.0) -> None:
+        """A node supervisor that answers: the running one, or one started now (which adopts
+        the instances that should run)."""
+        if node_supervisor.ping(self.config.run_root) is not None:
+            return
+        with file_lock(self.config.run_root / "supervisor.spawn.lock"):
+            self._reap_children()
+            child = self._spawned[-1] if self._spawned else None
+            if child is None and node_supervisor.ping(self.config.run_root) is None:
+                child = self._spawn_supervisor()
+            deadline = time.monotonic() + timeout
+            while node_supervisor.ping(self.config.run_root) is None:
+                if child is not None and child.poll() is not None and not self._supervisor_alive():
+                    child = self._spawn_supervisor() if child.returncode == 0 else None  # 0: a racing one won
+                    if child is None:
+                        raise RuntimeFailure(f"the node supervisor did not start\n{self._supervisor_log_tail()}",
+                                             hint=f"see {self.config.state_root / node_supervisor.LOG_FILE}")
+                if time.monotonic() > deadline:
+                    raise RuntimeFailure(f"the node supervisor did not answer within {timeout:g} s",
+                                         hint=f"see {self.config.state_root / node_supervisor.LOG_FILE}")
+                time.sleep(_POLL_SECONDS)
+
+    def _request(self, message: dict[str, Any]) -> dict[str, Any]:
+        """One request to the node supervisor, starting it when none answers."""
+        for attempt in range(3):
+            try:
+                reply = node_supervisor.request(self.config.run_root, message)
+            except OSError:  # none listens, or it exited between accepting and answering
+                if attempt == 2:
+                    raise RuntimeFailure("the node supervisor does not answer",
+                                         hint=f"see {self.config.state_root / node_supervisor.LOG_FILE}") from None
+                self._ensure_supervisor()
+                continue
+            if not reply.get("ok"):
+                raise RuntimeFailure(f"node supervisor: {reply.get('error', 'request refused')}")
+            return reply
+        raise AssertionError("unreachable")
 
     def _tidy(self, instance_id: str) -> None:
-        """Tear down what a dead supervisor left (the caller holds the instance lock)."""
+        """Tear down what an ended instance left (the caller holds the instance lock)."""
         plan_path = self.data_dir(instance_id) / PLAN_FILE
-        if plan_path.exists() and (self.run_dir(instance_id).exists()
-                                   or self.runc.state(instance_id) is not None):
+        # runc keeps a container's state in <root>/<id>: a look at it, not a `runc state` process.
+        if plan_path.exists() and (self.run_dir(instance_id).exists() or (self.runc.root / instance_id).exists()):
             teardown_instance(SupervisorPlan.load(plan_path))
 
     # --- stop, remove ------------------------------------------------------------------------------
 
     def stop(self, instance_id: str, timeout: float | None = None) -> InstanceStatus:
-        """Stop an instance (SIGKILL to its processes, as AosEdge) and remove all it put on the node."""
-        timeout = self.config.stop_timeout if timeout is None else timeout
+        """Stop an instance and remove all it put on the node: SIGTERM to its init, SIGKILL after
+        `timeout` seconds (config.stop_timeout; at once when the init has no SIGTERM handler)."""
+        grace = self.config.stop_timeout if timeout is None else timeout
         with self._locked(instance_id):
-            pid = self._supervisor_pid(instance_id)
-            if pid is not None:
-                os.kill(pid, signal.SIGTERM)
-                if not self._wait_supervisor_exit(pid, timeout):
-                    os.kill(pid, signal.SIGKILL)
-                    self._wait_supervisor_exit(pid, timeout)
-            self._supervisor_pid(instance_id)  # reaps our child
-            self._tidy(instance_id)
             status = self._read(instance_id)
             if status is None:
                 raise RuntimeFailure(f"no instance {instance_id} on this node")
             if not status.phase.terminal:
-                status = status.evolve(phase=Phase.STOPPED, reason=Reason.STOPPED, pid=None,
-                                       message="stopped after its supervisor did not end in time")
-                write_status(self.data_dir(instance_id) / "status.json", status)
+                reply = self._request({"op": "stop", "id": instance_id, "grace": grace})
+                deadline = time.monotonic() + grace + _STOP_MARGIN
+                while reply.get("managed") and not status.phase.terminal and time.monotonic() < deadline:
+                    time.sleep(_POLL_SECONDS)
+                    status = self._read(instance_id) or status
+                if reply.get("managed") and not status.phase.terminal:
+                    raise RuntimeFailure(f"instance {instance_id} did not stop within {grace + _STOP_MARGIN:g} s",
+                                         hint=f"see {self.config.state_root / node_supervisor.LOG_FILE}")
+                if not status.phase.terminal:  # a start that never reached the supervisor
+                    self._tidy(instance_id)
+                    status = status.evolve(phase=Phase.STOPPED, reason=Reason.STOPPED, pid=None,
+                                           message="stopped; no supervisor had it")
+                    write_status(self.data_dir(instance_id) / "status.json", status)
+            self._tidy(instance_id)
         return self.status(instance_id)
 
     def remove(self, instance_id: str) -> None:
         """Stop an instance and delete its data (storage, state, logs) and its UID."""
         status = self.stop(instance_id)
         with self._locked(instance_id):
+            for hook in self.hooks:
+                hook.teardown(instance_id)
             shutil.rmtree(self.data_dir(instance_id))
             self.ids.release_instance(instance_id)
             if not any(s.identity.service_id == status.identity.service_id for s in self.list()):
@@ -354,10 +406,10 @@ class Runtime:
         status = self._read(instance_id)
         if status is None:
             raise RuntimeFailure(f"no instance {instance_id} on this node")
-        being_started = not (self.data_dir(instance_id) / SUPERVISOR_FILE).exists()
-        if not status.phase.terminal and self._supervisor_pid(instance_id) is None and not being_started:
+        # Pending without a supervisor: accepted, and the supervisor is being started.
+        if status.phase not in (Phase.PENDING, Phase.FAILED, Phase.STOPPED) and not self._supervisor_alive():
             return replace(status, phase=Phase.FAILED, reason=Reason.SUPERVISOR_LOST,
-                           message="its supervisor is gone; recover() restarts it")
+                           message="the node supervisor is not running; recover() starts one, which adopts it")
         if status.phase == Phase.RUNNING:
             return self._with_usage(status)
         return status
@@ -383,24 +435,21 @@ class Runtime:
     # --- recovery ----------------------------------------------------------------------------------------
 
     def recover(self) -> list[InstanceStatus]:
-        """After this process (or the node agent) restarted: adopt instances whose supervisor
-        lives, restart those whose supervisor died while they should run, tidy stopped ones, and
-        delete containers of this runtime that belong to no instance."""
+        """After this process (or the node agent) restarted: make sure the node supervisor runs
+        when an instance should (a new one adopts running containers without restarting them and
+        restarts, by the policy, those that ended meanwhile), tidy ended instances, and delete
+        containers of this runtime that belong to no instance."""
         self.packages.layers.remove_unfinished()
         known = set(self.instance_ids())
-        for instance_id in known:
-            with self._locked(instance_id):
-                if self._supervisor_pid(instance_id) is not None:
-                    continue
-                self._tidy(instance_id)
-                status = self._read(instance_id)
-                if status is None or status.phase.terminal:
-                    continue
-                plan = SupervisorPlan.load(self.data_dir(instance_id) / PLAN_FILE)
-                write_status(plan.status_path, status.evolve(
-                    phase=Phase.PENDING, reason=Reason.SUPERVISOR_LOST, pid=None,
-                    message="the supervisor died; started a new one"))
-                self._spawn(plan)
+        statuses = {instance_id: self._read(instance_id) for instance_id in known}
+        if any(status is not None and not status.phase.terminal for status in statuses.values()):
+            self._ensure_supervisor()
+        for instance_id, status in statuses.items():
+            if status is not None and status.phase.terminal:
+                with self._locked(instance_id):
+                    current = self._read(instance_id)
+                    if current is not None and current.phase.terminal:
+                        self._tidy(instance_id)
         for container in self.runc.list():
             if container["id"] not in known:
                 self.runc.kill(container["id"], "KILL")

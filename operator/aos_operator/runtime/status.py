@@ -1,7 +1,8 @@
 """The status of an instance as the runtime reports it, and its file on disk.
 
-The instance's supervisor is the only writer while it lives; it replaces `status.json`
-atomically and bumps `generation` on every change, so a poller sees each change once.
+The node supervisor is the only writer while it supervises the instance (the runtime writes
+the first Pending status and, with no supervisor, a final one); each write replaces
+`status.json` atomically and bumps `generation`, so a poller sees each change once.
 """
 
 from __future__ import annotations
@@ -35,11 +36,11 @@ class Reason:
     CRASHED = "Crashed"  # exited non-zero or died of a signal
     OOM_KILLED = "OOMKilled"  # the memory cgroup's OOM killer killed a process of it
     START_ERROR = "StartError"  # runc could not create or start it
-    KILLED = "Killed"  # killed by a stop request
+    KILLED = "Killed"  # killed (SIGKILL) by a stop request
     CRASH_LOOP = "CrashLoop"  # more than startBurst starts within startInterval
     SETUP_ERROR = "SetupError"  # rootfs, volumes or supervisor could not be set up
-    SUPERVISOR_LOST = "SupervisorLost"  # the supervisor process died; found by recover()
-    STOPPED = "Stopped"
+    SUPERVISOR_LOST = "SupervisorLost"  # no node supervisor runs; recover() starts one, which adopts it
+    STOPPED = "Stopped"  # stopped on request; as a last exit: ended after the stop's SIGTERM
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Idempotent and safe to call on a half set-up instance: kills and deletes the con
 still knows it, unmounts everything under the run directory (rootfs overlay, base view, tmpfs,
 volume file systems), detaches the volumes' loop devices, removes the cgroup directories and the
 empty parents runc leaves, and deletes the run directory. The volume images, logs and status stay.
-Used by the supervisor when it ends, and by the runtime when a supervisor died.
+Used by the node supervisor when an instance ends, and by the runtime for what an ended one left.
 """
 
 from __future__ import annotations
