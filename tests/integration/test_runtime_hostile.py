@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import tarfile
+import time
 import uuid
 import zlib
 from collections.abc import Callable, Iterator, Mapping
@@ -309,7 +310,12 @@ def test_free_disk_is_a_bound(runtime_config: RuntimeConfig, canary: Path, tmp_p
         layers = node_runtime.packages.layers.root
         assert not layers.exists() or list(layers.iterdir()) == []
     finally:
-        subprocess.run(["umount", str(small_disk)], check=True)
+        # install() starts the node supervisor ahead of a start; it logs under the state root and
+        # exits after supervisor_linger with no instances, which frees the file system
+        deadline = time.monotonic() + 30
+        while subprocess.run(["umount", str(small_disk)], capture_output=True).returncode != 0:
+            assert time.monotonic() < deadline, f"{small_disk} stayed busy"
+            time.sleep(0.1)
     assert canary_state(canary) == before
 
 
