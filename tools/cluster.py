@@ -147,12 +147,13 @@ class ControlPlane:
     """etcd + kube-apiserver + kube-controller-manager on loopback; `with ControlPlane() as cp:`."""
 
     def __init__(self, root: Path | None = None, *, bin_dir: Path | None = None, controller_manager: bool = True,
-                 apiserver_args: Sequence[str] = (), startup_timeout: float = 120.0) -> None:
+                 apiserver_args: Sequence[str] = (), audit: bool = False, startup_timeout: float = 120.0) -> None:
         self._own_root = root is None
         self.root = Path(tempfile.mkdtemp(prefix="aos-control-plane-")) if root is None else root
         self.bin_dir = bin_dir
         self.with_controller_manager = controller_manager
         self.apiserver_args = list(apiserver_args)
+        self.audit = audit
         self.startup_timeout = startup_timeout
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
         self.etcd_port = self.etcd_peer_port = self.port = 0
@@ -255,8 +256,37 @@ class ControlPlane:
             # No kube-proxy or pods here: nothing uses the kubernetes Service's endpoints.
             "--endpoint-reconciler-type=none",
             "--allow-privileged=true", "--profiling=false", "--v=1",
+            *(self._audit_arguments() if self.audit else ()),
             *self.apiserver_args,
         ]
+
+    @property
+    def audit_log(self) -> Path:
+        return self.root / "logs" / "audit.log"
+
+    def _audit_arguments(self) -> list[str]:
+        """Every request's user, user agent, verb and resource, one JSON line each (for benchmarks)."""
+        policy = self.root / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump({"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
+                                          "omitStages": ["RequestReceived"], "rules": [{"level": "Metadata"}]}))
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}", "--audit-log-format=json",
+                "--audit-log-maxsize=0", "--audit-log-maxbackup=0"]
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """The completed requests the audit log holds so far (stage ResponseComplete)."""
+        events = []
+        try:
+            lines = self.audit_log.read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return []
+        for line in lines:
+            try:
+                event = json.loads(line)
+            except ValueError:  # the line being written
+                continue
+            if event.get("stage") == "ResponseComplete":
+                events.append(event)
+        return events
 
     def _start_apiserver(self) -> None:
         self._spawn("kube-apiserver", self._apiserver_arguments())
