@@ -70,10 +70,6 @@ demo: system-deps venv
 demo-cluster: system-deps venv control-plane
 	$(BIN)/python -m tools.demo_cluster $(if $(filter 1,$(KEEP)),--keep)
 
-# The Kubernetes API emulator of the e2e tests against stock KMock, and its watch fan-out.
-bench-kube-emulator: venv
-	$(BIN)/python -m benchmarks.kube_emulator
-
 crds: venv
 	$(BIN)/aosctl crds --output crds
 	cp crds/*.yaml charts/aos-operator/crds/

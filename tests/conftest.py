@@ -152,9 +152,6 @@ def make_package(tmp_path: Path) -> Callable[..., Path]:
 
 # --------------------------------------------------------------------------- end of runtime section
 
-# --- Kubernetes API emulator harness (tests/harness) -------------------------------------------
-# `kube`: the emulator on the test's event loop; `kube_process`: the emulator as a subprocess.
-from tests.harness.fixtures import kube, kube_process  # noqa: E402,F401
 
 
 # --- a real control plane (tools/cluster.py) -------------------------------------------------
