@@ -454,7 +454,7 @@ class ControlPlane:
         pending = list(crd_names)
         while pending and time.monotonic() < deadline:
             crd = self.request("GET", f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{pending[0]}")
-            if any(c["type"] == "Established" and c["status"] == "True" for c in crd.get("status", {}).get("conditions", [])):
+            if any(c["type"] == "Established" and c["status"] == "True" for c in (crd.get("status") or {}).get("conditions") or ()):
                 pending.pop(0)
             else:
                 time.sleep(0.2)
