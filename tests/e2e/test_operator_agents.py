@@ -193,7 +193,8 @@ def test_update_replaces_the_instance_and_applies_the_new_limit(fleet: Fleet) ->
     )
     digest = service["status"]["image"]["digest"]
     assert service["status"]["version"] == "1.1.0" and ":1.1.0@" in service["status"]["image"]["ref"]
-    (instance,) = running_on(fleet, digest)
+    # The instance's status is the agent's latest report; the service's Ready is the operator's last pass.
+    (instance,) = eventually(lambda: running_on(fleet, digest), 60, "the instance Running the new package")
     assert instance["spec"]["device"] == "edge-a"
     assert fleet.agents["edge-a"].memory_limit(instance["spec"]["instanceId"]) == pages(96_000_000)
     eventually(lambda: "run 2)" in fleet.agents["edge-a"].log_of(instance["spec"]["instanceId"]), 30,
@@ -347,8 +348,9 @@ def test_apiserver_restart_mid_reconcile_loses_and_duplicates_nothing(fleet: Fle
     service = eventually(lambda: (s := ready(fleet)) and s["status"]["image"]["digest"] != old and s, 180,
                          lambda: f"Ready after the apiserver restart\n{fleet.diagnostics()}")
     assert ":1.3.0@" in service["status"]["image"]["ref"]
-    (instance,) = fleet.instances(NAMESPACE, NAME)
-    assert instance["status"]["imageDigest"] == service["status"]["image"]["digest"]
+    (instance,) = eventually(lambda: running_on(fleet, service["status"]["image"]["digest"]), 60,
+                             "the instance Running the new package")
+    assert len(fleet.instances(NAMESPACE, NAME)) == 1
     assert len(fleet.agents["edge-b"].containers()) == 1, "one container, not two"
     assert fleet.operator is not None and fleet.operator.alive()
     assert all(agent.process.alive() for agent in fleet.agents.values())
