@@ -11,7 +11,7 @@ DEMO_SECONDS ?= 8
 # state volumes), mount (losetup) and procps (ps); Debian installs them by default.
 APT_PACKAGES := runc umoci skopeo docker-registry busybox-static pigz shellcheck e2fsprogs mount procps zsh
 
-.PHONY: all system-deps venv signer-venvs cosign test test-fast demo bench crds manifests clean
+.PHONY: all system-deps venv signer-venvs cosign control-plane demo-cluster test test-fast demo bench crds manifests clean
 
 all: test
 
@@ -50,7 +50,13 @@ signer-venvs: $(SIGNER_VENVS)/1.17.0/ok $(SIGNER_VENVS)/1.16.0/ok $(SIGNER_VENVS
 cosign:
 	@sh tools/cosign.sh >/dev/null
 
-test: system-deps venv signer-venvs cosign
+# kube-apiserver, kube-controller-manager and etcd for the tests, built from the Go modules pinned in
+# tools/control-plane/go.mod into ~/.cache/aos-operator/control-plane/ (outside the clone, so a fresh
+# clone on the same machine reuses them); built only when missing or when the pin changes.
+control-plane:
+	sh tools/control-plane/build.sh
+
+test: system-deps venv signer-venvs cosign control-plane
 	AOS_SIGNER_VENVS=$(CURDIR)/$(SIGNER_VENVS) AOS_COSIGN="$$(sh tools/cosign.sh)" $(BIN)/pytest $(PYTEST_ARGS)
 
 test-fast: venv
@@ -64,9 +70,10 @@ demo: system-deps venv
 	$(BIN)/aosctl build examples/hello-world -o out/hello-world.tar
 	$(BIN)/aosctl run out/hello-world.tar --service-id 0c3f6b8e-5a47-4a4b-9d8b-6f1c2b7e4a10 --timeout $(DEMO_SECONDS)
 
-# The Kubernetes API emulator of the e2e tests against stock KMock, and its watch fan-out.
-bench-kube-emulator: venv
-	$(BIN)/python -m benchmarks.kube_emulator
+# The operator and one agent (root, runc) on a real control plane on this machine: apply the example,
+# wait for Ready, show it, delete it, stop. KEEP=1 leaves it running and prints how to stop it.
+demo-cluster: system-deps venv control-plane
+	$(BIN)/python -m tools.demo_cluster $(if $(filter 1,$(KEEP)),--keep)
 
 crds: venv
 	$(BIN)/aosctl crds --output crds

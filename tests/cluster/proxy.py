@@ -1,4 +1,4 @@
-"""A TCP proxy in front of the emulator for one client, to cut that client off the API and back."""
+"""A loopback TCP proxy in front of the API server for one client, to cut that client off the API and back."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import socket
 import struct
-from typing import Literal
+import threading
+from collections.abc import Callable
+from typing import Any, Literal
 
 BlockMode = Literal["reset", "blackhole"]
 
@@ -20,8 +22,10 @@ class ClientProxy:
     `unblock()` forwards again; the listening port never changes.
     """
 
-    def __init__(self, name: str, upstream_host: str, upstream_port: int, host: str = "127.0.0.1") -> None:
+    def __init__(self, name: str, upstream_host: str, upstream_port: int, host: str = "127.0.0.1",
+                 scheme: str = "http") -> None:
         self.name = name
+        self.scheme = scheme
         self.upstream_host = upstream_host
         self.upstream_port = upstream_port
         self.host = host
@@ -31,6 +35,8 @@ class ClientProxy:
         self._writers: set[asyncio.StreamWriter] = set()
         self.connections_total = 0
         self.connections_refused = 0
+        self.bytes_to_client = 0
+        self.bytes_to_upstream = 0
 
     @property
     def port(self) -> int:
@@ -40,7 +46,7 @@ class ClientProxy:
 
     @property
     def url(self) -> str:
-        return f"http://{self.host}:{self.port}"
+        return f"{self.scheme}://{self.host}:{self.port}"
 
     @property
     def blocked(self) -> bool:
@@ -109,17 +115,25 @@ class ClientProxy:
         self._writers.add(upstream_writer)
         try:
             await asyncio.gather(
-                _pump(reader, upstream_writer), _pump(upstream_reader, writer), return_exceptions=True,
+                _pump(reader, upstream_writer, self._count_up), _pump(upstream_reader, writer, self._count_down),
+                return_exceptions=True,
             )
         finally:
             self._writers.discard(upstream_writer)
             if not upstream_writer.is_closing():
                 upstream_writer.close()
 
+    def _count_up(self, size: int) -> None:
+        self.bytes_to_upstream += size
 
-async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _count_down(self, size: int) -> None:
+        self.bytes_to_client += size
+
+
+async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, count: Callable[[int], None]) -> None:
     try:
         while chunk := await reader.read(65536):
+            count(len(chunk))
             writer.write(chunk)
             await writer.drain()
     except (ConnectionError, OSError):
@@ -139,3 +153,50 @@ def _abort(writer: asyncio.StreamWriter) -> None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     transport = writer.transport
     transport.abort()
+
+
+class ProxyThread:
+    """A ClientProxy on its own event loop in a daemon thread, for synchronous tests.
+
+    `ProxyThread("edge-a", "127.0.0.1", port, scheme="https").start()`; `block()`, `unblock()`,
+    `close()` are thread-safe.
+    """
+
+    def __init__(self, name: str, upstream_host: str, upstream_port: int, scheme: str = "https") -> None:
+        self.proxy = ClientProxy(name, upstream_host, upstream_port, scheme=scheme)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name=f"proxy-{name}", daemon=True)
+
+    @property
+    def name(self) -> str:
+        return self.proxy.name
+
+    @property
+    def url(self) -> str:
+        return self.proxy.url
+
+    def _call(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=30)
+
+    def start(self) -> ProxyThread:
+        self._thread.start()
+        self._call(self.proxy.start())
+        return self
+
+    def block(self, mode: BlockMode = "reset") -> None:
+        async def block() -> None:
+            self.proxy.block(mode)
+        self._call(block())
+
+    def unblock(self) -> None:
+        async def unblock() -> None:
+            self.proxy.unblock()
+        self._call(unblock())
+
+    def close(self) -> None:
+        if not self._thread.is_alive():
+            return
+        self._call(self.proxy.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self.loop.close()

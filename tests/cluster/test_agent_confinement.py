@@ -1,0 +1,130 @@
+"""Agents are confined like kubelets under NodeRestriction, proven on the real kube-apiserver: the
+chart's agent RBAC plus its ValidatingAdmissionPolicy keyed on the node name that a Pod-bound
+service-account token carries. Agent A may create and update only its own AosDevice and write
+only the status of instances whose spec.device is its node; it cannot touch AosServices, other
+devices' objects, instance specs, or Secrets."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client, config
+
+from aos_operator.api.models import GROUP, VERSION
+from tests.cluster.install import Installation, install
+from tools.cluster import ControlPlane
+
+VALUES = {"agent": {"admissionPolicy": {"enabled": True}}}
+DIGEST = "sha256:" + "ab" * 32
+
+
+@pytest.fixture(scope="module")
+def installation() -> Iterator[Installation]:
+    with ControlPlane(controller_manager=False) as plane:
+        installed = install(plane, VALUES)
+        plane.ensure_namespace("apps")
+        for node in ("edge-a", "edge-b"):
+            plane.create({"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}})
+            plane.create(instance(node))
+        yield installed
+
+
+def instance(device: str) -> dict[str, Any]:
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "AosServiceInstance",
+        "metadata": {"name": f"svc-{device}-0", "namespace": "apps"},
+        "spec": {"service": "svc", "device": device, "index": 0, "serviceId": "svc", "subject": "local",
+                 "instanceId": f"id-{device}", "image": {"reference": f"r.example/svc@{DIGEST}", "digest": DIGEST}},
+    }
+
+
+def device(name: str) -> dict[str, Any]:
+    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "AosDevice", "metadata": {"name": name}}
+
+
+def custom(kubeconfig: Path) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(config.new_client_from_config(str(kubeconfig)))
+
+
+def refused(call: Callable[[], Any]) -> client.ApiException:
+    """The API's refusal of `call`; retried while a just-created policy is not yet loaded."""
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            call()
+        except client.ApiException as error:
+            return error
+        if time.monotonic() > deadline:
+            raise AssertionError("the API accepted a write the agent must not make")
+        time.sleep(0.5)
+
+
+@pytest.fixture(scope="module")
+def agent_a(installation: Installation) -> client.CustomObjectsApi:
+    return custom(installation.agent_kubeconfig("edge-a"))
+
+
+def test_an_agent_registers_its_own_device_but_no_other(agent_a: client.CustomObjectsApi) -> None:
+    error = refused(lambda: agent_a.create_cluster_custom_object(GROUP, VERSION, "aosdevices", device("edge-b")))
+    assert error.status == 422  # a ValidatingAdmissionPolicy denies with Invalid
+    assert "an agent may write only the AosDevice of its own node edge-a" in error.body
+    created = agent_a.create_cluster_custom_object(GROUP, VERSION, "aosdevices", device("edge-a"))
+    assert created["metadata"]["name"] == "edge-a"
+    patched = agent_a.patch_cluster_custom_object_status(
+        GROUP, VERSION, "aosdevices", "edge-a", {"status": {"cpuCores": 2}})
+    assert patched["status"]["cpuCores"] == 2
+
+
+def test_an_agent_writes_the_status_of_its_own_instances_only(
+        installation: Installation, agent_a: client.CustomObjectsApi) -> None:
+    own = agent_a.patch_namespaced_custom_object_status(
+        GROUP, VERSION, "apps", "aosserviceinstances", "svc-edge-a-0", {"status": {"phase": "Running"}})
+    assert own["status"]["phase"] == "Running"
+    error = refused(lambda: agent_a.patch_namespaced_custom_object_status(
+        GROUP, VERSION, "apps", "aosserviceinstances", "svc-edge-b-0", {"status": {"phase": "Running"}}))
+    assert error.status == 422
+    assert "an agent may write only the status of instances on its own node edge-a" in error.body
+
+
+def test_rbac_keeps_an_agent_off_specs_services_deletes_and_secrets(
+        installation: Installation, agent_a: client.CustomObjectsApi) -> None:
+    attempts = {
+        "patch an instance's spec": lambda: agent_a.patch_namespaced_custom_object(
+            GROUP, VERSION, "apps", "aosserviceinstances", "svc-edge-a-0", {"spec": {"subject": "x"}}),
+        "delete an instance": lambda: agent_a.delete_namespaced_custom_object(
+            GROUP, VERSION, "apps", "aosserviceinstances", "svc-edge-a-0"),
+        "create an AosService": lambda: agent_a.create_namespaced_custom_object(
+            GROUP, VERSION, "apps", "aosservices", {"apiVersion": f"{GROUP}/{VERSION}", "kind": "AosService",
+                                                    "metadata": {"name": "x"}, "spec": {}}),
+        "delete another device": lambda: agent_a.delete_cluster_custom_object(GROUP, VERSION, "aosdevices", "edge-b"),
+    }
+    for what, attempt in attempts.items():
+        error = refused(attempt)
+        assert error.status == 403, f"{what}: {error.status} {error.body}"
+        assert "forbidden" in error.body, what
+    core = client.CoreV1Api(config.new_client_from_config(str(installation.agent_kubeconfig("edge-a"))))
+    with pytest.raises(client.ApiException) as secrets:
+        core.list_namespaced_secret(installation.namespace)
+    assert secrets.value.status == 403
+
+
+def test_a_token_without_a_node_is_refused(installation: Installation) -> None:
+    plane = installation.plane
+    token = plane.service_account_token(installation.namespace, installation.agent_service_account)
+    unbound = custom(plane.token_kubeconfig("agent-unbound", token))
+    error = refused(lambda: unbound.create_cluster_custom_object(GROUP, VERSION, "aosdevices", device("edge-c")))
+    assert error.status == 422 and "carries no node name" in error.body
+
+
+def test_the_operator_is_not_bound_by_the_agent_policy(installation: Installation) -> None:
+    operator = custom(installation.operator_kubeconfig())
+    listed = operator.list_cluster_custom_object(GROUP, VERSION, "aosserviceinstances")
+    assert {item["spec"]["device"] for item in listed["items"]} >= {"edge-a", "edge-b"}
+    with pytest.raises(client.ApiException) as status_write:  # the chart gives it no instance status writes
+        operator.patch_namespaced_custom_object_status(
+            GROUP, VERSION, "apps", "aosserviceinstances", "svc-edge-b-0", {"status": {"phase": "Failed"}})
+    assert status_write.value.status == 403
