@@ -10,7 +10,7 @@ from tests.harness.control import EmulatorThread, HarnessClient, HarnessError, H
 from tests.harness.emulator import ApiError, KubeEmulator
 from tests.harness.faults import FaultRule
 from tests.harness.metrics import Metrics, RequestKey
-from tests.harness.proxy import ClientProxy
+from tests.cluster.proxy import ClientProxy
 from tests.harness.resources import ResourceSpec
 from tests.harness.waiting import eventually
 

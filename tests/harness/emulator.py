@@ -31,7 +31,7 @@ from tests.harness import kmock_fixes
 from tests.harness.faults import STATUS_REASONS, FaultPlan, FaultRule, RequestFacts
 from tests.harness.metrics import Metrics, RequestKey
 from tests.harness.patching import PatchError, apply_patch
-from tests.harness.proxy import BlockMode, ClientProxy
+from tests.cluster.proxy import BlockMode, ClientProxy
 from tests.harness.resources import (
     BUILTIN_RESOURCES, CRD_DIR, SYSTEM_NAMESPACES, ResourceSpec, ResourceTable, load_crds, specs_from_crd,
 )
