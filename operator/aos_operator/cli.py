@@ -27,6 +27,7 @@ from aos_operator.errors import (
     RuntimeFailure,
 )
 from aos_operator.api.client import Connection
+from aos_operator.controller.rollout_cli import add_rollout_parser
 from aos_operator.image import BuildResult, Progress, open_package
 from aos_operator.packaging import (
     build_service,
@@ -582,6 +583,7 @@ def _parser() -> argparse.ArgumentParser:
     crds = commands.add_parser("crds", help="print or write the CustomResourceDefinitions")
     crds.add_argument("--output", "-o", metavar="DIR", help="write one YAML file per CRD into DIR")
     crds.set_defaults(func=cmd_crds)
+    add_rollout_parser(commands)  # aosctl rollout ... (controller/rollout_cli.py)
     return parser
 
 

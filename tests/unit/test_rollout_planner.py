@@ -184,12 +184,15 @@ def test_spec_paused_holds_every_further_device_and_the_deadline() -> None:
     state = RolloutState(revision=2, stable=1, phase=PROGRESSING, last_progress_at=T0)
     later = T0 + timedelta(hours=2)
     decision = plan_rollout(2, Strategy(max_unavailable=5, progress_deadline_seconds=60), devices, state, later, paused=True)
-    assert moved(decision.assign, devices, 2) == [] and decision.state.phase == PAUSED
-    assert decision.state.last_progress_at == later  # the deadline restarts after a pause
+    assert moved(decision.assign, devices, 2) == [] and decision.state.phase == PAUSED  # and no abort
     assert [e.reason for e in decision.events] == ["RolloutPaused"]
+    again = plan_rollout(2, Strategy(max_unavailable=5, progress_deadline_seconds=60), devices, decision.state,
+                         later + timedelta(seconds=10), paused=True)
+    assert again.state == decision.state and again.events == []  # nothing to write while it stays paused
     resumed = plan_rollout(2, Strategy(max_unavailable=5, progress_deadline_seconds=60), devices, decision.state,
-                           later + timedelta(seconds=1))
+                           later + timedelta(seconds=30))
     assert len(moved(resumed.assign, devices, 2)) == 4 and resumed.state.phase == PROGRESSING
+    assert resumed.state.last_progress_at == later + timedelta(seconds=30)  # the deadline starts again
 
 
 # --- canary ---------------------------------------------------------------------------------------

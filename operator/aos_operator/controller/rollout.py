@@ -25,7 +25,7 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from aos_operator.api.models import RolloutStrategy
@@ -259,11 +259,12 @@ def plan_rollout(
     if len(failed) > threshold:
         kinds = ", ".join(sorted({instance.reason or "" for instance in failed}))
         reason = f"{len(failed)} of {len(updated_instances)} updated instances failed ({kinds})"
-    in_pause = paused or state.phase == PAUSED
-    if updated_available > state.available or in_pause or state.last_progress_at is None:
+    # The deadline does not run while paused; it starts again when the pause ends.
+    spec_pause_ended = state.phase == PAUSED and not paused and state.step_reached_at is None
+    if updated_available > state.available or state.last_progress_at is None or spec_pause_ended:
         state = replace(state, last_progress_at=now)
     stuck = [device for device in updated if not available[device.name]]
-    if not reason and stuck and state.last_progress_at is not None:
+    if not reason and stuck and not paused and state.last_progress_at is not None:
         waited = (now - state.last_progress_at).total_seconds()
         if waited >= strategy.progress_deadline_seconds:
             reason = (f"{len(stuck)} updated device(s) not available within progressDeadlineSeconds "
@@ -312,7 +313,8 @@ def plan_rollout(
             state = replace(state, step=state.step + 1, step_reached_at=None, last_progress_at=now)
             continue
         phase = PAUSED
-        message = f"canary step {state.step + 1}/{len(steps)} done; pausing {left:.0f} s more"
+        until = (reached + timedelta(seconds=step.pause_seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
+        message = f"canary step {state.step + 1}/{len(steps)} done; paused until {until}"
         wake.append(left)
         limit = len(updated)
         break
