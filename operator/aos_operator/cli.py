@@ -384,6 +384,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from aos_operator.agent.loop import AgentLoop, AgentSettings
     from aos_operator.api.client import KubeClient
     from aos_operator.runtime import Runtime, RuntimeConfig, detect_node_facts, stop_on_signals
+    from aos_operator.runtime.package_gc import GcPolicy
 
     _logging(args)
     device = args.device or os.environ.get("NODE_NAME")
@@ -412,7 +413,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         host_devices=host_devices,
     )
     kube = KubeClient(settings.connection, user_agent=f"aos-agent/{device}")
-    loop = AgentLoop(settings, kube, DeviceAgent(runtime, registry, data_dir / "pulls"), node)
+    gc = GcPolicy(keep_previous=args.keep_previous, max_packages=args.max_packages, max_bytes=args.max_package_bytes)
+    loop = AgentLoop(settings, kube, DeviceAgent(runtime, registry, data_dir / "pulls", gc), node)
     with stop_on_signals(loop.stop):
         loop.run()
     return EXIT_OK
@@ -569,6 +571,12 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--dmips", type=int, help="total DMIPS of the device (default: cores x 10000)")
     agent.add_argument("--node-config", metavar="FILE", help="YAML with the resources and devices the node offers")
     agent.add_argument("--heartbeat", type=float, default=10.0, metavar="SECONDS")
+    # Package GC (runtime/package_gc.py): what an assigned instance needs is never deleted.
+    agent.add_argument("--keep-previous", type=int, default=1, metavar="N",
+                       help="previous packages kept per service for a fast rollback (default 1)")
+    agent.add_argument("--max-packages", type=int, metavar="N", help="installed packages at most, needed ones excepted")
+    agent.add_argument("--max-package-bytes", type=int, metavar="BYTES",
+                       help="size of installed packages at most (their blobs' sizes), needed ones excepted")
     agent.add_argument("--insecure", "--registry-insecure", dest="insecure", action="store_true",
                        default=_env_flag("AOS_REGISTRY_INSECURE"), help="plain HTTP to the registry")
     agent.add_argument("--ca", "--registry-ca", dest="ca", default=os.environ.get("AOS_REGISTRY_CA"), metavar="FILE")
