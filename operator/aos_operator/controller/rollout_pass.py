@@ -94,7 +94,7 @@ def _conditions(decision: Decision, counts: Counts) -> list[Wanted]:
     state = decision.state
     if state.phase == ROLLED_BACK:
         return [Wanted(READY, False, "RolledBack", state.message), Wanted(RECONCILING, False, "RolledBack", state.message),
-                Wanted(STALLED, True, "RolledBack", "a new spec starts a new rollout")]
+                Wanted(STALLED, False, "RolledBack", "running the stable revision; a new spec starts a new rollout")]
     if state.phase == FAILED:
         return [Wanted(READY, False, "RolloutFailed", state.message),
                 Wanted(RECONCILING, False, "RolloutFailed", state.message),
