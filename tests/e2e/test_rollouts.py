@@ -128,7 +128,7 @@ def test_crashing_canary_rolls_back_its_devices_without_a_rebuild(fleet: Fleet) 
     assert rolled_back and rolled_back[0]["type"] == "Warning" and "revision 2" in rolled_back[0]["message"]
     # A later spec change starts a new rollout from the same stable revision.
     fleet.crashing_versions.discard("2.0.0-crash")
-    fleet.set_version("canary", "2.0.1", strategy={"rollingUpdate": {"maxUnavailable": 5}})
+    fleet.set_version("canary", "2.0.1", strategy={"rollingUpdate": {"maxUnavailable": 5}, "canary": None})
     rollout = complete(fleet, "canary", 3)
     assert rollout["stableRevision"] == 3
 
