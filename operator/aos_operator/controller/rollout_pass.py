@@ -10,7 +10,7 @@ a pass that runs before the watch catches up cannot update more devices than the
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -144,6 +144,8 @@ async def run(op: Any, body: Any, spec: AosServiceSpec, view: ServiceView, devic
         target = int(pinned)  # `aosctl rollout undo` for this spec; a new spec ends it
     strategy = Strategy.from_spec(spec.strategy)
     strategy.check()
+    if target != built_number:  # an undo goes back to a revision that ran before: no canary, the rolling rule
+        strategy = replace(strategy, steps=())
     previous = RolloutState.from_status(status.get("rollout"))
     pending = op.pending.setdefault(key, {})
     device_list = list(devices.values())
