@@ -1,5 +1,5 @@
 """Reconciling one AosService: validate its config, build and push its packages when their
-inputs changed, place its instances, and write its status.
+inputs changed, place its instances revision by revision (rollout_pass), and write its status.
 
 Level-triggered: each pass compares what should be with what is (the in-memory indexes of
 AosDevices and AosServiceInstances that kopf keeps) and writes only the differences, so a pass
