@@ -124,3 +124,10 @@ class RuntimeFailure(AosError):
     """Running a service failed: runc, mounts, cgroups or the kernel said no."""
 
     exit_code = EXIT_FAILED
+
+
+class SpecError(AosError):
+    """A resource's spec (e.g. AosService spec.strategy) holds a value the schema lets through
+    but that cannot be used, or a command names a revision or resource that does not exist."""
+
+    exit_code = EXIT_INVALID

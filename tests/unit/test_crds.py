@@ -45,7 +45,8 @@ def test_schemas_are_structural_and_documented(kind: Any) -> None:
             assert node.get("type") == "object", path
             for name, child in node["properties"].items():
                 if path.count("/properties/") >= 1 or name in ("spec", "status"):
-                    assert "type" in child or child.get("x-kubernetes-preserve-unknown-fields"), f"{path}/{name}"
+                    assert ("type" in child or child.get("x-kubernetes-preserve-unknown-fields")
+                            or child.get("x-kubernetes-int-or-string")), f"{path}/{name}"
     spec = schema["properties"]["spec"]
     assert all("description" in child for child in spec["properties"].values()), "kubectl explain needs descriptions"
     assert version["subresources"] == {"status": {}}

@@ -21,6 +21,7 @@ from aos_operator.digests import digest_hex
 from aos_operator.errors import AosError, PackageError, RegistryError, RuntimeFailure, SignatureError
 from aos_operator.registry import RegistryClient
 from aos_operator.runtime import InstanceIdentity, InstanceStatus, Runtime
+from aos_operator.runtime.package_gc import GcPolicy
 from aos_operator.trust.store import verify_package
 from aos_operator.trust.verify import VerificationPolicy
 
@@ -53,15 +54,16 @@ class Outcome:
 
 
 class DeviceAgent:
-    def __init__(
-        self, runtime: Runtime, registry: RegistryClient, package_cache: Path, policy: VerificationPolicy | None = None
-    ) -> None:
+    def __init__(self, runtime: Runtime, registry: RegistryClient, package_cache: Path,
+                 policy: VerificationPolicy | None = None, gc: GcPolicy | None = None) -> None:
         self.runtime = runtime
         self.registry = registry
         self.package_cache = package_cache
         self.policy = policy or VerificationPolicy()
-        self._installing = threading.Lock()
+        self.gc = gc or GcPolicy()
+        self._installing = threading.Lock()  # also held by the GC: an install in progress is not garbage
         self._verified: set[str] = set()  # digests whose signature this process checked
+        self._assigned: dict[str, str] = {}  # instance ID -> digest it is asked to run
 
     def adopt(self) -> list[InstanceStatus]:
         """After a restart: find the instances that kept running, without restarting them."""
@@ -79,6 +81,7 @@ class DeviceAgent:
         identity = desired.identity
         if identity.instance_id != desired.instance_id:
             return Outcome("Failed", "InvalidSpec", f"instanceId {desired.instance_id} is not {identity.instance_id}")
+        self._assigned[desired.instance_id] = desired.digest
         current = self.running_package(desired.instance_id)
         if current == desired.digest:
             return Outcome("Running")  # adopted or already converged: leave it alone
@@ -88,6 +91,7 @@ class DeviceAgent:
                 self._pull_and_install(desired)
             else:
                 self._verify(desired)  # installed earlier, perhaps under another policy
+            self.runtime.packages.note_use(desired.digest, desired.service_id)
             report(Outcome("Starting"))
             if current is not None:  # a new package: replace the container, keep storage and state
                 self.runtime.stop(desired.instance_id)
@@ -100,7 +104,7 @@ class DeviceAgent:
             log.warning("instance %s: %s", desired.instance_id, error)
             return Outcome("Failed", reason, str(error))
         if current is not None and current != desired.digest:
-            self._forget(current)
+            self.collect_garbage()  # the previous package stays (policy.keep_previous) for a fast way back
         return Outcome("Starting")
 
     def _pull_and_install(self, desired: Desired) -> None:
@@ -127,21 +131,29 @@ class DeviceAgent:
 
     def remove(self, instance_id: str) -> None:
         """Stop the instance and delete its data; drop its package when nothing else uses it."""
-        package = None
+        self._assigned.pop(instance_id, None)
         try:
-            package = self.runtime.status(instance_id).package
             self.runtime.remove(instance_id)
         except RuntimeFailure:
             return  # not on this node
-        self._forget(package)
+        self.collect_garbage()
 
-    def _forget(self, digest: str | None) -> None:
-        if digest is None:
-            return
-        try:
-            self.runtime.uninstall(digest)
-        except (RuntimeFailure, OSError):
-            pass  # still used by another instance, or already gone
+    def needed_packages(self) -> set[str]:
+        """What the GC must keep: the packages of assigned instances and of every instance on the node."""
+        needed = set(self._assigned.values())
+        needed.update(status.package for status in self.runtime.list() if status.package)
+        return needed
+
+    def collect_garbage(self) -> list[str]:
+        with self._installing:
+            try:
+                removed = self.runtime.packages.collect(self.needed_packages(), self.gc)
+            except (AosError, OSError) as error:
+                log.warning("package GC failed (nothing needed was touched): %s", error)
+                return []
+        if removed:
+            log.info("package GC removed %d package(s): %s", len(removed), ", ".join(removed))
+        return removed
 
     def status(self, instance_id: str) -> InstanceStatus | None:
         try:

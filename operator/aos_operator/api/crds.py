@@ -33,6 +33,10 @@ def structural(schema: dict[str, Any], definitions: dict[str, Any]) -> dict[str,
     if options is not None:
         non_null = [option for option in options if option.get("type") != "null"]
         rest = {k: v for k, v in schema.items() if k != "anyOf"}
+        if {option.get("type") for option in non_null} == {"integer", "string"} and rest.get(
+            "x-kubernetes-int-or-string"
+        ):
+            return {k: v for k, v in rest.items() if k not in _DROP}  # IntOrString, as in Deployments
         if len(non_null) == 1:
             # Optional[X]: an absent field is how Kubernetes says "unset", so no nullable needed.
             return structural({**_resolve(non_null[0], definitions), **rest}, definitions)

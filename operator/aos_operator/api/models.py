@@ -103,6 +103,55 @@ class AosServiceSource(_Schema):
     image: ImageSource | None = Field(None, description="The root filesystem layer of an existing OCI image")
 
 
+IntOrPercent = int | str  # a count, or a percentage such as "25%"
+_INT_OR_PERCENT = {"x-kubernetes-int-or-string": True}
+
+
+class RollingUpdate(_Schema):
+    maxUnavailable: IntOrPercent = Field(
+        "25%", description="Devices (count, or percent of the selected devices, rounded down, at least 1) that may be "
+        "without an available instance at once during a rollout; default 25% as in Deployments",
+        json_schema_extra=_INT_OR_PERCENT,
+    )
+    minReadySeconds: int = Field(
+        0, ge=0, le=86400, description="An updated instance counts as available once it has run this long without a restart"
+    )
+
+
+class CanaryStep(_Schema):
+    devices: IntOrPercent = Field(
+        description="Devices on the new revision once this step is reached (count, or percent of the selected "
+        "devices, rounded up, at least 1)",
+        json_schema_extra=_INT_OR_PERCENT,
+    )
+    pauseSeconds: int | None = Field(
+        None, ge=0, le=30 * 86400,
+        description="How long to wait once the step's devices are available; unset: until `aosctl rollout resume`",
+    )
+
+
+class Canary(_Schema):
+    steps: list[CanaryStep] = Field(
+        max_length=20, description="Steps in order; after the last one the rest of the devices follow the rolling rule"
+    )
+
+
+class RolloutStrategy(_Schema):
+    """How a new revision reaches the devices; see README, Rollouts."""
+
+    rollingUpdate: RollingUpdate | None = Field(None, description="Batch size and readiness (defaults apply when unset)")
+    canary: Canary | None = Field(None, description="Steps of a few devices, each followed by a pause, before the rest")
+    failureThreshold: IntOrPercent = Field(
+        0, description="Updated instances (count, or percent rounded down) that may end Failed (CrashLoop, OOMKilled, "
+        "StartError, OfflineTimeout) before the rollout is aborted and rolled back; default 0",
+        json_schema_extra=_INT_OR_PERCENT,
+    )
+    progressDeadlineSeconds: int = Field(
+        600, ge=1, le=30 * 86400,
+        description="Abort and roll back when no updated device became available for this long (pauses not counted)",
+    )
+
+
 class AosServiceSpec(_Schema):
     config: dict[str, Any] = Field(
         description="The service's config.yaml as an object, schema version 1 or 2; validated by the operator",
@@ -116,12 +165,46 @@ class AosServiceSpec(_Schema):
     subject: str = Field("default", description="AosEdge subject the instances run for (AOS_SUBJECT_ID)")
     item: str | None = Field(None, description="For a schema-version-2 config with several services: the codename")
     suspend: bool = Field(False, description="Stop reconciling; running instances are left as they are")
+    strategy: RolloutStrategy | None = Field(None, description="How a new revision is rolled out (default: rolling, 25%)")
+    paused: bool = Field(False, description="Hold the rollout: no further device is updated (`aosctl rollout pause`)")
+    revisionHistoryLimit: int = Field(10, ge=1, le=50, description="Revisions kept in status.revisions")
 
 
 class ImageStatus(_Schema):
     architecture: str | None = Field(None, description="OCI architecture of the image")
     ref: str = Field(description="Where the package was pushed, repository:tag@digest")
     digest: str = Field(description="Manifest digest, sha256:...")
+
+
+class Revision(_Schema):
+    """One built package of the service: what a rollout or a rollback dispatches, by digest."""
+
+    revision: int = Field(ge=1, description="Increasing number, 1 for the first build")
+    digest: str = Field(description="Manifest digest of the first (or only) architecture")
+    images: list[ImageStatus] = Field(description="The packages, one per architecture")
+    sourceDigest: str = Field(description="Content digest of the config and source it was built from")
+    version: str | None = Field(None, description="Service version from the config")
+    createdAt: datetime = Field(description="When it was built")
+    rolledOutAt: datetime | None = Field(None, description="When its last rollout started")
+    result: str | None = Field(None, description="Progressing, Paused, Complete, RolledBack or Superseded")
+    message: str | None = None
+
+
+class RolloutStatus(_Schema):
+    """The rollout in progress or last finished; the planner's memory between passes."""
+
+    revision: int | None = Field(None, description="The revision being rolled out")
+    stableRevision: int | None = Field(None, description="The last revision that completed: where a rollback goes")
+    phase: str | None = Field(None, description="Progressing, Paused, Complete, RolledBack or Failed")
+    step: int | None = Field(None, description="Canary step being worked on (0-based); the step count when past them")
+    stepReachedAt: datetime | None = Field(None, description="When the current canary step's devices were available")
+    lastProgressAt: datetime | None = Field(None, description="When an updated device last became available")
+    updatedDevices: int | None = Field(None, description="Devices assigned the revision")
+    availableDevices: int | None = Field(None, description="Devices assigned the revision with every instance available")
+    totalDevices: int | None = Field(None, description="Devices the service runs on")
+    failedRevision: int | None = Field(None, description="The revision that was rolled back")
+    message: str | None = None
+    progress: str | None = Field(None, description="updated/total devices, for kubectl")
 
 
 class AosServiceStatus(_Schema):
@@ -137,6 +220,8 @@ class AosServiceStatus(_Schema):
     ready: int | None = Field(None, description="Instances running the current image")
     updated: int | None = Field(None, description="Instances with the current image, running or not")
     failed: int | None = Field(None, description="Instances that failed")
+    revisions: list[Revision] | None = Field(None, description="Recent revisions, oldest first (revisionHistoryLimit)")
+    rollout: RolloutStatus | None = None
 
 
 # --- AosDevice ------------------------------------------------------------------------------------
@@ -260,6 +345,9 @@ AOS_SERVICE = Kind(
         {"name": "Ready", "type": "string", "jsonPath": ".status.readyRatio", "description": "Ready/desired"},
         {"name": "Up-To-Date", "type": "integer", "jsonPath": ".status.updated", "description": "Current image"},
         {"name": "Digest", "type": "string", "jsonPath": ".status.image.digest"},
+        {"name": "Revision", "type": "integer", "jsonPath": ".status.rollout.revision"},
+        {"name": "Rollout", "type": "string", "jsonPath": ".status.rollout.phase"},
+        {"name": "Devices", "type": "string", "jsonPath": ".status.rollout.progress", "description": "Updated/total"},
         _condition_column("Status", "Ready", "reason"),
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
         _condition_column("Message", "Ready", "message", priority=1),

@@ -6,6 +6,7 @@ One module per command group, as crane's and ko's `cmd/` have a file per verb:
     inspect.py    inspect                       registry.py   digest, ls, login, logout
     run.py        run                           instances.py  ps, logs, stop, rm, prune
     scaffold.py   init                          cluster.py    operator, agent, agent-health, crds
+    rollout.py    rollout (status, history, undo, pause, resume)
     meta.py       version, completion           trust.py      sign (and push's signing, run's check)
 
 Shared: common.py (options with one name and one check everywhere), output.py (streams, and the
@@ -27,6 +28,7 @@ from aos_operator.cli import (
     meta,
     packages,
     registry,
+    rollout,
     run,
     scaffold,
     trust,
@@ -44,7 +46,7 @@ EXIT_CODES = (
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
 )
 
-GROUPS = (validate, packages, trust, inspect, registry, run, instances, scaffold, cluster, meta)
+GROUPS = (validate, packages, trust, inspect, registry, run, instances, scaffold, cluster, rollout, meta)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -117,6 +117,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from aos_operator.agent.loop import AgentLoop, AgentSettings
     from aos_operator.api.client import KubeClient
     from aos_operator.runtime import Runtime, RuntimeConfig, detect_node_facts, stop_on_signals
+    from aos_operator.runtime.package_gc import GcPolicy
 
     device = args.device or os.environ.get("NODE_NAME")
     if not device:
@@ -153,7 +154,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
 
     policy = VerificationPolicy.load(args.signature_policy, args.verify_key or [])
     logging.getLogger("aos_operator.agent").info("device %s: %s", device, policy.describe())
-    loop = AgentLoop(settings, kube, DeviceAgent(runtime, client, data_dir / "pulls", policy), node)
+    gc = GcPolicy(keep_previous=args.keep_previous, max_packages=args.max_packages, max_bytes=args.max_package_bytes)
+    loop = AgentLoop(settings, kube, DeviceAgent(runtime, client, data_dir / "pulls", policy, gc), node)
     with stop_on_signals(loop.stop):
         loop.run()
     return EXIT_OK
@@ -225,6 +227,14 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     agent.add_argument("--heartbeat", type=seconds(), default=10.0, metavar="SECONDS",
                        help="how often the AosDevice is renewed (default: %(default)s)")
     max_layer_size_option(agent)
+    # Package GC (runtime/package_gc.py): what an assigned instance needs is never deleted.
+    agent.add_argument("--keep-previous", type=whole_number(0), default=1, metavar="N",
+                       help="previous packages kept per service for a fast rollback (default: %(default)s)")
+    agent.add_argument("--max-packages", type=whole_number(1), metavar="N",
+                       help="installed packages at most, needed ones excepted (default: no limit)")
+    agent.add_argument("--max-package-bytes", type=whole_number(1), metavar="BYTES",
+                       help="size of installed packages at most (their blobs' sizes), needed ones excepted "
+                       "(default: no limit)")
     agent.add_argument("--signature-policy", choices=["required", "off"], default=os.environ.get("AOS_SIGNATURE_POLICY"),
                        help="required: run only packages signed by a --verify-key (default when keys are given; "
                        "$AOS_SIGNATURE_POLICY)")

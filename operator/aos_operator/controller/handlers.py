@@ -25,6 +25,7 @@ from aos_operator.api.selectors import equality_selector
 from aos_operator.controller import builder, reconciler
 from aos_operator.controller.placement import DeviceView
 from aos_operator.controller.reconciler import Operator, release_stopped
+from aos_operator.controller.revisions import ROLLOUT_ANNOTATIONS
 from aos_operator.controller.settings import OperatorSettings
 from aos_operator.packaging import registry_client
 
@@ -101,7 +102,9 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
         if type == "DELETED":
             generations.pop((namespace, name), None)
             return
-        generation = meta.get("generation")
+        # The generation, and the annotations `aosctl rollout undo/resume` write (no new generation).
+        annotations = meta.get("annotations") or {}
+        generation = (meta.get("generation"), *(annotations.get(key) for key in ROLLOUT_ANNOTATIONS))
         if generations.get((namespace, name)) != generation:
             generations[(namespace, name)] = generation
             op.wake(namespace, name)
@@ -128,6 +131,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
         finally:
             op.wakeups.pop(key, None)
             op.memos.pop(key, None)
+            op.pending.pop(key, None)
 
     @kopf.on.delete(*SERVICES, registry=registry, id="release-instances")
     async def service_deleted(

@@ -9,8 +9,9 @@ that leaves the selector or is deleted loses them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from aos_operator.api import naming
@@ -66,6 +67,7 @@ class InstanceView:
     phase: str | None = None
     running_digest: str | None = None
     reason: str | None = None
+    start_time: datetime | None = None
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> InstanceView:
@@ -80,7 +82,19 @@ class InstanceView:
             phase=status.get("phase"),
             running_digest=status.get("imageDigest"),
             reason=status.get("reason"),
+            start_time=_time(status.get("startTime")),
         )
+
+
+def _time(value: Any) -> datetime | None:
+    if isinstance(value, datetime):
+        return value
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None  # a bad time from an agent only delays availability
 
 
 @dataclass(frozen=True)
@@ -183,10 +197,10 @@ def instance_spec(service: ServiceView, device: str, index: int, package: Packag
     }
 
 
-def plan(service: ServiceView, devices: Iterable[DeviceView], instances: Iterable[InstanceView]) -> Plan:
+def wanted_keys(service: ServiceView, devices: Iterable[DeviceView], instances: Iterable[InstanceView]) -> set[tuple[str, int]]:
+    """(device, index) of every instance that should exist."""
     by_device = {device.name: device for device in devices}
     existing = {(instance.device, instance.index): instance for instance in instances}
-    result = Plan()
     wanted: set[tuple[str, int]] = set()
     for device in sorted(by_device.values(), key=lambda device: device.name):
         has_some = any(key[0] == device.name for key in existing)
@@ -197,11 +211,30 @@ def plan(service: ServiceView, devices: Iterable[DeviceView], instances: Iterabl
             if key not in existing and not eligible(service, device):
                 continue  # a device that may only keep its instances gets no new ones
             wanted.add(key)
+    return wanted
+
+
+PackageChoice = Callable[[DeviceView], "PackageRef | None"]
+
+
+def plan(service: ServiceView, devices: Iterable[DeviceView], instances: Iterable[InstanceView],
+         package_for: PackageChoice | None = None) -> Plan:
+    """What to create, update and delete. `package_for` picks a device's package (the rollout
+    planner's revision); None from it leaves the device's instances on what they have."""
+    devices, instances = list(devices), list(instances)
+    by_device = {device.name: device for device in devices}
+    existing = {(instance.device, instance.index): instance for instance in instances}
+    result = Plan()
+    wanted = wanted_keys(service, devices, instances)
     result.desired = len(wanted)
     for key in sorted(wanted):
         device = by_device[key[0]]
-        package = service.packages[device.architecture]  # type: ignore[index]
+        default = service.packages[device.architecture]  # type: ignore[index]
+        chosen = package_for(device) if package_for else default
         current = existing.get(key)
+        if chosen is None and current is not None:
+            continue
+        package = chosen or default
         if current is None:
             result.create.append(instance_body(service, key[0], key[1], package))
         elif current.deleting:

@@ -1,5 +1,5 @@
 """Reconciling one AosService: validate its config, build and push its packages when their
-inputs changed, place its instances, and write its status.
+inputs changed, place its instances revision by revision (rollout_pass), and write its status.
 
 Level-triggered: each pass compares what should be with what is (the in-memory indexes of
 AosDevices and AosServiceInstances that kopf keeps) and writes only the differences, so a pass
@@ -31,7 +31,7 @@ from aos_operator.api.models import (
     AosServiceSpec,
     ImageStatus,
 )
-from aos_operator.controller import builder
+from aos_operator.controller import builder, revisions, rollout_pass
 from aos_operator.controller.conditions import (
     CONFIG_VALID,
     IMAGE_PUSHED,
@@ -39,14 +39,21 @@ from aos_operator.controller.conditions import (
     RECONCILING,
     STALLED,
     Wanted,
-    count_instances,
     merge_conditions,
-    rollout_conditions,
 )
-from aos_operator.controller.placement import DeviceView, InstanceView, PackageRef, ServiceView, plan
+from aos_operator.controller.placement import DeviceView, InstanceView, PackageRef, ServiceView
 from aos_operator.controller.settings import OperatorSettings
 from aos_operator.controller.source import SourceError
-from aos_operator.errors import AosError, BuildError, ConfigError, InputError, PackageError, RegistryError, SignatureError
+from aos_operator.errors import (
+    AosError,
+    BuildError,
+    ConfigError,
+    InputError,
+    PackageError,
+    RegistryError,
+    SignatureError,
+    SpecError,
+)
 from aos_operator.registry import RegistryClient
 from aos_operator.service import parse_config_data
 from aos_operator.service.description import ServiceDescription
@@ -86,6 +93,7 @@ class Operator:
     device_fingerprints: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     failures: dict[tuple[str, str], int] = field(default_factory=dict)
     memos: dict[tuple[str, str], PackageMemo] = field(default_factory=dict)
+    pending: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # instance -> digest patched
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _devices: dict[str, DeviceView] = field(default_factory=dict)
 
@@ -187,6 +195,12 @@ async def _ensure_packages(
     if recorded and (memo.source_digest if memo else status.get("sourceDigest")) == digest:
         op.memos[key] = PackageMemo(meta.get("generation"), digest, tuple(recorded), time.monotonic())
         return list(recorded)
+    known = revisions.by_source(revisions.of(status), digest)
+    if known is not None:  # a spec back to an earlier revision's inputs: its packages, no rebuild
+        images = [ImageStatus.model_validate(image) for image in known["images"]]
+        op.memos[key] = PackageMemo(meta.get("generation"), digest, tuple(images), time.monotonic())
+        log.info("AosService %s/%s: inputs of revision %s, reusing %s", namespace, name, known["revision"], known["digest"])
+        return images
     await write_status(op, body, [Wanted(RECONCILING, True, "Building", f"building {service.version}")], {})
     log.info("AosService %s/%s: building and pushing %s", namespace, name, service.version)
     async with op.build_slots:
@@ -227,30 +241,6 @@ def _service_view(body: Any, spec: AosServiceSpec, service: ServiceDescription, 
         selector=spec.selector,
         packages=packages,
     )
-
-
-async def apply_plan(op: Operator, body: Any, service: ServiceView, devices: list[DeviceView], instances: list[InstanceView]) -> int:
-    """Create, update and delete instances to match the plan; return the desired count."""
-    work = plan(service, devices, instances)
-    namespace = service.namespace
-    for instance in work.create:
-        try:
-            await op.call(op.kube.create, AOS_SERVICE_INSTANCE, instance)
-        except ApiException as error:
-            if error.status != 409:  # already there: the index has not seen it yet
-                raise
-    for name, patch in work.update:
-        await op.call(op.kube.patch, AOS_SERVICE_INSTANCE, name, patch, namespace)
-    for name in work.delete:
-        await op.call(op.kube.delete, AOS_SERVICE_INSTANCE, name, namespace)
-    if work.create:
-        devices_named = sorted({instance["spec"]["device"] for instance in work.create})
-        kopf.event(body, type="Normal", reason="InstancesCreated", message=f"{len(work.create)} on {', '.join(devices_named)}")
-    if work.update:
-        kopf.event(body, type="Normal", reason="InstancesUpdated", message=f"{len(work.update)} to the new package")
-    if work.delete:
-        kopf.event(body, type="Normal", reason="InstancesDeleted", message=", ".join(work.delete))
-    return work.desired
 
 
 async def release_stopped(op: Operator, instances: Iterable[Mapping[str, Any]], devices: Mapping[str, DeviceView]) -> None:
@@ -321,25 +311,37 @@ async def reconcile(
         return delay
     view = _service_view(body, spec, service, images)
     instances = [InstanceView.from_body(instance) for instance in instance_bodies]
-    desired = await apply_plan(op, body, view, list(devices.values()), instances)
+    try:
+        step = await rollout_pass.run(op, body, spec, view, devices, instances, images, op.memos[key].source_digest)
+    except SpecError as error:
+        await write_status(op, body, _invalid("InvalidSpec", error.message), {})
+        return op.settings.resync_seconds
     await release_stopped(op, instance_bodies, devices)
-    counts = count_instances(instances, {package.digest for package in view.packages.values()}, desired)
+    current = body.get("status") or {}
     await write_status(
         op,
         body,
-        [Wanted(CONFIG_VALID, True, "Valid", f"schema version {service.dialect}"), *rollout_conditions(counts)],
+        [Wanted(CONFIG_VALID, True, "Valid", f"schema version {service.dialect}"), *step.conditions],
         {
-            "desired": counts.desired,
-            "ready": counts.ready,
-            "updated": counts.updated,
-            "failed": counts.failed,
-            "readyRatio": counts.ratio,
+            **step.status,
+            "rollout": _replacing(current.get("rollout"), step.status["rollout"]),
             "serviceId": view.service_id,
             "version": service.version,
         },
     )
     op.failures.pop(key, None)
+    if step.wake_in is not None:
+        return max(0.5, min(op.settings.resync_seconds, step.wake_in + 0.5))
     return op.settings.resync_seconds
+
+
+def _replacing(current: Any, wanted: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch value that replaces `current` by `wanted` (null for keys that went away),
+    equal to `current` when nothing changed so that no write happens."""
+    if isinstance(current, dict) and {k: v for k, v in current.items() if v is not None} == wanted:
+        return current
+    removed = {key: None for key in current or {} if key not in wanted} if isinstance(current, dict) else {}
+    return {**removed, **wanted}
 
 
 def _invalid(reason: str, message: str) -> list[Wanted]:

@@ -17,7 +17,11 @@ import errno
 import hashlib
 import json
 import os
+import re
+import shutil
 import stat
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,7 @@ from aos_operator.digests import digest_hex, is_digest, sha256_digest
 from aos_operator.errors import InputError, PackageError
 from aos_operator.runtime.files import write_atomically
 from aos_operator.runtime.layers import UNCOMPRESSED_SIZE_ANNOTATION, LayerStore, UnpackLimit
+from aos_operator.runtime.package_gc import GcPolicy, StoredPackage, choose_garbage
 from aos_operator.runtime.paths import is_dir_in_root
 from aos_operator.runtime.service_config import ImageConfig, ServiceConfig, parse_image_config, parse_service_config
 
@@ -173,7 +178,8 @@ class _PackageDir:
 
 
 class PackageStore:
-    """Installed packages under `root`: `packages/<hex>.json` (manifest), `blobs/` (configs), `layers/`."""
+    """Installed packages under `root`: `packages/<hex>.json` (manifest), `blobs/` (configs), `layers/`,
+    and `uses/<hex>` (the service a package was used for; its mtime is when, for the GC)."""
 
     def __init__(self, root: Path, max_layer_bytes: int | None = None) -> None:
         self.root = root
@@ -181,6 +187,7 @@ class PackageStore:
         self.layers = LayerStore(root / "layers")
         self._blobs = root / "blobs" / "sha256"
         self._manifests = root / "packages"
+        self._uses = root / "uses"
 
     def install(self, package_dir: Path) -> InstalledPackage:
         package = _PackageDir(Path(package_dir))
@@ -264,6 +271,78 @@ class PackageStore:
             self._blob(blob_digest).unlink(missing_ok=True)
         if package.layer_digest not in still_used:
             self.layers.remove(package.layer_digest)
+
+
+    # --- garbage collection (package_gc decides; this applies) ----------------------------------
+
+    def note_use(self, digest: str, service_id: str) -> None:
+        """Remember that `service_id` uses the package now (install or start)."""
+        if not self.has(digest):
+            return
+        self._uses.mkdir(parents=True, exist_ok=True)
+        write_atomically(self._uses / digest_hex(digest), service_id.encode()[:200])
+
+    def stored(self) -> list[StoredPackage]:
+        found = []
+        for digest in self.digests():
+            hexdigest = digest_hex(digest)
+            manifest_path = self._manifests / f"{hexdigest}.json"
+            use = self._uses / hexdigest
+            try:
+                service: str | None = use.read_text(errors="replace").strip() or None
+                last_used = use.stat().st_mtime
+            except OSError:
+                service, last_used = None, _mtime(manifest_path)
+            try:
+                manifest = json.loads(manifest_path.read_bytes())
+                descriptors = [manifest.get("config"), manifest.get("aosService"), *manifest.get("layers", [])]
+                size = sum(d["size"] for d in descriptors if isinstance(d, dict) and isinstance(d.get("size"), int))
+            except (OSError, ValueError, AttributeError):
+                size = 0
+            found.append(StoredPackage(digest, service, last_used, size))
+        return found
+
+    def collect(self, needed: Iterable[str], policy: GcPolicy) -> list[str]:
+        """Delete what `policy` says may go (never a digest in `needed`), then layers and blobs no
+        package references; returns the packages deleted."""
+        needed = set(needed)
+        removed = []
+        for digest in choose_garbage(self.stored(), needed, policy):
+            if digest in needed:  # defence in depth: the chooser must never pick these
+                continue
+            self.uninstall(digest)
+            (self._uses / digest_hex(digest)).unlink(missing_ok=True)
+            removed.append(digest)
+        self._remove_orphans()
+        return removed
+
+    def _remove_orphans(self) -> None:
+        referenced: set[str] = set()
+        for digest in self.digests():
+            try:
+                referenced.update(_referenced(json.loads((self._manifests / f"{digest_hex(digest)}.json").read_bytes())))
+            except (OSError, ValueError):
+                return  # a manifest we cannot read: delete nothing it might reference
+        hexes = {digest_hex(digest) for digest in referenced}
+        for directory in (self.layers.root, self._blobs):
+            if not directory.is_dir():
+                continue
+            for entry in directory.iterdir():
+                if _HEX.fullmatch(entry.name) and entry.name not in hexes:
+                    if entry.is_dir() and not entry.is_symlink():
+                        shutil.rmtree(entry, ignore_errors=True)
+                    else:
+                        entry.unlink(missing_ok=True)
+
+
+_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:
+        return time.time()
 
 
 def check_working_dir(working_dir: str, layer_path: Path, where: str) -> None:

@@ -1,0 +1,180 @@
+"""Rollouts on a real control plane: rolling with maxUnavailable, a crashing canary rolled back
+without a rebuild, pause/resume/undo through `aosctl rollout`. Ten simulated devices under the
+agents' real Kubernetes loop (tests/e2e/rollout_fleet.py)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.fleet import eventually
+from tests.e2e.rollout_fleet import NAMESPACE, Fleet, rollout_fleet, unavailable_devices
+
+pytestmark = pytest.mark.slow
+DEVICES = 10
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    with rollout_fleet(tmp_path_factory.mktemp("rollouts"), DEVICES) as running:
+        yield running
+
+
+def complete(fleet: Fleet, name: str, revision: int, timeout: float = 120.0) -> dict:
+    def check() -> dict | None:
+        rollout = fleet.rollout(name)
+        instances = fleet.instances(name)
+        digest = fleet.revision_digest(name, revision) if rollout.get("revision") == revision else None
+        if (rollout.get("phase") == "Complete" and rollout.get("revision") == revision and len(instances) == DEVICES
+                and all(i["spec"]["image"]["digest"] == digest and (i.get("status") or {}).get("phase") == "Running"
+                        for i in instances)):
+            return rollout
+        return None
+
+    return eventually(check, timeout, what=lambda: f"{name} revision {revision} complete: {fleet.rollout(name)}")
+
+
+class Sampler:
+    """Polls the instances of a service while a rollout runs: devices without an available
+    instance, and every device that was ever assigned a given digest."""
+
+    def __init__(self, fleet: Fleet, name: str) -> None:
+        self.fleet, self.name = fleet, name
+        self.max_unavailable = 0
+        self.samples = 0
+        self.assigned: dict[str, set[str]] = {}  # digest -> devices
+        self.generations: dict[str, set[int]] = {}  # device -> generations of its instance seen
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            instances = self.fleet.instances(self.name)
+            self.samples += 1
+            self.max_unavailable = max(self.max_unavailable, len(unavailable_devices(instances)))
+            for item in instances:
+                device = item["spec"]["device"]
+                self.assigned.setdefault(item["spec"]["image"]["digest"], set()).add(device)
+                self.generations.setdefault(device, set()).add(item["metadata"]["generation"])
+            self._stop.wait(0.1)
+
+
+def test_rolling_update_keeps_at_most_max_unavailable_devices_down(fleet: Fleet) -> None:
+    fleet.service("rolling", "1.0.0", {"rollingUpdate": {"maxUnavailable": 2}})
+    complete(fleet, "rolling", 1)
+    with Sampler(fleet, "rolling") as sampler:
+        fleet.set_version("rolling", "1.1.0")
+        rollout = complete(fleet, "rolling", 2)
+    assert sampler.samples > 20
+    assert 1 <= sampler.max_unavailable <= 2, sampler.max_unavailable
+    assert rollout["stableRevision"] == 2 and rollout["updatedDevices"] == DEVICES
+    new = fleet.revision_digest("rolling", 2)
+    assert len(sampler.assigned[new]) == DEVICES
+    history = fleet.aosctl("rollout", "history", "aosservice/rolling")
+    assert history.returncode == 0, history.stderr
+    lines = history.stdout.splitlines()
+    assert lines[0].split()[:2] == ["REVISION", "DIGEST"]
+    assert lines[1].split()[0] == "1" and "Superseded" not in lines[1] and "Complete" in lines[1]
+    assert lines[2].split()[0] == "2" and lines[2].rstrip().endswith("current,stable")
+    status = fleet.aosctl("rollout", "status", "aosservice/rolling", "--watch", "--timeout", "5")
+    assert status.returncode == 0 and "revision 2: Complete" in status.stdout
+
+
+def test_crashing_canary_rolls_back_its_devices_without_a_rebuild(fleet: Fleet) -> None:
+    fleet.service("canary", "1.0.0")
+    complete(fleet, "canary", 1)
+    good = fleet.revision_digest("canary", 1)
+    fleet.crashing_versions.add("2.0.0-crash")
+    builds = fleet.builds()
+    with Sampler(fleet, "canary") as sampler:
+        fleet.set_version("canary", "2.0.0-crash", strategy={"rollingUpdate": {"maxUnavailable": 2},
+                                                            "canary": {"steps": [{"devices": 2}]}})
+        eventually(lambda: fleet.rollout("canary").get("phase") == "RolledBack", 120,
+                   what=lambda: f"a rollback: {fleet.rollout('canary')}")
+        complete_back = eventually(
+            lambda: all(i["spec"]["image"]["digest"] == good and (i.get("status") or {}).get("phase") == "Running"
+                        for i in fleet.instances("canary")), 60, what="every device back on revision 1")
+    assert complete_back
+    bad = fleet.revision_digest("canary", 2)
+    canary = sampler.assigned.get(bad, set())
+    assert len(canary) == 2, canary  # the canary step, and not one device more
+    for device, generations in sampler.generations.items():
+        if device not in canary:
+            assert len(generations) == 1, f"{device} was touched: generations {generations}"
+    assert fleet.builds() == builds + 1  # revision 2 was built; going back to 1 built nothing
+    for device in canary:  # the devices were asked for the new digest, then the old one again
+        assert fleet.devices[device].converged[-2:] == [bad, good]
+    body = fleet.get("canary")
+    ready = next(c for c in body["status"]["conditions"] if c["type"] == "Ready")
+    assert ready["status"] == "False" and ready["reason"] == "RolledBack"
+    assert "revision 2" in ready["message"] and "CrashLoop" in ready["message"]
+    rollout = body["status"]["rollout"]
+    assert rollout["failedRevision"] == 2 and rollout["stableRevision"] == 1
+    results = {r["revision"]: r.get("result") for r in body["status"]["revisions"]}
+    assert results == {1: "Complete", 2: "RolledBack"}
+    events = fleet.plane.request("GET", f"/api/v1/namespaces/{NAMESPACE}/events")["items"]
+    rolled_back = [e for e in events if e.get("reason") == "RolledBack" and e["involvedObject"]["name"] == "canary"]
+    assert rolled_back and rolled_back[0]["type"] == "Warning" and "revision 2" in rolled_back[0]["message"]
+    # A later spec change starts a new rollout from the same stable revision.
+    fleet.crashing_versions.discard("2.0.0-crash")
+    fleet.set_version("canary", "2.0.1", strategy={"rollingUpdate": {"maxUnavailable": 5}, "canary": None})
+    rollout = complete(fleet, "canary", 3)
+    assert rollout["stableRevision"] == 3
+
+
+def test_pause_resume_and_undo_through_aosctl(fleet: Fleet) -> None:
+    fleet.service("ops", "1.0.0", {"rollingUpdate": {"maxUnavailable": "50%"}})
+    complete(fleet, "ops", 1)
+    first = fleet.revision_digest("ops", 1)
+    paused = fleet.aosctl("rollout", "pause", "aosservice/ops")
+    assert paused.returncode == 0 and "paused" in paused.stdout, paused.stderr
+    fleet.set_version("ops", "2.0.0")
+    eventually(lambda: fleet.rollout("ops").get("revision") == 2 and fleet.rollout("ops").get("phase") == "Paused",
+               60, what=lambda: f"a paused rollout of revision 2: {fleet.rollout('ops')}")
+    assert all(i["spec"]["image"]["digest"] == first for i in fleet.instances("ops"))  # held: nothing moved
+    resumed = fleet.aosctl("rollout", "resume", "aosservice/ops")
+    assert resumed.returncode == 0, resumed.stderr
+    complete(fleet, "ops", 2)
+    builds = fleet.builds()
+
+    undo = fleet.aosctl("rollout", "undo", "aosservice/ops")
+    assert undo.returncode == 0 and "revision 1" in undo.stdout, undo.stderr
+    complete(fleet, "ops", 1)
+    assert fleet.builds() == builds  # dispatched by digest
+
+    # An indefinite canary pause, resumed by aosctl; then undo to a named revision.
+    fleet.set_version("ops", "3.0.0", strategy={"rollingUpdate": {"maxUnavailable": 3}, "canary": {"steps": [{"devices": 3}]}})
+    eventually(lambda: fleet.rollout("ops").get("phase") == "Paused" and fleet.rollout("ops").get("revision") == 3,
+               90, what=lambda: f"the canary pause of revision 3: {fleet.rollout('ops')}")
+    third = fleet.revision_digest("ops", 3)
+    assert sum(1 for i in fleet.instances("ops") if i["spec"]["image"]["digest"] == third) == 3
+    status = fleet.aosctl("rollout", "status", "aosservice/ops")
+    assert status.returncode == 0 and "Paused" in status.stdout and "3/10 devices updated" in status.stdout
+    assert fleet.aosctl("rollout", "resume", "aosservice/ops").returncode == 0
+    complete(fleet, "ops", 3)
+    builds = fleet.builds()
+    to_two = fleet.aosctl("rollout", "undo", "aosservice/ops", "--to-revision", "2")
+    assert to_two.returncode == 0, to_two.stderr
+    complete(fleet, "ops", 2)
+    assert fleet.builds() == builds
+    missing = fleet.aosctl("rollout", "undo", "aosservice/ops", "--to-revision", "9")
+    assert missing.returncode == 1 and "revision 9 is not in the history" in missing.stderr
+    wrong = fleet.aosctl("rollout", "status", "deployment/ops")
+    assert wrong.returncode == 2 and "expected aosservice/NAME" in wrong.stderr
+
+
+def test_rollout_status_of_a_missing_service_is_one_clear_line(fleet: Fleet, tmp_path: Path) -> None:
+    result = fleet.aosctl("rollout", "status", "aosservice/nope")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[0] == f"aosctl: aosservice/nope not found in namespace {NAMESPACE}"
