@@ -44,6 +44,7 @@ def test_exit_code_and_restart_policy_gives_up_after_the_burst(runtime: Runtime,
     assert (status.starts, status.restarts) == (3, 2)
     assert status.last_exit is not None and status.last_exit.exit_code == 7
     assert status.last_exit.reason == Reason.CRASHED and status.exit_code == 7
+    assert "start limit reached: 3 starts within 30 s (startBurst 3)" in status.message  # not "more than 3"
     assert log_text(runtime, identity.instance_id).count("attempt") == 3
     assert_nothing_left(runtime)
 

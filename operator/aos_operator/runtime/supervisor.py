@@ -192,8 +192,11 @@ class Instance:
         if parameters.start_burst > 0 and parameters.start_interval > 0 and len(recent) >= parameters.start_burst:
             last = self.status.last_exit
             described = "none" if last is None else f"{last.reason}, exit code {last.exit_code}"
-            self.finish(Phase.FAILED, Reason.CRASH_LOOP, f"more than {parameters.start_burst} starts within "
-                                                         f"{parameters.start_interval:g} s; last: {described}")
+            why = (" (AosEdge restarts a service whatever its exit code, 0 included)"
+                   if last is not None and last.exit_code == 0 else "")
+            self.finish(Phase.FAILED, Reason.CRASH_LOOP,
+                        f"start limit reached: {len(recent)} starts within {parameters.start_interval:g} s "
+                        f"(startBurst {parameters.start_burst}); not started again; last end: {described}{why}")
             return
         write_atomically(Path(self.plan.data_dir) / STARTS_FILE, json.dumps(recent + [now]))
         self.run_once()
