@@ -45,6 +45,7 @@ from aos_operator.errors import ConfigError, InputError, SignatureError
 from aos_operator.image.tree import EntryKind, scan_tree
 from aos_operator.service.loader import base_dir_of, find_config, read_config
 from aos_operator.service.yamlfile import decode, load_yaml_text
+from aos_operator.trust.keys import read_key_file
 
 CREDENTIALS_FOLDER = Path.home() / ".aos" / "security"
 _CHUNK = 1024 * 1024
@@ -67,14 +68,7 @@ class Credentials:
 
 
 def _read(path: Path, what: str) -> bytes:
-    try:
-        with path.open("rb") as stream:
-            data = stream.read(_MAX_CREDENTIAL_BYTES + 1)
-    except OSError as error:
-        raise InputError(f"{path}: cannot read the {what} ({error.strerror or error})") from None
-    if len(data) > _MAX_CREDENTIAL_BYTES:
-        raise SignatureError(f"{path}: larger than {_MAX_CREDENTIAL_BYTES} bytes; not a {what}")
-    return data
+    return read_key_file(path, what, _MAX_CREDENTIAL_BYTES)
 
 
 def _rsa(key: Any, source: str) -> rsa.RSAPrivateKey:

@@ -83,14 +83,15 @@ def generate_signing_key(source: str = "generated") -> SigningKey:
     return SigningKey(ec.generate_private_key(ec.SECP256R1()), source)
 
 
-def _read(path: Path, what: str) -> bytes:
+def read_key_file(path: Path, what: str, limit: int = MAX_KEY_FILE_BYTES) -> bytes:
+    """A key or certificate file, never more than `limit` bytes of it."""
     try:
         with path.open("rb") as stream:
-            data = stream.read(MAX_KEY_FILE_BYTES + 1)
+            data = stream.read(limit + 1)
     except OSError as error:
         raise InputError(f"{path}: cannot read the {what} ({error.strerror or error})") from None
-    if len(data) > MAX_KEY_FILE_BYTES:
-        raise SignatureError(f"{path}: larger than {MAX_KEY_FILE_BYTES} bytes; not a {what}")
+    if len(data) > limit:
+        raise SignatureError(f"{path}: larger than {limit} bytes; not a {what}")
     return data
 
 
@@ -109,7 +110,7 @@ def _check_curve(key: object, source: str) -> None:
 def load_signing_key(path: str | Path, password: bytes | None = None) -> SigningKey:
     """Read a private key; an encrypted cosign key needs `password` (else $COSIGN_PASSWORD)."""
     path = Path(path)
-    data = _read(path, "private key")
+    data = read_key_file(path, "private key")
     blocks = _PEM_BLOCK.findall(data)
     if not blocks:
         raise SignatureError(f"{path}: not a PEM file", hint="pass a PEM private key or a cosign.key")
@@ -157,7 +158,7 @@ def load_verification_keys(path: str | Path) -> list[VerificationKey]:
     keys: list[VerificationKey] = []
     for file in files:
         found = 0
-        for index, (label, body) in enumerate(_PEM_BLOCK.findall(_read(file, "public key"))):
+        for index, (label, body) in enumerate(_PEM_BLOCK.findall(read_key_file(file, "public key"))):
             if label != b"PUBLIC KEY":
                 continue
             source = f"{file}" if index == 0 else f"{file} (key {index + 1})"
