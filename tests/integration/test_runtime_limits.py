@@ -256,12 +256,13 @@ def test_state_file_is_capped_and_persists(runtime: Runtime, make_package: Calla
     assert len(amounts) == 2 and all(quota <= amount <= quota + 4096 for amount in amounts)
 
 
-def test_skip_resource_limits_applies_none(runtime: Runtime, make_package: Callable[..., Path]) -> None:
+def test_skip_resource_limits_still_enforces_every_quota(runtime: Runtime,
+                                                        make_package: Callable[..., Path]) -> None:
     status = start_script(runtime, make_package, PROBE_SCRIPT, QUOTAS, skipResourceLimits=True)
     report = probe_report(wait_for_log(runtime, status.instance_id, "PROBE "))
-    assert int(report["memory_limit"]) > 1 << 40
-    assert report["cfs_quota"] == "-1" and report["pids_max"] == "max"
-    assert report["nofile"] == [1024, 1024]
+    assert int(report["memory_limit"]) == QUOTAS["ramLimit"]
+    assert report["cfs_quota"] == "50000" and report["pids_max"] == str(QUOTAS["pidsLimit"])
+    assert report["nofile"] == [QUOTAS["noFileLimit"], QUOTAS["noFileLimit"]]
 
 
 RESIZE_SCRIPT = """

@@ -39,6 +39,8 @@ class RootfsPlan:
     base_path: str = "/"
     base_visible: tuple[str, ...] = DEFAULT_BASE_VISIBLE
     dns_servers: tuple[str, ...] = ()
+    hosts: str | None = None  # /etc/hosts and /etc/resolv.conf from the instance network, if it has one
+    resolv: str | None = None
 
     @property
     def rootfs(self) -> Path:
@@ -50,12 +52,13 @@ class RootfsPlan:
 
     def to_json(self) -> dict[str, Any]:
         return {"run_dir": self.run_dir, "service_layer": self.service_layer, "base_path": self.base_path,
-                "base_visible": list(self.base_visible), "dns_servers": list(self.dns_servers)}
+                "base_visible": list(self.base_visible), "dns_servers": list(self.dns_servers),
+                "hosts": self.hosts, "resolv": self.resolv}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RootfsPlan:
         return cls(data["run_dir"], data["service_layer"], data["base_path"], tuple(data["base_visible"]),
-                   tuple(data["dns_servers"]))
+                   tuple(data["dns_servers"]), data.get("hosts"), data.get("resolv"))
 
 
 def whiteout_names(base_entries: Iterable[str], visible: Iterable[str]) -> list[str]:
@@ -101,7 +104,7 @@ def resolv_conf(dns_servers: Sequence[str]) -> str:
     return "".join(f"nameserver {server}\n" for server in dns_servers)
 
 
-def _make_top_layer(top: Path, spec: Mapping[str, Any], dns_servers: Sequence[str]) -> None:
+def _make_top_layer(top: Path, spec: Mapping[str, Any], plan: RootfsPlan) -> None:
     for relative, is_dir, mode in mount_points(spec, os.path.isdir):
         path = top / relative
         path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -112,8 +115,8 @@ def _make_top_layer(top: Path, spec: Mapping[str, Any], dns_servers: Sequence[st
         os.chmod(path, mode)
     etc = top / "etc"
     etc.mkdir(mode=0o755, exist_ok=True)
-    (etc / "hosts").write_text(hosts_file(spec.get("hostname")))
-    (etc / "resolv.conf").write_text(resolv_conf(dns_servers))
+    (etc / "hosts").write_text(plan.hosts if plan.hosts is not None else hosts_file(spec.get("hostname")))
+    (etc / "resolv.conf").write_text(plan.resolv if plan.resolv is not None else resolv_conf(plan.dns_servers))
     for name in ("hosts", "resolv.conf"):
         os.chmod(etc / name, 0o644)
 
@@ -154,7 +157,7 @@ def assemble(plan: RootfsPlan, spec: Mapping[str, Any]) -> Path:
     mounts.mount("tmpfs", scratch, "tmpfs", mounts.MS_NOSUID | mounts.MS_NODEV, _SCRATCH_OPTIONS)
     top, whiteouts = scratch / "top", scratch / "whiteouts"
     top.mkdir(mode=0o755)
-    _make_top_layer(top, spec, plan.dns_servers)
+    _make_top_layer(top, spec, plan)
     _make_whiteouts(whiteouts, base, plan.base_visible)
     service = Path(plan.service_layer)
     layers = [top, service, whiteouts, base]

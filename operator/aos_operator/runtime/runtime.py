@@ -39,6 +39,8 @@ from aos_operator.runtime.files import file_lock, write_atomically
 from aos_operator.runtime.identity import InstanceIdentity
 from aos_operator.runtime.ids import ID_RANGE, IdPool
 from aos_operator.runtime.logs import DEFAULT_LOG_MAX_BYTES
+from aos_operator.runtime.network.manager import NetworkManager
+from aos_operator.runtime.network.model import DEFAULT_PROVIDER, InstanceNetwork, NetworkConfig, short_hash
 from aos_operator.runtime.node import detect_node_facts
 from aos_operator.runtime.package import InstalledPackage, PackageStore
 from aos_operator.runtime.plan import PLAN_FILE, SPEC_FILE, SupervisorPlan
@@ -69,6 +71,7 @@ class RuntimeConfig:
     passwd_file: Path = Path("/etc/passwd")
     group_file: Path = Path("/etc/group")
     stop_timeout: float = 10.0
+    network: NetworkConfig = NetworkConfig()  # network.enabled=False: loopback only
 
     def __post_init__(self) -> None:
         parts = self.cgroup_parent.split("/")
@@ -100,6 +103,9 @@ class Runtime:
         self._cgroups = detect_cgroups()
         self._children: dict[str, subprocess.Popen[bytes]] = {}
         self._cpu_samples: dict[str, tuple[float, int, float]] = {}
+        # [network hook] one scope per state root keeps two runtimes of a node apart.
+        self.network = NetworkManager(self.config.network, self.config.state_root / "network",
+                                      short_hash(str(self.config.state_root.resolve()), length=8))
 
     # --- paths -------------------------------------------------------------------------------
 
@@ -145,7 +151,8 @@ class Runtime:
         return found
 
     def spec_for(self, identity: InstanceIdentity, package: InstalledPackage, uid: int, gid: int, *,
-                 volumes: Sequence[Volume] = (), env_overrides: Sequence[str] = ()) -> dict[str, Any]:
+                 volumes: Sequence[Volume] = (), env_overrides: Sequence[str] = (),
+                 network_namespace: str | None = None) -> dict[str, Any]:
         """The OCI runtime spec an instance gets (the pure builder, fed with this node's choices)."""
         by_kind = {volume.kind: volume.bind_source for volume in volumes}
         setup = InstanceSetup(
@@ -155,6 +162,7 @@ class Runtime:
             storage_source=by_kind.get(STORAGE), state_source=by_kind.get(STATE),
             host_binds=tuple(path for path in self.config.host_binds if os.path.exists(path)),
             env_overrides=tuple(env_overrides), seccomp=self.config.seccomp,
+            network_namespace=network_namespace,
         )
         return build_runtime_spec(package.image_config, package.service_config, setup, self.node)
 
@@ -171,8 +179,10 @@ class Runtime:
 
     def start(self, identity: InstanceIdentity, package: InstalledPackage | str, *,
               env_overrides: Sequence[str] = (), restart: bool = True, wait: bool = True,
-              timeout: float = 60.0) -> InstanceStatus:
+              timeout: float = 60.0, provider: str = DEFAULT_PROVIDER) -> InstanceStatus:
         """Start an instance (idempotent: an instance already running this package is left alone).
+
+        `provider` names the instance's network (AosEdge: one per service provider).
 
         With `wait`, returns once the first start attempt is decided (Running, or its failure),
         and raises RuntimeFailure when the rootfs or volumes cannot be set up.
@@ -188,7 +198,7 @@ class Runtime:
                                      f"{current.package if current else 'unknown'}",
                                      hint="stop it before starting another package")
             self._tidy(instance_id)
-            plan = self._prepare(identity, installed, env_overrides, restart)
+            plan = self._prepare(identity, installed, env_overrides, restart, provider)
             # No record of a previous supervisor while the new one starts: a missing record means
             # "being started", a record of a dead process means "lost" (see status()).
             (Path(plan.data_dir) / SUPERVISOR_FILE).unlink(missing_ok=True)
@@ -200,8 +210,17 @@ class Runtime:
             return self._wait_first_start(instance_id, timeout)
         return self.status(instance_id)
 
+    def _setup_network(self, identity: InstanceIdentity, package: InstalledPackage,
+                       provider: str) -> InstanceNetwork | None:
+        """[network hook] The instance's network, set up once; it outlives container restarts."""
+        if not self.config.network.enabled:
+            return None
+        return self.network.setup(instance_id=identity.instance_id, service_id=identity.service_id,
+                                  subject_id=identity.subject_id, index=identity.index, provider=provider,
+                                  service=package.service_config, image=package.image_config)
+
     def _prepare(self, identity: InstanceIdentity, package: InstalledPackage, env_overrides: Sequence[str],
-                 restart: bool) -> SupervisorPlan:
+                 restart: bool, provider: str = DEFAULT_PROVIDER) -> SupervisorPlan:
         instance_id = identity.instance_id
         data_dir = self.data_dir(instance_id)
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -210,14 +229,20 @@ class Runtime:
         volumes = self._volumes(package, instance_id, uid, gid)
         for volume in volumes:
             prepare_image(Path(volume.image), volume.kind, volume.quota)
-        spec = self.spec_for(identity, package, uid, gid, volumes=volumes, env_overrides=env_overrides)
+        network = self._setup_network(identity, package, provider)  # [network hook]
+        spec = self.spec_for(identity, package, uid, gid, volumes=volumes, env_overrides=env_overrides,
+                             network_namespace=network.netns if network else None)
         write_atomically(data_dir / SPEC_FILE, json.dumps(spec, indent=1))
+        # [conformance] the service layer as the instance sees it: owned 0:<service GID>, as AosEdge 1.x
+        service_layer = self.packages.layers.owned(package.layer_digest, gid)
         plan = SupervisorPlan(
             identity=identity, package=package.digest, run_dir=str(self.run_dir(instance_id)),
             data_dir=str(data_dir), runc_binary=self.config.runc_binary, runc_root=str(self.runc.root),
             cgroups_path=self.cgroups_path(instance_id), cgroup_lock=str(self.config.run_root / "cgroups.lock"),
-            rootfs=RootfsPlan(str(self.run_dir(instance_id)), str(package.layer_path), self.config.base_path,
-                              tuple(self.config.base_visible), tuple(self.config.dns_servers)),
+            rootfs=RootfsPlan(str(self.run_dir(instance_id)), str(service_layer), self.config.base_path,
+                              tuple(self.config.base_visible), tuple(self.config.dns_servers),
+                              hosts=self.network.hosts_text(network) if network else None,
+                              resolv=self.network.resolv_text(network) if network else None),
             volumes=tuple(volumes), run_parameters=package.service_config.run_parameters, restart=restart,
             log_max_bytes=self.config.log_max_bytes,
         )
@@ -316,6 +341,7 @@ class Runtime:
                 status = status.evolve(phase=Phase.STOPPED, reason=Reason.STOPPED, pid=None,
                                        message="stopped after its supervisor did not end in time")
                 write_status(self.data_dir(instance_id) / "status.json", status)
+            self.network.teardown(instance_id)  # [network hook] nothing of a stopped instance stays
         return self.status(instance_id)
 
     def remove(self, instance_id: str) -> None:
@@ -351,8 +377,25 @@ class Runtime:
             return replace(status, phase=Phase.FAILED, reason=Reason.SUPERVISOR_LOST,
                            message="its supervisor is gone; recover() restarts it")
         if status.phase == Phase.RUNNING:
-            return self._with_usage(status)
-        return status
+            return self._with_network(self._with_usage(status))
+        return status if status.phase.terminal else self._with_network(status)
+
+    def _with_network(self, status: InstanceStatus) -> InstanceStatus:
+        """[network hook] The instance's address, and which traffic limit it used up."""
+        record = self.network.record(status.instance_id)
+        if record is None:
+            return status
+        try:
+            blocked = [t for t in self.network.traffic(record) if t.blocked]
+        except RuntimeFailure:
+            blocked = []
+        if not blocked:
+            return replace(status, ip=record.ip)
+        message = "; ".join(f"{t.direction}Limit of {t.limit} bytes per {self.config.network.traffic_period} "
+                            f"used up ({t.used} bytes): {t.direction} traffic is dropped until the period ends"
+                            for t in blocked)
+        return replace(status, ip=record.ip, traffic_blocked=tuple(t.direction for t in blocked),
+                       traffic_message=message)
 
     def _with_usage(self, status: InstanceStatus) -> InstanceStatus:
         cgroup = InstanceCgroup(self._cgroups, self.cgroups_path(status.instance_id))
@@ -397,6 +440,9 @@ class Runtime:
             if container["id"] not in known:
                 self.runc.kill(container["id"], "KILL")
                 self.runc.delete(container["id"], force=True)
+        # [network hook] live instances keep their network; the rest is torn down or swept.
+        live = {s.instance_id for s in self.list() if not s.phase.terminal}
+        self.network.adopt(live)
         return self.list()
 
     # --- watching ------------------------------------------------------------------------------------------
@@ -411,7 +457,7 @@ class StatusPoller:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self._seen: dict[str, tuple[int, str, str | None]] = {}
+        self._seen: dict[str, tuple[int, str, str | None, tuple[str, ...]]] = {}
 
     def poll(self) -> list[InstanceStatus]:
         changed = []
@@ -420,7 +466,7 @@ class StatusPoller:
                 status = self.runtime.status(instance_id)
             except RuntimeFailure:
                 continue  # removed meanwhile
-            key = (status.generation, status.phase.value, status.reason)
+            key = (status.generation, status.phase.value, status.reason, status.traffic_blocked)
             if self._seen.get(instance_id) != key:
                 self._seen[instance_id] = key
                 changed.append(status)

@@ -40,6 +40,7 @@ class Reason:
     SETUP_ERROR = "SetupError"  # rootfs, volumes or supervisor could not be set up
     SUPERVISOR_LOST = "SupervisorLost"  # the supervisor process died; found by recover()
     STOPPED = "Stopped"
+    TRAFFIC_LIMIT = "TrafficLimitReached"  # running, but uploadLimit/downloadLimit is used up this period
 
 
 @dataclass(frozen=True)
@@ -71,6 +72,10 @@ class InstanceStatus:
     # Sampled from the cgroup when the status is read; never stored.
     cpu_millicores: float | None = field(default=None, compare=False)
     ram_bytes: int | None = field(default=None, compare=False)
+    # From the instance network when the status is read; never stored.
+    ip: str | None = field(default=None, compare=False)
+    traffic_blocked: tuple[str, ...] = field(default=(), compare=False)  # "upload", "download"
+    traffic_message: str = field(default="", compare=False)
 
     @property
     def exit_code(self) -> int | None:
@@ -80,8 +85,8 @@ class InstanceStatus:
         data = asdict(self)
         data["identity"] = self.identity.to_json()
         data["phase"] = self.phase.value
-        data.pop("cpu_millicores")
-        data.pop("ram_bytes")
+        for name in ("cpu_millicores", "ram_bytes", "ip", "traffic_blocked", "traffic_message"):
+            data.pop(name)
         return data
 
     @classmethod
