@@ -356,7 +356,10 @@ class Runtime:
 
     def cleanup(self) -> list[InstanceStatus]:
         """Stop every instance of this runtime (data is kept)."""
-        return [self.stop(status.instance_id) for status in self.list() if not status.phase.terminal]
+        stopped = [self.stop(status.instance_id) for status in self.list() if not status.phase.terminal]
+        for instance_id in self.instance_ids():  # [network hook] ended instances keep no network
+            self.network.teardown(instance_id)
+        return stopped
 
     # --- status --------------------------------------------------------------------------------------
 

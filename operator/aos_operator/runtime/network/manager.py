@@ -73,7 +73,8 @@ class Traffic:
 
     @property
     def blocked(self) -> bool:
-        return self.used > self.limit
+        # The kernel's quota stops counting at its limit: used == limit means it is over.
+        return self.used >= self.limit
 
 
 def _run(argv: Sequence[str], *, input_text: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -462,3 +463,12 @@ class NetworkManager:
                     _run(["ip", "netns", "delete", entry.name], check=False)
         for provider in set(self._networks()) - {r.provider for r in records}:
             self._remove_network(provider)
+        # DNS servers (and their bridges) of networks no record names, e.g. after lost state
+        in_use = {r.bridge for r in records}
+        dns_root = Path(self.config.dns_dir) / self.scope
+        if dns_root.is_dir():
+            for directory in dns_root.iterdir():
+                if directory.name not in in_use:
+                    self._stop_dns(directory.name)
+                    if Path(f"/sys/class/net/{directory.name}").exists():
+                        _run(["ip", "link", "delete", directory.name], check=False)
