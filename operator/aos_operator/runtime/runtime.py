@@ -375,6 +375,8 @@ class Runtime:
         status = self._read(instance_id)
         if status is None:
             raise RuntimeFailure(f"no instance {instance_id} on this node")
+        if status.phase.terminal and self.network.record(instance_id) is not None:
+            self._release_network(instance_id)
         being_started = not (self.data_dir(instance_id) / SUPERVISOR_FILE).exists()
         if not status.phase.terminal and self._supervisor_pid(instance_id) is None and not being_started:
             return replace(status, phase=Phase.FAILED, reason=Reason.SUPERVISOR_LOST,
@@ -382,6 +384,15 @@ class Runtime:
         if status.phase == Phase.RUNNING:
             return self._with_network(self._with_usage(status))
         return status if status.phase.terminal else self._with_network(status)
+
+    def _release_network(self, instance_id: str) -> None:
+        """[network hook] An instance that ended for good (CrashLoop, setup error) gives its network
+        back, like everything else its supervisor tore down; checked again under the lock, so a
+        start that is setting a new one up is left alone."""
+        with self._locked(instance_id):
+            status = self._read(instance_id)
+            if status is not None and status.phase.terminal:
+                self.network.teardown(instance_id)
 
     def _with_network(self, status: InstanceStatus) -> InstanceStatus:
         """[network hook] The instance's address, and which traffic limit it used up."""
