@@ -290,7 +290,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     if args.instances < 1:
         raise InputError(f"--instances must be at least 1, got {args.instances}")
-    config = RuntimeConfig(state_root=Path(args.state_dir), run_root=Path(args.run_dir))
+    config = RuntimeConfig(state_root=Path(args.state_dir), run_root=Path(args.run_dir),
+                           network=_network_config(args))
     with tempfile.TemporaryDirectory(prefix="aosctl-run-") as scratch:
         package_dir, service_id = _package_for_run(args, Path(scratch))
         stop = threading.Event()
@@ -308,8 +309,49 @@ def cmd_run(args: argparse.Namespace) -> int:
                 service_id=service_id,
                 subject_id=args.subject,
                 restart=not args.no_restart,
+                provider=args.network_provider,
             )
     return result.exit_code
+
+
+# --- the instance network (runtime/network): flags shared by run and agent ------------------------
+
+
+def network_options(command: argparse.ArgumentParser) -> None:
+    from aos_operator.runtime.network.model import AOSEDGE_UNCOUNTED, DEFAULT_POOL, DEFAULT_PREFIX
+
+    group = command.add_argument_group("instance network (CNI)")
+    group.add_argument("--no-network", action="store_true",
+                       help="no CNI network: each instance gets a network namespace with loopback only")
+    group.add_argument("--network-pool", default=DEFAULT_POOL, metavar="CIDR",
+                       help=f"subnets of provider networks come from here (default {DEFAULT_POOL})")
+    group.add_argument("--network-prefix", type=int, default=DEFAULT_PREFIX, metavar="N",
+                       help=f"prefix length of each provider network (default /{DEFAULT_PREFIX})")
+    group.add_argument("--cni-dir", action="append", metavar="DIR",
+                       help="CNI plugin directory (repeatable; default /usr/lib/cni and /opt/cni/bin)")
+    group.add_argument("--traffic-uncounted", default=",".join(AOSEDGE_UNCOUNTED), metavar="CIDR,...",
+                       help="ranges uploadLimit/downloadLimit do not count (default: loopback and the private "
+                            "ranges, as AosEdge; '' counts everything)")
+    group.add_argument("--dns-server", action="append", metavar="IP",
+                       help="upstream DNS servers of the networks' DNS (default: the node's /etc/resolv.conf)")
+
+
+def _network_config(args: argparse.Namespace) -> Any:
+    from aos_operator.runtime.network.model import NetworkConfig
+
+    options: dict[str, Any] = {
+        # dnsmasq re-reads its hosts file as nobody: under the run dir, which the node keeps 0755
+        "dns_dir": str(Path(args.run_dir) / "network-dns"),
+        "enabled": not args.no_network, "pool": args.network_pool, "prefix": args.network_prefix,
+        "uncounted": tuple(part.strip() for part in args.traffic_uncounted.split(",") if part.strip()),
+        "upstream_dns": tuple(args.dns_server or ()),
+    }
+    if args.cni_dir:
+        options["plugin_dirs"] = tuple(args.cni_dir)
+    try:
+        return NetworkConfig(**options)
+    except ValueError as error:
+        raise InputError(str(error)) from None
 
 
 # --- operator and agent ------------------------------------------------------------------------------
@@ -397,6 +439,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         run_root=run_dir,  # runc's state is then <run-dir>/runc, where the chart's docs look
         base_path=args.base_rootfs,
         cgroup_parent=args.cgroup_parent,
+        network=_network_config(args),
     )
     node = detect_node_facts(dmips=args.dmips)
     runtime = Runtime(config, node)
@@ -524,6 +567,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout", type=float, metavar="SECONDS", help="stop after this long")
     run.add_argument("--state-dir", default="/var/lib/aosctl", help="installed packages, storage and state")
     run.add_argument("--run-dir", default="/run/aosctl", help="runtime state (bundles, logs, runc)")
+    run.add_argument("--network-provider", default="default", metavar="NAME",
+                     help="the provider network the instances join (default 'default', the agent's name for "
+                          "services of the 'default' namespace)")
+    network_options(run)
     build_options(run)
     registry_options(run)
     run.set_defaults(func=cmd_run)
@@ -568,6 +615,7 @@ def _parser() -> argparse.ArgumentParser:
     agent.add_argument("--dmips", type=int, help="total DMIPS of the device (default: cores x 10000)")
     agent.add_argument("--node-config", metavar="FILE", help="YAML with the resources and devices the node offers")
     agent.add_argument("--heartbeat", type=float, default=10.0, metavar="SECONDS")
+    network_options(agent)
     agent.add_argument("--insecure", "--registry-insecure", dest="insecure", action="store_true",
                        default=_env_flag("AOS_REGISTRY_INSECURE"), help="plain HTTP to the registry")
     agent.add_argument("--ca", "--registry-ca", dest="ca", default=os.environ.get("AOS_REGISTRY_CA"), metavar="FILE")

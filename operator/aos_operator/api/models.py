@@ -216,6 +216,7 @@ class AosServiceInstanceStatus(_Schema):
     imageDigest: str | None = Field(None, description="The package digest the agent runs")
     cpuMillicores: int | None = Field(None, description="CPU use, thousandths of a core")
     ramBytes: int | None = Field(None, description="Memory use in bytes")
+    ip: str | None = Field(None, description="The instance's address on its provider network (none without a network)")
     observedGeneration: int | None = None
     lastUpdate: datetime | None = None
 
@@ -300,6 +301,7 @@ AOS_SERVICE_INSTANCE = Kind(
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
         {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
+        {"name": "IP", "type": "string", "jsonPath": ".status.ip", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ),
 )
