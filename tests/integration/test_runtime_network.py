@@ -341,3 +341,20 @@ def test_a_network_left_by_a_lost_runtime_is_swept(network_config: RuntimeConfig
     assert Path(unknown.netns).exists()
     Runtime(network_config).recover()  # knows no such instance
     assert network_leftovers(runtime, ("testnet",)) == []
+
+
+def test_without_the_network_an_instance_has_loopback_only(runtime_config: RuntimeConfig,
+                                                           make_package: Callable[..., Path]) -> None:
+    runtime = Runtime(dataclasses.replace(runtime_config, network=NetworkConfig(enabled=False)))
+    try:
+        package = runtime.install(make_package({"app/main.py": LINKS}, cmd=[PYTHON, "-u", "/app/main.py"]))
+        status = runtime.start(InstanceIdentity("svc-offline", "subject", 0), package)
+        assert "LINKS ['lo']" in wait_for_log(runtime, status.instance_id, "LINKS")
+        assert runtime.status(status.instance_id).ip is None
+        assert runtime.network.records() == []
+        assert network_leftovers(runtime) == []
+    finally:
+        runtime.cleanup()
+
+
+LINKS = "import os, time\nprint('LINKS', sorted(os.listdir('/sys/class/net')), flush=True)\ntime.sleep(3600)\n"

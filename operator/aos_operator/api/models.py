@@ -176,6 +176,11 @@ class InstanceImage(_Schema):
     architecture: str | None = None
 
 
+class InstanceReservation(_Schema):
+    cpuDmips: int = Field(0, ge=0, description="DMIPS reserved on the device")
+    ramBytes: int = Field(0, ge=0, description="Memory reserved on the device, bytes")
+
+
 class AosServiceInstanceSpec(_Schema):
     model_config = ConfigDict(
         json_schema_extra={
@@ -195,6 +200,8 @@ class AosServiceInstanceSpec(_Schema):
     instanceId: str = Field(description="AOS_INSTANCE_ID, deterministic from service, subject and index")
     version: str | None = Field(None, description="Service version")
     image: InstanceImage = Field(description="The package the agent pulls by digest")
+    reserved: InstanceReservation | None = Field(
+        None, description="What placement reserved on the device for this instance (none with skipResourceLimits)")
 
 
 class InstancePhase(str, Enum):
