@@ -8,7 +8,10 @@ Measured (median of --repeat runs, wall clock, as root):
               `runc run` of the unpacked bundle with the host's /usr bound in (our runtime
               takes /usr from the node's base file system), until the first line
 and printed as ratios to the baseline, with the part of an aos start spent starting the
-supervisor's Python interpreter. The service is the example: a Python script run by the
+supervisor's Python interpreter. Both aos runs are made twice: without the instance network
+(loopback only) and with it (named netns, CNI bridge + host-local, the network's dnsmasq, the
+nftables firewall), and the stop (teardown of everything, the network included) is timed too;
+the network's cost is printed as with/without ratios from the same run. The service is the example: a Python script run by the
 host's python3 that prints one line and sleeps.
 
     sudo .venv/bin/python benchmarks/run.py [--repeat 5]
@@ -33,6 +36,7 @@ from aos_operator.image import build_package, open_package
 from aos_operator.packaging import materialize
 from aos_operator.runtime import InstanceIdentity, Runtime, RuntimeConfig
 from aos_operator.runtime.logs import LogFollower
+from aos_operator.runtime.network.model import NetworkConfig
 
 SERVICE = "import time\nprint('ready', flush=True)\ntime.sleep(3600)\n"
 QUOTAS = {"cpuDmipsLimit": 10000, "ramLimit": 128 << 20, "pidsLimit": 64}
@@ -59,12 +63,14 @@ def wait_for_line(follower: LogFollower, needle: bytes, timeout: float = 30.0) -
         time.sleep(0.001)
 
 
-def aos_runs(package: Path, work: Path, repeat: int) -> tuple[list[float], list[float]]:
-    cold, warm = [], []
+def aos_runs(package: Path, work: Path, repeat: int, network: bool) -> tuple[list[float], list[float], list[float]]:
+    cold, warm, stops = [], [], []
     identity = InstanceIdentity("bench", "subject", 0)
     for n in range(repeat):
-        config = RuntimeConfig(state_root=work / f"state{n}", run_root=work / f"run{n}",
-                               cgroup_parent=f"/aos-bench-{uuid.uuid4().hex[:8]}")
+        suffix = "net" if network else "lo"
+        config = RuntimeConfig(state_root=work / f"state{n}{suffix}", run_root=work / f"run{n}{suffix}",
+                               cgroup_parent=f"/aos-bench-{uuid.uuid4().hex[:8]}",
+                               network=NetworkConfig(enabled=network))
         runtime = Runtime(config)
         follower = LogFollower(runtime.log_path(identity.instance_id))
         began = time.perf_counter()
@@ -78,10 +84,12 @@ def aos_runs(package: Path, work: Path, repeat: int) -> tuple[list[float], list[
         runtime.start(identity, installed.digest, wait=False)
         wait_for_line(follower, b"ready")
         warm.append(time.perf_counter() - began)
+        began = time.perf_counter()
         runtime.stop(identity.instance_id)
+        stops.append(time.perf_counter() - began)
         shutil.rmtree(config.state_root)
         shutil.rmtree(config.run_root)
-    return cold, warm
+    return cold, warm, stops
 
 
 def oci_layout_of(package: Path, layout: Path) -> None:
@@ -137,6 +145,23 @@ def baseline_runs(package: Path, work: Path, repeat: int) -> list[float]:
     return times
 
 
+def network_runs(package: Path, work: Path, repeat: int) -> tuple[list[float], list[float]]:
+    """The network alone: set up (first instance of its network: bridge and dnsmasq too) and tear down."""
+    runtime = Runtime(RuntimeConfig(state_root=work / "state-network", run_root=work / "run-network"))
+    installed = runtime.install(package)
+    setups, teardowns = [], []
+    for n in range(repeat):
+        instance_id = str(uuid.uuid4())
+        began = time.perf_counter()
+        runtime.network.setup(instance_id=instance_id, service_id="bench", subject_id="subject", index=n,
+                              provider="bench", service=installed.service_config, image=installed.image_config)
+        setups.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        runtime.network.teardown(instance_id)
+        teardowns.append(time.perf_counter() - began)
+    return setups, teardowns
+
+
 def supervisor_start_runs(repeat: int) -> list[float]:
     """A part of every aos start: a fresh interpreter importing the supervisor module."""
     times = []
@@ -158,14 +183,23 @@ def main() -> int:
         work = Path(temporary)
         package = build(work)
         baseline = statistics.median(baseline_runs(package, work, args.repeat))
-        cold_runs, warm_runs = aos_runs(package, work, args.repeat)
-        cold, warm = statistics.median(cold_runs), statistics.median(warm_runs)
+        cold, warm, stop = (statistics.median(runs) for runs in aos_runs(package, work, args.repeat, network=False))
+        net_cold, net_warm, net_stop = (statistics.median(runs)
+                                        for runs in aos_runs(package, work, args.repeat, network=True))
         interpreter = statistics.median(supervisor_start_runs(args.repeat))
+        setup, teardown = (statistics.median(runs) for runs in network_runs(package, work, args.repeat))
     print(f"package on disk -> first output line, median of {args.repeat} runs")
     print(f"  baseline umoci unpack + runc run : {baseline * 1000:7.1f} ms  (1.00)")
     print(f"  aos cold (install + start)       : {cold * 1000:7.1f} ms  ({cold / baseline:.2f} x baseline)")
     print(f"  aos warm (start, installed)      : {warm * 1000:7.1f} ms  ({warm / baseline:.2f} x baseline)")
     print(f"  of which supervisor interpreter  : {interpreter * 1000:7.1f} ms  (python + imports, in both aos runs)")
+    print("instance network (named netns, CNI bridge, dnsmasq, nftables) against loopback only")
+    print(f"  aos cold with network            : {net_cold * 1000:7.1f} ms  ({net_cold / cold:.2f} x without)")
+    print(f"  aos warm with network            : {net_warm * 1000:7.1f} ms  ({net_warm / warm:.2f} x without)")
+    print(f"  stop (teardown), without network : {stop * 1000:7.1f} ms")
+    print(f"  stop (teardown), with network    : {net_stop * 1000:7.1f} ms  ({net_stop / stop:.2f} x without)")
+    print(f"  network alone: set up {setup * 1000:.1f} ms, torn down {teardown * 1000:.1f} ms "
+          f"(a network's first instance: bridge and dnsmasq included)")
     return 0
 
 

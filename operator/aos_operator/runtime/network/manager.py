@@ -252,10 +252,12 @@ class NetworkManager:
     def _dnsmasq_pid(self, bridge: str) -> int | None:
         try:
             pid = int((self._dns_dir(bridge) / "dnsmasq.pid").read_text().strip())
-            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            stat = Path(f"/proc/{pid}/stat").read_text()
         except (FileNotFoundError, ValueError, ProcessLookupError):
             return None
-        return pid if comm == "dnsmasq" else None
+        # "(dnsmasq) S ...": a zombie (its reaper is the node's init) counts as gone
+        name, _, rest = stat.partition(") ")
+        return pid if name.endswith("(dnsmasq") and not rest.startswith("Z") else None
 
     def _update_dns(self, provider: str) -> None:
         """Write the network's hosts file and start its dnsmasq, or make it re-read the file."""
