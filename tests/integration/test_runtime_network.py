@@ -139,8 +139,12 @@ def _iperf(server_ip: str, port: int, reverse: bool, seconds: int = 3) -> float:
     argv = [IPERF3, "-c", server_ip, "-p", str(port), "-t", str(seconds), "-J", "-O", "1"]
     if reverse:
         argv.append("-R")
-    completed = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
-    report = json.loads(completed.stdout)
+    for _ in range(20):  # between two tests the iperf3 server listens again after a moment
+        completed = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        report = json.loads(completed.stdout)
+        if "Connection refused" not in report.get("error", ""):
+            break
+        time.sleep(0.5)
     assert "error" not in report, report["error"]
     return float(report["end"]["sum_received"]["bits_per_second"])
 
