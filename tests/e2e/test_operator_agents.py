@@ -136,6 +136,9 @@ def test_apply_runs_on_the_selected_device_only_with_its_limits(fleet: Fleet) ->
     eventually(lambda: "Hello from an AosEdge service" in agent.log_of(instance_id), 30, "the service's output")
     assert fleet.agents["edge-b"].cgroups() == []
     assert instance["status"]["startTime"] and instance["status"]["restarts"] == 0
+    # the instance's address on its provider network (the namespace), from the agent's default pool
+    address = eventually(lambda: (fleet.instances(NAMESPACE, NAME)[0].get("status") or {}).get("ip"), 30, "status.ip")
+    assert address.startswith("10.231.")
     reasons = eventually(lambda: {"InstancesCreated", "Pushed", "Ready"} <= events_of(fleet) and events_of(fleet), 30,
                          "the service's events")
     assert "InstancesCreated" in reasons

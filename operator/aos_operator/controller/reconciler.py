@@ -43,7 +43,15 @@ from aos_operator.controller.conditions import (
     merge_conditions,
     rollout_conditions,
 )
-from aos_operator.controller.placement import DeviceView, InstanceView, PackageRef, ServiceView, plan
+from aos_operator.controller.placement import (
+    DeviceView,
+    InstanceView,
+    PackageRef,
+    Reservation,
+    ServiceView,
+    plan,
+    reservation,
+)
 from aos_operator.controller.settings import OperatorSettings
 from aos_operator.controller.source import SourceError
 from aos_operator.errors import AosError, BuildError, ConfigError, InputError, PackageError, RegistryError, SignatureError
@@ -226,12 +234,17 @@ def _service_view(body: Any, spec: AosServiceSpec, service: ServiceDescription, 
         runners=service.runners,
         selector=spec.selector,
         packages=packages,
+        reservation=reservation(service.quotas.cpu_dmips, service.quotas.ram,
+                                service.requested_resources.cpu_dmips if service.requested_resources else None,
+                                service.requested_resources.ram if service.requested_resources else None,
+                                service.skip_resource_limits),
     )
 
 
-async def apply_plan(op: Operator, body: Any, service: ServiceView, devices: list[DeviceView], instances: list[InstanceView]) -> int:
+async def apply_plan(op: Operator, body: Any, service: ServiceView, devices: list[DeviceView], instances: list[InstanceView],
+                     reserved_elsewhere: Mapping[str, Reservation] | None = None) -> int:
     """Create, update and delete instances to match the plan; return the desired count."""
-    work = plan(service, devices, instances)
+    work = plan(service, devices, instances, reserved_elsewhere)
     namespace = service.namespace
     for instance in work.create:
         try:
@@ -285,6 +298,7 @@ async def reconcile(
     body: Any,
     devices: Mapping[str, DeviceView],
     instance_bodies: list[Mapping[str, Any]],
+    reserved_elsewhere: Mapping[str, Reservation] | None = None,
 ) -> float:
     """One pass over one AosService; returns when to look again (seconds)."""
     meta = body["metadata"]
@@ -321,7 +335,7 @@ async def reconcile(
         return delay
     view = _service_view(body, spec, service, images)
     instances = [InstanceView.from_body(instance) for instance in instance_bodies]
-    desired = await apply_plan(op, body, view, list(devices.values()), instances)
+    desired = await apply_plan(op, body, view, list(devices.values()), instances, reserved_elsewhere)
     await release_stopped(op, instance_bodies, devices)
     counts = count_instances(instances, {package.digest for package in view.packages.values()}, desired)
     await write_status(
