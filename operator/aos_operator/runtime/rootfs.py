@@ -104,7 +104,8 @@ def resolv_conf(dns_servers: Sequence[str]) -> str:
     return "".join(f"nameserver {server}\n" for server in dns_servers)
 
 
-def _make_top_layer(top: Path, spec: Mapping[str, Any], plan: RootfsPlan) -> None:
+def _make_top_layer(top: Path, spec: Mapping[str, Any], dns_servers: Sequence[str], *,
+                    hosts: str | None = None, resolv: str | None = None) -> None:
     # Everything is created under `top` one component at a time, never through a link, so a
     # destination such as /../x or /etc/hosts/x fails cleanly instead of reaching the host.
     for relative, is_dir, mode in mount_points(spec, os.path.isdir):
@@ -114,8 +115,9 @@ def _make_top_layer(top: Path, spec: Mapping[str, Any], plan: RootfsPlan) -> Non
             os.chmod(make_dirs_in(top, relative), mode)
         else:
             create_file_in(top, relative, mode)
-    hosts = plan.hosts if plan.hosts is not None else hosts_file(spec.get("hostname"))
-    resolv = plan.resolv if plan.resolv is not None else resolv_conf(plan.dns_servers)
+    # the instance network's files when it has one, else loopback's and the configured servers
+    hosts = hosts if hosts is not None else hosts_file(spec.get("hostname"))
+    resolv = resolv if resolv is not None else resolv_conf(dns_servers)
     create_file_in(top, "etc/hosts", 0o644, hosts.encode())
     create_file_in(top, "etc/resolv.conf", 0o644, resolv.encode())
 
@@ -156,7 +158,7 @@ def assemble(plan: RootfsPlan, spec: Mapping[str, Any]) -> Path:
     mounts.mount("tmpfs", scratch, "tmpfs", mounts.MS_NOSUID | mounts.MS_NODEV, _SCRATCH_OPTIONS)
     top, whiteouts = scratch / "top", scratch / "whiteouts"
     top.mkdir(mode=0o755)
-    _make_top_layer(top, spec, plan)
+    _make_top_layer(top, spec, plan.dns_servers, hosts=plan.hosts, resolv=plan.resolv)
     _make_whiteouts(whiteouts, base, plan.base_visible)
     service = Path(plan.service_layer)
     layers = [top, service, whiteouts, base]
