@@ -7,6 +7,7 @@ config, break the registry, restart an agent, cut an agent off the API, delete.
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 import yaml
 
 from aos_operator.api.models import AOS_DEVICE, AOS_SERVICE, FINALIZER_OPERATOR
+from aos_operator.cli.common import network_config
 from aos_operator.runtime import Runtime, RuntimeConfig
 from tests.conftest import EXAMPLES
 from tests.e2e.fleet import Fleet, eventually
@@ -51,8 +53,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             fleet.stop()
             registry.stop()
             for agent in fleet.agents.values():  # nothing of a failed test may stay on the machine
+                network = network_config(argparse.Namespace(run_dir=agent.run_dir))  # the agent's own
                 Runtime(RuntimeConfig(state_root=agent.data_dir, run_root=agent.run_dir,
-                                      cgroup_parent=agent.cgroup_parent)).cleanup()
+                                      cgroup_parent=agent.cgroup_parent, network=network)).cleanup()  # type: ignore[arg-type]
 
 
 def pages(limit: int) -> int:
