@@ -303,6 +303,10 @@ def test_nothing_left_after_stop_crash_and_agent_restart(network_config: Runtime
         wait_until(lambda: runtime.status(first.instance_id).restarts >= 1
                    and runtime.status(first.instance_id).phase == Phase.RUNNING, what="the restart")
         assert runtime.network.record(first.instance_id) == record
+        restarted = runtime.status(first.instance_id)
+        assert restarted.pid != first.pid
+        assert os.stat(f"/proc/{restarted.pid}/ns/net").st_ino == os.stat(record.netns).st_ino, \
+            "the restarted container joined the instance's named netns"
         # the agent restarts: a new Runtime adopts the instances with their network (the node
         # supervisor that runs them is another process and keeps running)
         supervisor = json.loads((network_config.run_root / RECORD_FILE).read_text())["pid"]
@@ -365,3 +369,35 @@ def test_without_the_network_an_instance_has_loopback_only(runtime_config: Runti
 
 
 LINKS = "import os, time\nprint('LINKS', sorted(os.listdir('/sys/class/net')), flush=True)\ntime.sleep(3600)\n"
+
+
+class RecordingHook:
+    """A hook of the caller's, after the network hook: sees the spec with the instance's netns."""
+
+    def __init__(self) -> None:
+        self.namespaces: list[str | None] = []
+        self.torn_down: list[str] = []
+
+    def setup(self, identity: InstanceIdentity, spec: dict[str, object]) -> None:
+        found = [ns.get("path") for ns in spec["linux"]["namespaces"] if ns["type"] == "network"]  # type: ignore[index]
+        self.namespaces += found
+
+    def teardown(self, instance_id: str) -> None:
+        self.torn_down.append(instance_id)
+
+
+def test_the_network_is_an_instance_hook_before_the_callers(network_config: RuntimeConfig,
+                                                            make_package: Callable[..., Path]) -> None:
+    hook = RecordingHook()
+    runtime = Runtime(network_config, hooks=[hook])
+    try:
+        status = start_python(runtime, make_package, "svc-hooked", "import time\ntime.sleep(3600)\n")
+        record = runtime.network.record(status.instance_id)
+        assert hook.namespaces == [record.netns]
+        spec = json.loads((runtime.data_dir(status.instance_id) / "config.json").read_text())
+        assert [ns.get("path") for ns in spec["linux"]["namespaces"] if ns["type"] == "network"] == [record.netns]
+        runtime.remove(status.instance_id)
+        assert hook.torn_down == [status.instance_id]
+        assert network_leftovers(runtime, ("testnet",)) == []
+    finally:
+        runtime.cleanup()
