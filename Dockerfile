@@ -25,6 +25,7 @@ LABEL org.opencontainers.image.title="aos-operator" \
 # hadolint ignore=DL3008
 RUN apt-get update \
     && DEBIAN_FRONTEND=noninteractive apt-get install --yes --no-install-recommends runc \
+        containernetworking-plugins dnsmasq-base nftables iptables iproute2 \
     && apt-get clean \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --gid 10001 aos \

@@ -9,7 +9,8 @@ DEMO_SECONDS ?= 8
 # real OCI registry, skopeo and umoci check our OCI output, shellcheck lints tests/kind/e2e.sh.
 # The runtime also needs e2fsprogs (mkfs.ext4, e2fsck, resize2fs, debugfs for the storage and
 # state volumes), mount (losetup) and procps (ps); Debian installs them by default.
-APT_PACKAGES := runc umoci skopeo docker-registry busybox-static pigz shellcheck e2fsprogs mount procps zsh
+APT_PACKAGES := runc umoci skopeo docker-registry busybox-static pigz shellcheck e2fsprogs mount procps zsh \
+	containernetworking-plugins dnsmasq-base nftables iptables iproute2 iperf3
 
 .PHONY: all system-deps venv signer-venvs cosign control-plane demo-cluster test test-fast demo bench crds manifests clean
 

@@ -17,6 +17,10 @@ Measured (median of --repeat runs, wall clock, as root):
               VmRSS for one container of the same bundle and a Python interpreter that imports
               the supervisor module (what the former design ran per instance)
 The service is a Python script run by the host's python3 that prints one line and sleeps.
+Every aos run above is without the instance network (loopback only); the network's cost is then
+measured in the same run: the idle-node cold start and the stop (teardown of everything) with the
+network (named netns, CNI bridge + host-local, the network's dnsmasq, the nftables firewall) as
+ratios to the same runs without it, and the network's own setup and teardown.
 
     sudo .venv/bin/python benchmarks/run.py [--repeat 5] [--instances 20]
 """
@@ -45,6 +49,7 @@ from aos_operator.runtime import InstanceIdentity, Runtime, RuntimeConfig
 from aos_operator.runtime.logs import LogFollower
 from aos_operator.runtime.supervisor import RECORD_FILE, prepare_bundle
 from aos_operator.runtime.teardown import teardown_instance
+from aos_operator.runtime.network.model import NetworkConfig
 
 SERVICE = "import time\nprint('ready', flush=True)\ntime.sleep(3600)\n"
 QUOTAS = {"cpuDmipsLimit": 10000, "ramLimit": 128 << 20, "pidsLimit": 64}
@@ -72,14 +77,16 @@ def wait_for_line(follower: LogFollower, needle: bytes, timeout: float = 30.0) -
         time.sleep(0.001)
 
 
-def aos_runs(work: Path, repeat: int) -> tuple[list[float], list[float], list[float]]:
-    """(cold on an idle node, cold beside a running service, warm) per repeat."""
-    idle, resident, warm = [], [], []
+def aos_runs(work: Path, repeat: int, network: bool = False) -> tuple[list[float], list[float], list[float], list[float]]:
+    """(cold on an idle node, cold beside a running service, warm, stop) per repeat."""
+    idle, resident, warm, stops = [], [], [], []
+    suffix = "net" if network else "lo"
     first, other = InstanceIdentity("bench", "subject", 0), InstanceIdentity("bench-other", "subject", 0)
     for n in range(repeat):
-        packages = [build(work / f"aos{n}-{kind}", f"{n}-{kind}") for kind in ("a", "b")]
-        config = RuntimeConfig(state_root=work / f"state{n}", run_root=work / f"run{n}",
-                               cgroup_parent=f"/aos-bench-{uuid.uuid4().hex[:8]}")
+        packages = [build(work / f"aos{n}{suffix}-{kind}", f"{n}{suffix}-{kind}") for kind in ("a", "b")]
+        config = RuntimeConfig(state_root=work / f"state{n}{suffix}", run_root=work / f"run{n}{suffix}",
+                               cgroup_parent=f"/aos-bench-{uuid.uuid4().hex[:8]}",
+                               network=NetworkConfig(enabled=network))
         runtime = Runtime(config)
         times = []
         for identity, package in ((first, packages[0]), (other, packages[1])):
@@ -96,16 +103,19 @@ def aos_runs(work: Path, repeat: int) -> tuple[list[float], list[float], list[fl
         runtime.start(first, runtime.status(first.instance_id).package, wait=False)
         wait_for_line(follower, b"ready")
         warm.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        runtime.stop(first.instance_id)
+        stops.append(time.perf_counter() - began)
         runtime.cleanup()
         shutil.rmtree(config.state_root)
         shutil.rmtree(config.run_root)
-    return idle, resident, warm
+    return idle, resident, warm, stops
 
 
 def bare_runc_runs(package: Path, work: Path, repeat: int) -> list[float]:
     """`runc run` of exactly the bundle an aos start runs (its spec, its assembled rootfs)."""
     config = RuntimeConfig(state_root=work / "bare-state", run_root=work / "bare-run",
-                           cgroup_parent=f"/aos-bench-{uuid.uuid4().hex[:8]}")
+                           cgroup_parent=f"/aos-bench-{uuid.uuid4().hex[:8]}", network=NetworkConfig(enabled=False))
     runtime = Runtime(config)
     installed = runtime.packages.install(package)
     identity = InstanceIdentity("bench-bare", "subject", 0)
@@ -211,7 +221,7 @@ def processes_naming(text: str) -> list[int]:
 def memory_per_instance(package: Path, work: Path, instances: int) -> tuple[float, int, int]:
     """(KiB per instance, supervisor KiB, this process's growth KiB) with `instances` running."""
     config = RuntimeConfig(state_root=work / "mem-state", run_root=work / "mem-run",
-                           cgroup_parent=f"/aos-bench-{uuid.uuid4().hex[:8]}")
+                           cgroup_parent=f"/aos-bench-{uuid.uuid4().hex[:8]}", network=NetworkConfig(enabled=False))
     runtime = Runtime(config)
     installed = runtime.install(package)
     identities = [InstanceIdentity("bench-mem", "subject", n) for n in range(instances)]
@@ -286,6 +296,23 @@ def python_supervisor_kib() -> int:
         child.wait()
 
 
+def network_runs(package: Path, work: Path, repeat: int) -> tuple[list[float], list[float]]:
+    """The network alone: set up (first instance of its network: bridge and dnsmasq too) and tear down."""
+    runtime = Runtime(RuntimeConfig(state_root=work / "state-network", run_root=work / "run-network"))
+    installed = runtime.install(package)
+    setups, teardowns = [], []
+    for n in range(repeat):
+        instance_id = str(uuid.uuid4())
+        began = time.perf_counter()
+        runtime.network.setup(instance_id=instance_id, service_id="bench", subject_id="subject", index=n,
+                              provider="bench", service=installed.service_config, image=installed.image_config)
+        setups.append(time.perf_counter() - began)
+        began = time.perf_counter()
+        runtime.network.teardown(instance_id)
+        teardowns.append(time.perf_counter() - began)
+    return setups, teardowns
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeat", type=int, default=5)
@@ -302,12 +329,16 @@ def main() -> int:
         package = build(work)
         baseline_cold_runs, baseline_warm_runs = baseline_runs(package, work, args.repeat)
         bare = statistics.median(bare_runc_runs(package, work, args.repeat))
-        idle_runs, resident_runs, warm_runs = aos_runs(work, args.repeat)
+        idle_runs, resident_runs, warm_runs, stop_runs = aos_runs(work, args.repeat)
+        net_idle_runs, _, _, net_stop_runs = aos_runs(work, args.repeat, network=True)
+        setup_runs, teardown_runs = network_runs(package, work, args.repeat)
         per_instance, supervisor, grown = memory_per_instance(package, work, args.instances)
         conmon = conmon_kib(package, work)
         python = python_supervisor_kib()
     baseline_cold, baseline_warm = statistics.median(baseline_cold_runs), statistics.median(baseline_warm_runs)
-    idle, resident, warm = (statistics.median(runs) for runs in (idle_runs, resident_runs, warm_runs))
+    idle, resident, warm, stop = (statistics.median(runs) for runs in (idle_runs, resident_runs, warm_runs, stop_runs))
+    net_idle, net_stop, setup, teardown = (statistics.median(runs) for runs in (net_idle_runs, net_stop_runs,
+                                                                               setup_runs, teardown_runs))
     print(f"package on disk -> first output line, median of {args.repeat} runs")
     print(f"  baseline umoci unpack + runc run       : {baseline_cold * 1000:7.1f} ms  (1.00)")
     print(f"  aos cold beside a running service      : {resident * 1000:7.1f} ms  "
@@ -324,6 +355,12 @@ def main() -> int:
     if conmon is not None:
         print(f"  conmon, one per container        : {conmon / 1024:7.2f} MiB  ({per_instance / conmon:.2f} x aos/conmon)")
     print(f"  a Python supervisor per instance : {python / 1024:7.2f} MiB  ({per_instance / python:.2f} x aos/python)")
+    print("instance network (named netns, CNI bridge, dnsmasq, nftables) against loopback only")
+    print(f"  aos cold on an idle node, with network : {net_idle * 1000:7.1f} ms  ({net_idle / idle:.2f} x without)")
+    print(f"  stop (teardown), without network       : {stop * 1000:7.1f} ms")
+    print(f"  stop (teardown), with network          : {net_stop * 1000:7.1f} ms  ({net_stop / stop:.2f} x without)")
+    print(f"  network alone: set up {setup * 1000:.1f} ms, torn down {teardown * 1000:.1f} ms "
+          f"(a network's first instance: bridge and dnsmasq included)")
     return 0
 
 

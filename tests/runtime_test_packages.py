@@ -58,7 +58,7 @@ def build_test_package(directory: Path, files: Mapping[str, FileContent] | None 
                        cmd: Sequence[str], entrypoint: Sequence[str] = (), env: Sequence[str] = (),
                        working_dir: str = "", service_config: Mapping[str, Any] | None = None,
                        image_os: str = "linux", extra_members: Sequence[ExtraMember] = (),
-                       layer: bytes | None = None) -> Path:
+                       layer: bytes | None = None, exposed_ports: Sequence[str] = ()) -> Path:
     """Write a test package into `directory`; returns it."""
     directory.mkdir(parents=True, exist_ok=True)
     tar = layer if layer is not None else build_test_layer(files or {}, extra_members)
@@ -66,7 +66,8 @@ def build_test_package(directory: Path, files: Mapping[str, FileContent] | None 
     image_config = {
         "architecture": "amd64", "os": image_os,
         "config": {"Cmd": list(cmd), "Entrypoint": list(entrypoint) or None, "Env": list(env),
-                   "WorkingDir": working_dir},
+                   "WorkingDir": working_dir, **({"ExposedPorts": {port: {} for port in exposed_ports}}
+                                                 if exposed_ports else {})},
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{hashlib.sha256(tar).hexdigest()}"]},
     }
     config = _blob(directory, json.dumps(image_config).encode())

@@ -9,6 +9,7 @@ config, break the registry, restart an agent, cut an agent off the API, delete.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -23,6 +24,7 @@ import pytest
 import yaml
 
 from aos_operator.api.models import AOS_DEVICE, AOS_SERVICE, FINALIZER_OPERATOR
+from aos_operator.cli.common import network_config
 from aos_operator.runtime import Runtime, RuntimeConfig
 from tests.conftest import EXAMPLES
 from tests.cluster.install import install
@@ -60,8 +62,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             fleet.stop()
             registry.stop()
             for agent in fleet.agents.values():  # nothing of a failed test may stay on the machine
+                network = network_config(argparse.Namespace(run_dir=agent.run_dir))  # the agent's own
                 Runtime(RuntimeConfig(state_root=agent.data_dir, run_root=agent.run_dir,
-                                      cgroup_parent=agent.cgroup_parent)).cleanup()
+                                      cgroup_parent=agent.cgroup_parent, network=network)).cleanup()  # type: ignore[arg-type]
 
 
 def pages(limit: int) -> int:
@@ -145,6 +148,9 @@ def test_apply_runs_on_the_selected_device_only_with_its_limits(fleet: Fleet) ->
     eventually(lambda: "Hello from an AosEdge service" in agent.log_of(instance_id), 30, "the service's output")
     assert fleet.agents["edge-b"].cgroups() == []
     assert instance["status"]["startTime"] and instance["status"]["restarts"] == 0
+    # the instance's address on its provider network (the namespace), from the agent's default pool
+    address = eventually(lambda: (fleet.instances(NAMESPACE, NAME)[0].get("status") or {}).get("ip"), 30, "status.ip")
+    assert address.startswith("10.231.")
     reasons = eventually(lambda: {"InstancesCreated", "Pushed", "Ready"} <= events_of(fleet) and events_of(fleet), 30,
                          "the service's events")
     assert "InstancesCreated" in reasons

@@ -5,6 +5,7 @@ real runc)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import pytest
 
 from aos_operator.api.models import AOS_SERVICE
+from aos_operator.cli.common import network_config
 from aos_operator.runtime import Runtime, RuntimeConfig
 from aos_operator.trust.keys import generate_signing_key, plain_pem
 from tests.cluster.install import install
@@ -48,8 +50,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             fleet.stop()
             registry.stop()
             for agent in fleet.agents.values():
+                network = network_config(argparse.Namespace(run_dir=agent.run_dir))  # the agent's own
                 Runtime(RuntimeConfig(state_root=agent.data_dir, run_root=agent.run_dir,
-                                      cgroup_parent=agent.cgroup_parent)).cleanup()
+                                      cgroup_parent=agent.cgroup_parent, network=network)).cleanup()  # type: ignore[arg-type]
 
 
 def test_signed_by_the_operator_runs_only_where_its_key_is_trusted(fleet: Fleet) -> None:

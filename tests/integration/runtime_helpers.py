@@ -9,14 +9,41 @@ from pathlib import Path
 from typing import TypeVar
 
 from aos_operator.runtime import InstanceStatus, Runtime
+from aos_operator.runtime.network.model import bridge_name
 
 T = TypeVar("T")
 
 
+def network_leftovers(runtime: Runtime, providers: tuple[str, ...] = ("default",)) -> list[str]:
+    """What the instance network put on the node that is still there: named netns, the providers'
+    bridges, nftables tables, iptables rules of our CNI networks, IPAM leases, records, dnsmasq."""
+    scope = runtime.network.scope
+    found = [f"netns {line}" for line in _lines(["ip", "netns", "list"]) if line.startswith(f"aos-{scope}-")]
+    found += [f"bridge {bridge_name(scope, provider)}" for provider in providers
+              if Path(f"/sys/class/net/{bridge_name(scope, provider)}").exists()]
+    found += [f"nft {line}" for line in _lines(["nft", "list", "tables"]) if line.endswith(f"_{scope}")]
+    found += [f"iptables {line}" for line in _lines(["iptables-save"]) if f"aos-{scope}-" in line]
+    ipam = runtime.network.ipam_dir
+    if ipam.exists():
+        found += [f"lease {path}" for path in ipam.rglob("*") if path.is_file()
+                  and path.name != "lock" and not path.name.startswith("last_reserved_ip")]
+    records = runtime.network.state_dir / "instances"
+    if records.exists():
+        found += [f"network record {path}" for path in records.iterdir()]
+    found += [f"dnsmasq {line}" for line in _lines(["ps", "-eo", "pid,args"])
+              if "dnsmasq" in line and f"/{scope}/" in line]
+    return found
+
+
+def _lines(argv: list[str]) -> list[str]:
+    return subprocess.run(argv, capture_output=True, text=True, check=True).stdout.splitlines()
+
+
 def leftovers(runtime: Runtime) -> list[str]:
     """Everything instances put on the node that is still there, read the way an operator would:
-    cgroup directories, /proc/mounts, `losetup -a`, `runc list`, the run directory, `ps`."""
-    found: list[str] = []
+    cgroup directories, /proc/mounts, `losetup -a`, `runc list`, the run directory, `ps`, and
+    the instance network."""
+    found: list[str] = network_leftovers(runtime)
     parent = runtime.config.cgroup_parent.strip("/")
     for root in Path("/sys/fs/cgroup").iterdir():
         if (root / parent).exists():

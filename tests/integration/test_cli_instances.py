@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from aos_operator.cli import main
+from aos_operator.cli.common import network_config
 from aos_operator.runtime import Runtime, RuntimeConfig
 from runtime_helpers import assert_nothing_left
 from tests.conftest import EXAMPLES
@@ -32,8 +34,10 @@ def dirs(tmp_path: Path) -> list[str]:
 
 def runtime_of(dirs: list[str]) -> Runtime:
     options = dict(zip(dirs[::2], dirs[1::2]))
+    # the network config aosctl builds from the same directories, so both find the networks' DNS servers
+    network = network_config(argparse.Namespace(run_dir=options["--run-dir"]))
     return Runtime(RuntimeConfig(state_root=Path(options["--state-dir"]), run_root=Path(options["--run-dir"]),
-                                 cgroup_parent=options["--cgroup-parent"]))
+                                 cgroup_parent=options["--cgroup-parent"], network=network))  # type: ignore[arg-type]
 
 
 def aosctl(*arguments: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:

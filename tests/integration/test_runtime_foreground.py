@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -50,6 +51,9 @@ def test_two_instances_stream_prefixed_output_until_stopped(runtime_config: Runt
     assert "[aos] limit memory: 67108864 bytes (64.0 MiB), swap included" in text
     assert all(line.startswith(("[0] ", "[1] ", "[aos] ")) for line in text.splitlines())
     assert [s.phase for s in result.statuses] == [Phase.STOPPED, Phase.STOPPED]
+    # each instance's address on the network, as the runtime gave it
+    addresses = re.findall(r"\[aos\] instance \d: Running, address (10\.231\.\d+\.\d+)", text)
+    assert len(set(addresses)) == 2
     assert_nothing_left(Runtime(runtime_config))
 
 

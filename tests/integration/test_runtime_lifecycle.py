@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 from collections.abc import Callable
 from dataclasses import replace
@@ -18,6 +19,7 @@ from runtime_helpers import assert_nothing_left, log_text, process_gone, wait_fo
 from aos_operator.errors import RuntimeFailure
 from aos_operator.runtime import InstanceIdentity, InstanceStatus, Phase, Reason, Runtime, RuntimeConfig
 from aos_operator.runtime.runtime import SUPERVISOR_FILE
+from tests.runtime_test_packages import build_test_layer
 
 pytestmark = pytest.mark.root  # runc, mounts, loop devices, cgroups
 
@@ -131,9 +133,48 @@ def test_instances_share_the_layer_get_own_uids_and_one_gid(runtime: Runtime,
         ids.append(tuple(int(value) for value in line.split()[1:]))
     assert len({uid for uid, _ in ids}) == 3 and len({gid for _, gid in ids}) == 1
     assert len(runtime.runc.list()) == 3
-    assert [p.name for p in runtime.packages.layers.root.iterdir()] == [package.layer_path.name]
+    # one unpacked layer, and one copy owned by the service's group that all three run
+    gid = ids[0][1]
+    assert sorted(p.name for p in runtime.packages.layers.root.iterdir()) == [
+        package.layer_path.name, f"{package.layer_path.name}.g{gid}"]
     runtime.cleanup()
     assert_nothing_left(runtime)
+
+
+def test_service_layer_is_owned_by_root_and_the_service_group(runtime: Runtime,
+                                                              make_package: Callable[..., Path]) -> None:
+    # AosEdge 1.x chowns the unpacked layer 0:<service GID>: a group-readable file is readable by
+    # the service, a file for its owner only is not.
+    script = """
+import os, time
+for name in ("group.txt", "owner.txt"):
+    info = os.lstat(f"/app/{name}")
+    try:
+        result = open(f"/app/{name}").read().strip()
+    except PermissionError:
+        result = "denied"
+    print(f"FILE {name} {info.st_uid}:{info.st_gid} {result}", flush=True)
+link = os.lstat("/app/link")
+print(f"LINK {link.st_uid}:{link.st_gid} gid {os.getgid()}", flush=True)
+time.sleep(3600)
+"""
+    files = {"app/main.py": script, "app/group.txt": ("for the group\n", 0o640), "app/owner.txt": ("secret\n", 0o600)}
+    layer = build_test_layer(files, [(_symlink("app/link", "/etc/passwd"), None)])
+    package = runtime.install(make_package(layer=layer, cmd=[PYTHON, "-u", "/app/main.py"]))
+    status = runtime.start(InstanceIdentity("svc-owners", "subject", 0), package)
+    text = wait_for_log(runtime, status.instance_id, "LINK ")
+    gid = runtime.ids.service_gid("svc-owners")
+    assert f"FILE group.txt 0:{gid} for the group" in text
+    assert f"FILE owner.txt 0:{gid} denied" in text
+    assert f"LINK 0:{gid} gid {gid}" in text
+    assert os.stat("/etc/passwd").st_gid == 0  # the link was not followed
+    assert os.stat(package.layer_path / "app" / "group.txt").st_gid == 0  # the shared unpacked layer stays 0:0
+
+
+def _symlink(name: str, target: str) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type, info.linkname = tarfile.SYMTYPE, target
+    return info
 
 
 def test_status_changes_are_observable(runtime: Runtime, make_package: Callable[..., Path]) -> None:

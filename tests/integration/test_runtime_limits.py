@@ -52,13 +52,14 @@ def test_probe_sees_every_limit_identity_and_hardening(runtime: Runtime, make_pa
     assert env["AOS_SERVICE_ID"] == "svc-limits" and env["AOS_SUBJECT_ID"] == "subject"
     assert env["AOS_INSTANCE_INDEX"] == "0" and env["AOS_INSTANCE_ID"] == status.instance_id
     assert env["GREETING"] == "hello"
-    assert report["hostname"] == "probe-host" and "127.0.1.1\tprobe-host" in report["hosts"]
+    ip = runtime.status(status.instance_id).ip
+    assert report["hostname"] == "probe-host" and f"{ip}\tprobe-host " in report["hosts"]
     assert report["cwd"] == "/app"
     assert report["uid"] >= 5000 and report["gid"] >= 5000
     assert report["root_entries"] == ["app", "bin", "dev", "etc", "lib", "lib64", "proc", "sbin", "state.dat",
                                       "storage", "sys", "tmp", "usr"]
     assert report["root_writable"] == "Read-only file system"
-    assert report["net"] == ["lo"]  # its own network namespace, loopback only
+    assert report["net"] == ["eth0", "lo"]  # its own network namespace on the provider's bridge
     assert report["somaxconn"] == "321"
     assert report["seccomp"] == "2" and report["no_new_privs"] == "1"
     assert report["cap_eff"] == "0000000000000000" and report["cap_amb"] == "0000000000000000"
@@ -256,12 +257,13 @@ def test_state_file_is_capped_and_persists(runtime: Runtime, make_package: Calla
     assert len(amounts) == 2 and all(quota <= amount <= quota + 4096 for amount in amounts)
 
 
-def test_skip_resource_limits_applies_none(runtime: Runtime, make_package: Callable[..., Path]) -> None:
+def test_skip_resource_limits_still_enforces_every_quota(runtime: Runtime,
+                                                        make_package: Callable[..., Path]) -> None:
     status = start_script(runtime, make_package, PROBE_SCRIPT, QUOTAS, skipResourceLimits=True)
     report = probe_report(wait_for_log(runtime, status.instance_id, "PROBE "))
-    assert int(report["memory_limit"]) > 1 << 40
-    assert report["cfs_quota"] == "-1" and report["pids_max"] == "max"
-    assert report["nofile"] == [1024, 1024]
+    assert int(report["memory_limit"]) == QUOTAS["ramLimit"]
+    assert report["cfs_quota"] == "50000" and report["pids_max"] == str(QUOTAS["pidsLimit"])
+    assert report["nofile"] == [QUOTAS["noFileLimit"], QUOTAS["noFileLimit"]]
 
 
 RESIZE_SCRIPT = """

@@ -90,6 +90,7 @@ SCENARIOS: dict[str, list[tuple[tuple[str, ...], Any]]] = {
     ],
     "image-digest": [(("image", "digest"), DIGEST)],
     "no-agent": [(("agent", "enabled"), False)],
+    "agent-network": [(("agent", "network", "enabled"), True)],
     "given-service-accounts": [
         (("operator", "serviceAccount", "create"), False),
         (("agent", "serviceAccount", "create"), False),
@@ -398,6 +399,7 @@ AGENT = {
     ("aosedge.io", "aosserviceinstances"): {"get", "list", "watch"},
     ("aosedge.io", "aosserviceinstances/status"): {"get", "patch"},
     ("", "nodes"): {"get"},
+    ("", "events"): {"create"},  # a used-up traffic limit
 }
 
 
@@ -547,8 +549,16 @@ def test_agent_mounts_the_host_paths_the_contract_names() -> None:
         "run": ("/run/aos", "/run/aos", False),
         "data": ("/var/lib/aos", "/var/lib/aos", False),
         "host-root": ("/", "/host", True),
+        # the instance network: named netns must reach the node, the node-wide lock, CNI plugins
+        "netns": ("/run/netns", "/run/netns", False),
+        "run-lock": ("/run/lock", "/run/lock", False),
+        "cni-bin": ("/opt/cni/bin", "/opt/cni/bin", True),
     }
+    assert mounts["netns"]["mountPropagation"] == "Bidirectional"
     args = pod["containers"][0]["args"]
+    for flag in ("--network-pool=10.231.0.0/16", "--network-prefix=24", "--cni-dir=/usr/lib/cni",
+                 "--traffic-uncounted=127.0.0.0/8,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16"):
+        assert flag in args
     assert args[0] == "agent"
     for flag in ("--base-rootfs=/host", "--run-dir=/run/aos", "--data-dir=/var/lib/aos", "--device=$(NODE_NAME)"):
         assert flag in args
@@ -557,6 +567,12 @@ def test_agent_mounts_the_host_paths_the_contract_names() -> None:
     probe = pod["containers"][0]["livenessProbe"]["exec"]["command"]
     assert probe == ["aosctl", "agent-health", "--run-dir=/run/aos"]
     assert pod["nodeSelector"] == {"aosedge.io/edge": "true"}
+
+
+def test_agent_without_network_gets_no_network_mounts() -> None:
+    pod = pod_spec(one(documents_of({"agent": {"network": {"enabled": False}}}), "DaemonSet", "agent"))
+    assert "--no-network" in pod["containers"][0]["args"]
+    assert not {"netns", "run-lock", "cni-bin"} & {volume["name"] for volume in pod["volumes"]}
 
 
 def test_operator_runs_standalone_with_one_replica_and_kopf_liveness() -> None:

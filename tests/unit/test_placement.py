@@ -10,7 +10,15 @@ from aos_operator.api import naming
 from aos_operator.api.models import LabelSelector
 from aos_operator.api.selectors import equality_selector, matches
 from aos_operator.controller.conditions import Wanted, count_instances, merge_conditions, rollout_conditions
-from aos_operator.controller.placement import DeviceView, InstanceView, PackageRef, ServiceView, plan
+from aos_operator.controller.placement import (
+    DeviceView,
+    InstanceView,
+    PackageRef,
+    Reservation,
+    ServiceView,
+    plan,
+    reservation,
+)
 
 AMD = PackageRef("reg:5000/aos/ns/svc", "sha256:" + "a" * 64, "amd64")
 ARM = PackageRef("reg:5000/aos/ns/svc", "sha256:" + "b" * 64, "arm64")
@@ -168,3 +176,31 @@ def test_counts_and_rollout_conditions() -> None:
     done = count_instances([running], digests, desired=1)
     assert {w.type: w.status for w in rollout_conditions(done)} == {"Ready": True, "Reconciling": False, "Stalled": False}
     assert rollout_conditions(count_instances([], digests, 0))[0].reason == "NoMatchingDevices"
+
+
+def test_reservation_is_requested_resources_clamped_else_half_the_quota_and_none_when_skipped() -> None:
+    assert reservation(5000, 1 << 30, None, None, False) == Reservation(2500, 1 << 29)  # AosEdge's 50 %
+    assert reservation(5000, 1 << 30, 8000, 1 << 20, False) == Reservation(5000, 1 << 20)  # clamped to the quota
+    assert reservation(None, None, 300, None, False) == Reservation(300, 0)
+    # skipResourceLimits: nothing reserved (the device still applies every quota)
+    assert reservation(5000, 1 << 30, 8000, 1 << 20, True) == Reservation()
+
+
+def test_placement_reserves_dmips_and_memory_and_skip_resource_limits_reserves_nothing() -> None:
+    small = device("d1", dmips=10_000, memory=1 << 30)
+    heavy = service(instances_per_device=3, reservation=Reservation(4000, 1 << 28))
+    result = plan(heavy, [small], [])
+    assert [body["metadata"]["name"] for body in result.create] == ["svc-d1-0", "svc-d1-1"]  # a third does not fit
+    assert result.create[0]["spec"]["reserved"] == {"cpuDmips": 4000, "ramBytes": 1 << 28}
+    # what other services reserve there counts too
+    crowded = plan(heavy, [small], [], {"d1": Reservation(7000, 0)})
+    assert [body["metadata"]["name"] for body in crowded.create] == []
+    # kept instances count first, and are never dropped for lack of room
+    kept = plan(heavy, [small], [existing("svc-d1-0", "d1", reserved=Reservation(4000, 1 << 28))],
+                {"d1": Reservation(5000, 0)})
+    assert kept.create == [] and kept.delete == [] and kept.desired == 1
+    skipped = plan(service(instances_per_device=3, reservation=Reservation()), [small], [], {"d1": Reservation(10_000, 1 << 30)})
+    assert len(skipped.create) == 3
+    assert skipped.create[0]["spec"]["reserved"] == {"cpuDmips": 0, "ramBytes": 0}
+    # a device that reports no capacity is not checked
+    assert len(plan(heavy, [device("d2")], [], {"d2": Reservation(10**9, 10**12)}).create) == 3

@@ -155,15 +155,16 @@ def test_tmp_is_a_tmpfs_of_tmp_limit_with_aosedge_options() -> None:
                    "options": ["nosuid", "strictatime", "mode=1777", "size=32768"]}
 
 
-def test_skip_resource_limits_applies_none() -> None:
+def test_skip_resource_limits_still_applies_every_quota() -> None:
+    # AosEdge devices ignore the flag: it only changes what the cloud reserves when placing.
     quotas = Quotas(cpu_dmips_limit=5000, ram_limit=1 << 26, pids_limit=10, no_file_limit=50, tmp_limit=4096)
-    spec = build(ServiceConfig(quotas=quotas, skip_resource_limits=True))
-    assert set(spec["linux"]["resources"]) == {"devices"}
-    assert rlimit(spec, "RLIMIT_NPROC") is None
-    assert rlimit(spec, "RLIMIT_NOFILE") == (1024, 1024)
-    assert mount(spec, "/tmp")["options"] == ["nosuid", "strictatime", "mode=1777"]  # no size=
+    skipped = build(ServiceConfig(quotas=quotas, skip_resource_limits=True))
     limited = build(ServiceConfig(quotas=quotas))
-    assert set(limited["linux"]["resources"]) == {"devices", "cpu", "memory", "pids"}
+    assert skipped == limited
+    assert set(skipped["linux"]["resources"]) == {"devices", "cpu", "memory", "pids"}
+    assert rlimit(skipped, "RLIMIT_NPROC") == (10, 10)
+    assert rlimit(skipped, "RLIMIT_NOFILE") == (50, 50)
+    assert mount(skipped, "/tmp")["options"] == ["nosuid", "strictatime", "mode=1777", "size=4096"]
 
 
 def test_state_and_storage_binds() -> None:
@@ -195,11 +196,15 @@ def test_hardening_no_ambient_capabilities_no_new_privileges_seccomp() -> None:
     assert "seccomp" not in build(seccomp=False)["linux"]
 
 
-def test_own_network_namespace_and_cgroup_namespace_on_v2() -> None:
-    kinds = [ns["type"] for ns in build()["linux"]["namespaces"]]
-    assert kinds == ["pid", "network", "ipc", "uts", "mount"]
-    v2 = NodeFacts(cores=2, dmips=20000, cgroup_version=2)
-    assert [ns["type"] for ns in build(node=v2)["linux"]["namespaces"]][-1] == "cgroup"
+def test_own_network_namespace_and_cgroup_namespace_on_v1_and_v2() -> None:
+    for version in (1, 2):
+        node = NodeFacts(cores=2, dmips=20000, cgroup_version=version)
+        kinds = [ns["type"] for ns in build(node=node)["linux"]["namespaces"]]
+        assert kinds == ["pid", "network", "ipc", "uts", "mount", "cgroup"]
+
+
+def test_oci_version_is_the_one_aosedge_writes() -> None:
+    assert build()["ociVersion"] == "1.2.0"
 
 
 def test_builder_is_deterministic_and_does_not_touch_its_inputs() -> None:

@@ -38,6 +38,7 @@ class Desired:
     reference: str  # repository@sha256:...
     digest: str
     instance_id: str  # as the operator computed it; must match the runtime's
+    provider: str = "default"  # the instance's network: its AosService's namespace
 
     @property
     def identity(self) -> InstanceIdentity:
@@ -95,7 +96,7 @@ class DeviceAgent:
             report(Outcome("Starting"))
             if current is not None:  # a new package: replace the container, keep storage and state
                 self.runtime.stop(desired.instance_id)
-            self.runtime.start(identity, desired.digest, wait=False)
+            self.runtime.start(identity, desired.digest, wait=False, provider=desired.provider)
         except SignatureError as error:
             log.warning("instance %s: package refused: %s", desired.instance_id, error)
             return Outcome("Failed", SignatureError.reason, error.message)

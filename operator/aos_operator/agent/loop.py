@@ -28,15 +28,16 @@ from urllib3.exceptions import HTTPError
 from aos_operator import __version__
 from aos_operator.agent.core import Desired, DeviceAgent, Outcome
 from aos_operator.api.client import Connection, KubeClient
-from aos_operator.api.models import AOS_DEVICE, AOS_SERVICE_INSTANCE, LABEL_DEVICE
+from aos_operator.api.models import AOS_DEVICE, AOS_SERVICE_INSTANCE, API_VERSION, LABEL_DEVICE
 from aos_operator.api.naming import label_value
 from aos_operator.api.selectors import equality_selector
-from aos_operator.runtime import InstanceStatus, NodeFacts
+from aos_operator.runtime import InstanceStatus, NodeFacts, Reason
 
 log = logging.getLogger("aos_operator.agent")
 API_ERRORS = (ApiException, HTTPError, OSError)
 ALIVE_FILE = "agent.alive"
 RETRIED_REASONS = ("PullFailed", "StartError", "SignatureInvalid")  # a signature may be added later
+TRAFFIC_LIMIT_REASON = Reason.TRAFFIC_LIMIT
 
 Key = tuple[str, str]  # (namespace, name) of an AosServiceInstance
 
@@ -87,6 +88,7 @@ class AgentLoop:
         self._usage_checked = 0.0
         self._done: dict[Key, int | None] = {}  # the generation last converged, per instance
         self._retries: dict[Key, int] = {}
+        self._traffic_blocked: dict[str, tuple[str, ...]] = {}
 
     # --- threads ------------------------------------------------------------------------------
 
@@ -305,6 +307,7 @@ class AgentLoop:
         desired = Desired(
             service_id=spec["serviceId"], subject=spec["subject"], index=int(spec["index"]),
             reference=image.get("reference", ""), digest=image.get("digest", ""), instance_id=spec["instanceId"],
+            provider=key[0],  # one network per service provider: the namespace
         )
         outcome = self.agent.converge(desired, lambda step: self._report_outcome(key, step, generation))
         self._report_outcome(key, outcome, generation)
@@ -342,6 +345,22 @@ class AgentLoop:
             return
         self._usage_at[status.instance_id] = time.monotonic()
         self._report(key, self._status_fields(status))
+        self._traffic_event(key, status)
+
+    def _traffic_event(self, key: Key, status: InstanceStatus) -> None:
+        """A Warning event when an instance uses up uploadLimit/downloadLimit (AosEdge says nothing)."""
+        blocked = status.traffic_blocked
+        if blocked == self._traffic_blocked.get(status.instance_id, ()):
+            return
+        self._traffic_blocked[status.instance_id] = blocked
+        if not blocked:
+            return
+        try:
+            self.kube.post_event(key[0], {"apiVersion": API_VERSION, "kind": AOS_SERVICE_INSTANCE.kind,
+                                          "name": key[1], "namespace": key[0]},
+                                 "Warning", TRAFFIC_LIMIT_REASON, status.traffic_message, f"aos-agent/{self.settings.device}")
+        except API_ERRORS as error:
+            log.warning("instance %s: event not posted: %s", status.instance_id, error)
 
     @staticmethod
     def _status_fields(status: InstanceStatus) -> dict[str, Any]:
@@ -356,6 +375,8 @@ class AgentLoop:
             "imageDigest": status.package,
             "cpuMillicores": round(status.cpu_millicores) if status.cpu_millicores is not None else None,
             "ramBytes": status.ram_bytes,
+            "ip": status.ip,
+            **({"reason": TRAFFIC_LIMIT_REASON, "message": status.traffic_message} if status.traffic_blocked else {}),
         }
 
     def _report(self, key: Key, update: dict[str, Any]) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import kubernetes
@@ -145,6 +146,18 @@ class KubeClient:
             if error.status == 404:
                 return False
             raise
+
+    def post_event(self, namespace: str, involved: dict[str, Any], event_type: str, reason: str, message: str,
+                   component: str) -> None:
+        """A core/v1 Event about `involved` (apiVersion, kind, name, namespace)."""
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        body = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{involved['name']}.", "namespace": namespace},
+            "involvedObject": involved, "type": event_type, "reason": reason, "message": message[:1000],
+            "source": {"component": component}, "firstTimestamp": stamp, "lastTimestamp": stamp, "count": 1,
+        }
+        self.core.create_namespaced_event(namespace, body, _request_timeout=self.timeout)
 
     def watch(
         self,

@@ -261,6 +261,11 @@ class InstanceImage(_Schema):
     architecture: str | None = None
 
 
+class InstanceReservation(_Schema):
+    cpuDmips: int = Field(0, ge=0, description="DMIPS reserved on the device")
+    ramBytes: int = Field(0, ge=0, description="Memory reserved on the device, bytes")
+
+
 class AosServiceInstanceSpec(_Schema):
     model_config = ConfigDict(
         json_schema_extra={
@@ -280,6 +285,8 @@ class AosServiceInstanceSpec(_Schema):
     instanceId: str = Field(description="AOS_INSTANCE_ID, deterministic from service, subject and index")
     version: str | None = Field(None, description="Service version")
     image: InstanceImage = Field(description="The package the agent pulls by digest")
+    reserved: InstanceReservation | None = Field(
+        None, description="What placement reserved on the device for this instance (none with skipResourceLimits)")
 
 
 class InstancePhase(str, Enum):
@@ -301,6 +308,7 @@ class AosServiceInstanceStatus(_Schema):
     imageDigest: str | None = Field(None, description="The package digest the agent runs")
     cpuMillicores: int | None = Field(None, description="CPU use, thousandths of a core")
     ramBytes: int | None = Field(None, description="Memory use in bytes")
+    ip: str | None = Field(None, description="The instance's address on its provider network (none without a network)")
     observedGeneration: int | None = None
     lastUpdate: datetime | None = None
 
@@ -388,6 +396,7 @@ AOS_SERVICE_INSTANCE = Kind(
         {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
         {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts"},
         {"name": "Reason", "type": "string", "jsonPath": ".status.reason", "priority": 1},
+        {"name": "IP", "type": "string", "jsonPath": ".status.ip", "priority": 1},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ),
 )

@@ -12,6 +12,8 @@ from aos_operator.cli import trust
 from aos_operator.cli.common import (
     kube_options,
     max_layer_size_option,
+    network_config,
+    network_options,
     registry,
     registry_options,
     seconds,
@@ -134,6 +136,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         base_path=args.base_rootfs,
         cgroup_parent=args.cgroup_parent,
         max_layer_bytes=args.max_layer_size,
+        network=network_config(args),  # type: ignore[arg-type]
     )
     node = detect_node_facts(dmips=args.dmips)
     runtime = Runtime(config, node)
@@ -226,6 +229,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     agent.add_argument("--node-config", metavar="FILE", help="YAML with the resources and devices the node offers")
     agent.add_argument("--heartbeat", type=seconds(), default=10.0, metavar="SECONDS",
                        help="how often the AosDevice is renewed (default: %(default)s)")
+    network_options(agent)
     max_layer_size_option(agent)
     # Package GC (runtime/package_gc.py): what an assigned instance needs is never deleted.
     agent.add_argument("--keep-previous", type=whole_number(0), default=1, metavar="N",

@@ -66,6 +66,51 @@ def build_options(command: argparse.ArgumentParser) -> None:
     group.add_argument("--no-cache", action="store_true", help="build without the cache")
 
 
+# --- the instance network (runtime/network): flags shared by run and agent ------------------------
+
+
+def network_options(command: argparse.ArgumentParser) -> None:
+    from aos_operator.runtime.network.model import AOSEDGE_UNCOUNTED, DEFAULT_POOL, DEFAULT_PREFIX
+
+    group = command.add_argument_group("instance network (CNI)")
+    group.add_argument("--no-network", action="store_true",
+                       help="no CNI network: each instance gets a network namespace with loopback only")
+    group.add_argument("--network-pool", default=DEFAULT_POOL, metavar="CIDR",
+                       help=f"subnets of provider networks come from here (default {DEFAULT_POOL})")
+    group.add_argument("--network-prefix", type=int, default=DEFAULT_PREFIX, metavar="N",
+                       help=f"prefix length of each provider network (default /{DEFAULT_PREFIX})")
+    group.add_argument("--cni-dir", action="append", metavar="DIR",
+                       help="CNI plugin directory (repeatable; default /usr/lib/cni and /opt/cni/bin)")
+    group.add_argument("--traffic-uncounted", default=",".join(AOSEDGE_UNCOUNTED), metavar="CIDR,...",
+                       help="ranges uploadLimit/downloadLimit do not count (default: loopback and the private "
+                            "ranges, as AosEdge; '' counts everything)")
+    group.add_argument("--dns-server", action="append", metavar="IP",
+                       help="upstream DNS servers of the networks' DNS (default: the node's /etc/resolv.conf)")
+
+
+def network_config(args: argparse.Namespace) -> object:
+    """The NetworkConfig of the network flags; commands without them (ps, stop) get the defaults,
+    which is enough to find and tear down what a run set up (records name everything)."""
+    from aos_operator.runtime.network.model import AOSEDGE_UNCOUNTED, DEFAULT_POOL, DEFAULT_PREFIX, NetworkConfig
+
+    uncounted = getattr(args, "traffic_uncounted", ",".join(AOSEDGE_UNCOUNTED))
+    options: dict[str, object] = {
+        # dnsmasq re-reads its hosts file as nobody: under the run dir, which the node keeps 0755
+        "dns_dir": str(Path(args.run_dir) / "network-dns"),
+        "enabled": not getattr(args, "no_network", False),
+        "pool": getattr(args, "network_pool", DEFAULT_POOL),
+        "prefix": getattr(args, "network_prefix", DEFAULT_PREFIX),
+        "uncounted": tuple(part.strip() for part in uncounted.split(",") if part.strip()),
+        "upstream_dns": tuple(getattr(args, "dns_server", None) or ()),
+    }
+    if getattr(args, "cni_dir", None):
+        options["plugin_dirs"] = tuple(args.cni_dir)
+    try:
+        return NetworkConfig(**options)  # type: ignore[arg-type]
+    except ValueError as error:
+        raise InputError(str(error)) from None
+
+
 def quiet_option(command: argparse.ArgumentParser, what: str = "print only the result") -> None:
     command.add_argument("--quiet", "-q", action="store_true", help=f"no progress or notes on stderr; {what}")
 

@@ -21,6 +21,8 @@ from aos_operator.cli import packages, trust
 from aos_operator.cli.common import (
     build_options,
     max_layer_size_option,
+    network_config,
+    network_options,
     quiet_option,
     registry,
     registry_options,
@@ -143,7 +145,7 @@ def runtime_config(args: argparse.Namespace) -> object:
 
     limit = getattr(args, "max_layer_size", None)
     return RuntimeConfig(state_root=Path(args.state_dir), run_root=Path(args.run_dir),
-                         cgroup_parent=args.cgroup_parent,
+                         cgroup_parent=args.cgroup_parent, network=network_config(args),
                          **({"max_layer_bytes": limit} if limit is not None else {}))
 
 
@@ -179,6 +181,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 service_id=target.service_id,
                 subject_id=args.subject,
                 restart=not args.no_restart,
+                provider=args.network_provider,
             )
     if structured(args):
         emit(args, "RunResult", {"serviceId": target.service_id, "interrupted": outcome.interrupted,
@@ -194,14 +197,16 @@ def _run_detached(args: argparse.Namespace, target: RunTarget, config: object, n
     statuses = []
     for index in range(args.instances):
         identity = InstanceIdentity(target.service_id, args.subject, index)
-        statuses.append(runtime.start(identity, package, restart=not args.no_restart, wait=True))
+        statuses.append(runtime.start(identity, package, restart=not args.no_restart, wait=True,
+                                      provider=args.network_provider))
     if structured(args):
         emit(args, "RunResult", {"serviceId": target.service_id, "detached": True,
                                  "instances": [instance_document(s) for s in statuses]})
     else:
         for status in statuses:
             note(args, f"aosctl: instance {status.identity.index}: {status.phase.value}"
-                       + (f" ({status.reason})" if status.reason else ""))
+                       + (f" ({status.reason})" if status.reason else "")
+                       + (f", address {status.ip}" if status.ip else ""))
             result(status.instance_id)
     failed = [s for s in statuses if s.phase.terminal]
     return EXIT_FAILED if failed else EXIT_OK
@@ -211,6 +216,7 @@ def instance_document(status: object) -> dict[str, object]:
     data = camel_keys(status.to_json())  # type: ignore[attr-defined]
     data["cpuMillicores"] = getattr(status, "cpu_millicores", None)
     data["ramBytes"] = getattr(status, "ram_bytes", None)
+    data["ip"] = getattr(status, "ip", None)
     return data  # type: ignore[no-any-return]
 
 
@@ -249,6 +255,10 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     run.add_argument("--timeout", type=seconds(), metavar="SECONDS", help="stop after this long (more than 0)")
     run.add_argument("--detach", "-d", action="store_true",
                      help="start the instances and return; print their instance IDs")
+    run.add_argument("--network-provider", default="default", metavar="NAME",
+                     help="the provider network the instances join (default 'default', the agent's name for "
+                          "services of the 'default' namespace)")
+    network_options(run)
     max_layer_size_option(run)
     trust.verify_key_option(run)
     runtime_dir_options(run)

@@ -40,7 +40,7 @@ def quota_summary(service: ServiceDescription) -> str:
     if quotas.no_file is not None:
         parts.append(f"open files {quotas.no_file}")
     if service.skip_resource_limits:
-        parts.append("(not enforced: skipResourceLimits)")
+        parts.append("(skipResourceLimits: enforced on the device, not reserved when placing)")
     return ", ".join(parts) or "none"
 
 

@@ -23,7 +23,7 @@ from aos_operator.api.models import AOS_SERVICE_INSTANCE, GROUP, LABEL_SERVICE, 
 from aos_operator.api.naming import label_value
 from aos_operator.api.selectors import equality_selector
 from aos_operator.controller import builder, reconciler
-from aos_operator.controller.placement import DeviceView
+from aos_operator.controller.placement import DeviceView, Reservation
 from aos_operator.controller.reconciler import Operator, release_stopped
 from aos_operator.controller.revisions import ROLLOUT_ANNOTATIONS
 from aos_operator.controller.settings import OperatorSettings
@@ -42,6 +42,21 @@ def _devices_of(index: kopf.Index[str, DeviceView]) -> dict[str, DeviceView]:
 
 def _instances_of(index: kopf.Index[tuple[str, str], Mapping[str, Any]], namespace: str, name: str) -> list[Mapping[str, Any]]:
     return list(index.get((namespace, name), ()))
+
+
+def _reserved_elsewhere(index: kopf.Index[tuple[str, str], Mapping[str, Any]], namespace: str,
+                        name: str) -> dict[str, Reservation]:
+    """Per device, what the instances of every other service reserve there."""
+    totals: dict[str, Reservation] = {}
+    for key, store in index.items():
+        if key == (namespace, name):
+            continue
+        for body in store:
+            spec = body.get("spec") or {}
+            if body.get("metadata", {}).get("deletionTimestamp") or not spec.get("device"):
+                continue
+            totals[spec["device"]] = totals.get(spec["device"], Reservation()) + Reservation.from_spec(spec.get("reserved"))
+    return totals
 
 
 def make_registry(op: Operator) -> kopf.OperatorRegistry:
@@ -123,7 +138,8 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
         try:
             while True:
                 wakeup.clear()
-                delay = await _guarded_pass(op, body, _devices_of(devices), _instances_of(instances, namespace, name))
+                delay = await _guarded_pass(op, body, _devices_of(devices), _instances_of(instances, namespace, name),
+                                            _reserved_elsewhere(instances, namespace, name))
                 try:
                     await asyncio.wait_for(wakeup.wait(), timeout=delay)
                 except TimeoutError:
@@ -162,13 +178,14 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
     return registry
 
 
-async def _guarded_pass(op: Operator, body: kopf.Body, devices: dict[str, DeviceView], instances: list[Mapping[str, Any]]) -> float:
+async def _guarded_pass(op: Operator, body: kopf.Body, devices: dict[str, DeviceView], instances: list[Mapping[str, Any]],
+                        reserved_elsewhere: Mapping[str, Reservation] | None = None) -> float:
     """One reconciler pass; API and network trouble becomes a retry, never a crashed operator."""
     meta = body.get("metadata", {})
     key = (meta.get("namespace", ""), meta.get("name", ""))
     op.remember_devices(devices)
     try:
-        return await reconciler.reconcile(op, body, devices, instances)
+        return await reconciler.reconcile(op, body, devices, instances, reserved_elsewhere)
     except reconciler.TRANSIENT_ERRORS as error:
         delay = op.backoff(key)
         log.warning("AosService %s/%s: %s; retrying in %.0f s", *key, error, delay)

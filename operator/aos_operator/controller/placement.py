@@ -2,7 +2,10 @@
 
 Pure: it reads views of the service, the devices and the existing instances and returns a plan.
 A device gets instances when it matches the selector, is Ready and schedulable, has the
-architecture of one of the service's images and a runner the service accepts. A device that
+architecture of one of the service's images and a runner the service accepts, and has the DMIPS
+and memory the instance reserves free (AosEdge's CM budget: requestedResources clamped to the
+quotas, else half of each quota; `skipResourceLimits` reserves nothing, and the quotas still
+apply on the device). A device that
 stops being Ready keeps its instances (it may be offline for a while: edge autonomy); a device
 that leaves the selector or is deleted loses them.
 """
@@ -27,6 +30,39 @@ from aos_operator.api.selectors import matches
 
 # AosEdge's rule: a device that declares no runners accepts services that allow runc or crun.
 DEFAULT_DEVICE_RUNNERS = ("runc", "crun")
+# AosEdge's default node resourceRatios: without requestedResources an instance reserves half its quota.
+DEFAULT_RESOURCE_RATIO = 0.5
+
+
+@dataclass(frozen=True)
+class Reservation:
+    cpu_dmips: int = 0
+    ram: int = 0
+
+    def __add__(self, other: Reservation) -> Reservation:
+        return Reservation(self.cpu_dmips + other.cpu_dmips, self.ram + other.ram)
+
+    def to_spec(self) -> dict[str, int]:
+        return {"cpuDmips": self.cpu_dmips, "ramBytes": self.ram}
+
+    @classmethod
+    def from_spec(cls, data: Mapping[str, Any] | None) -> Reservation:
+        data = data or {}
+        return cls(int(data.get("cpuDmips") or 0), int(data.get("ramBytes") or 0))
+
+
+def reservation(quota_cpu: int | None, quota_ram: int | None, requested_cpu: int | None, requested_ram: int | None,
+                skip_resource_limits: bool) -> Reservation:
+    """What one instance reserves on its device, as AosEdge's CM computes it."""
+    if skip_resource_limits:
+        return Reservation()
+
+    def one(quota: int | None, requested: int | None) -> int:
+        if requested is not None:
+            return min(requested, quota) if quota else requested
+        return int(quota * DEFAULT_RESOURCE_RATIO) if quota else 0
+
+    return Reservation(one(quota_cpu, requested_cpu), one(quota_ram, requested_ram))
 
 
 @dataclass(frozen=True)
@@ -37,6 +73,8 @@ class DeviceView:
     architecture: str | None
     runners: tuple[str, ...] = ()
     unschedulable: bool = False
+    dmips: int | None = None  # capacity; None: not reported, not checked
+    memory: int | None = None
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> DeviceView:
@@ -50,11 +88,18 @@ class DeviceView:
             architecture=status.get("architecture"),
             runners=tuple(status.get("runners") or ()),
             unschedulable=bool((body.get("spec") or {}).get("unschedulable")),
+            dmips=status.get("dmips"),
+            memory=status.get("memoryBytes"),
         )
 
     def fingerprint(self) -> tuple[Any, ...]:
         """What placement depends on; heartbeats that change nothing else do not matter."""
-        return (tuple(sorted(self.labels.items())), self.ready, self.architecture, self.runners, self.unschedulable)
+        return (tuple(sorted(self.labels.items())), self.ready, self.architecture, self.runners, self.unschedulable,
+                self.dmips, self.memory)
+
+    def fits(self, used: Reservation) -> bool:
+        return ((self.dmips is None or used.cpu_dmips <= self.dmips)
+                and (self.memory is None or used.ram <= self.memory))
 
 
 @dataclass(frozen=True)
@@ -68,6 +113,7 @@ class InstanceView:
     running_digest: str | None = None
     reason: str | None = None
     start_time: datetime | None = None
+    reserved: Reservation = Reservation()
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> InstanceView:
@@ -83,6 +129,7 @@ class InstanceView:
             running_digest=status.get("imageDigest"),
             reason=status.get("reason"),
             start_time=_time(status.get("startTime")),
+            reserved=Reservation.from_spec(spec.get("reserved")),
         )
 
 
@@ -120,6 +167,7 @@ class ServiceView:
     runners: tuple[str, ...]
     selector: LabelSelector | None
     packages: Mapping[str, PackageRef]  # by architecture
+    reservation: Reservation = Reservation()  # per instance
 
 
 @dataclass
@@ -194,11 +242,15 @@ def instance_spec(service: ServiceView, device: str, index: int, package: Packag
         "instanceId": naming.instance_id(service.service_id, service.subject, index),
         "version": service.version,
         "image": {"reference": package.reference, "digest": package.digest, "architecture": package.architecture},
+        "reserved": service.reservation.to_spec(),
     }
 
 
-def wanted_keys(service: ServiceView, devices: Iterable[DeviceView], instances: Iterable[InstanceView]) -> set[tuple[str, int]]:
-    """(device, index) of every instance that should exist."""
+def wanted_keys(service: ServiceView, devices: Iterable[DeviceView], instances: Iterable[InstanceView],
+                reserved_elsewhere: Mapping[str, Reservation] | None = None) -> set[tuple[str, int]]:
+    """(device, index) of every instance that should exist. `reserved_elsewhere`: per device,
+    what the instances of other services reserve there; a new instance goes only where its own
+    reservation still fits (the ones a device keeps count first)."""
     by_device = {device.name: device for device in devices}
     existing = {(instance.device, instance.index): instance for instance in instances}
     wanted: set[tuple[str, int]] = set()
@@ -206,10 +258,18 @@ def wanted_keys(service: ServiceView, devices: Iterable[DeviceView], instances: 
         has_some = any(key[0] == device.name for key in existing)
         if not (eligible(service, device) or (has_some and keeps(service, device))):
             continue
+        used = (reserved_elsewhere or {}).get(device.name, Reservation())
+        for index in range(service.instances_per_device):  # the ones it keeps count first
+            if (device.name, index) in existing:
+                used = used + existing[(device.name, index)].reserved
         for index in range(service.instances_per_device):
             key = (device.name, index)
-            if key not in existing and not eligible(service, device):
-                continue  # a device that may only keep its instances gets no new ones
+            if key not in existing:
+                if not eligible(service, device):
+                    continue  # a device that may only keep its instances gets no new ones
+                if not device.fits(used + service.reservation):
+                    continue  # no room left for what the instance reserves
+                used = used + service.reservation
             wanted.add(key)
     return wanted
 
@@ -218,14 +278,15 @@ PackageChoice = Callable[[DeviceView], "PackageRef | None"]
 
 
 def plan(service: ServiceView, devices: Iterable[DeviceView], instances: Iterable[InstanceView],
-         package_for: PackageChoice | None = None) -> Plan:
+         package_for: PackageChoice | None = None,
+         reserved_elsewhere: Mapping[str, Reservation] | None = None) -> Plan:
     """What to create, update and delete. `package_for` picks a device's package (the rollout
     planner's revision); None from it leaves the device's instances on what they have."""
     devices, instances = list(devices), list(instances)
     by_device = {device.name: device for device in devices}
     existing = {(instance.device, instance.index): instance for instance in instances}
     result = Plan()
-    wanted = wanted_keys(service, devices, instances)
+    wanted = wanted_keys(service, devices, instances, reserved_elsewhere)
     result.desired = len(wanted)
     for key in sorted(wanted):
         device = by_device[key[0]]

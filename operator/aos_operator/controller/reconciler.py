@@ -41,7 +41,14 @@ from aos_operator.controller.conditions import (
     Wanted,
     merge_conditions,
 )
-from aos_operator.controller.placement import DeviceView, InstanceView, PackageRef, ServiceView
+from aos_operator.controller.placement import (
+    DeviceView,
+    InstanceView,
+    PackageRef,
+    Reservation,
+    ServiceView,
+    reservation,
+)
 from aos_operator.controller.settings import OperatorSettings
 from aos_operator.controller.source import SourceError
 from aos_operator.errors import (
@@ -240,6 +247,10 @@ def _service_view(body: Any, spec: AosServiceSpec, service: ServiceDescription, 
         runners=service.runners,
         selector=spec.selector,
         packages=packages,
+        reservation=reservation(service.quotas.cpu_dmips, service.quotas.ram,
+                                service.requested_resources.cpu_dmips if service.requested_resources else None,
+                                service.requested_resources.ram if service.requested_resources else None,
+                                service.skip_resource_limits),
     )
 
 
@@ -275,6 +286,7 @@ async def reconcile(
     body: Any,
     devices: Mapping[str, DeviceView],
     instance_bodies: list[Mapping[str, Any]],
+    reserved_elsewhere: Mapping[str, Reservation] | None = None,
 ) -> float:
     """One pass over one AosService; returns when to look again (seconds)."""
     meta = body["metadata"]
@@ -312,7 +324,8 @@ async def reconcile(
     view = _service_view(body, spec, service, images)
     instances = [InstanceView.from_body(instance) for instance in instance_bodies]
     try:
-        step = await rollout_pass.run(op, body, spec, view, devices, instances, images, op.memos[key].source_digest)
+        step = await rollout_pass.run(op, body, spec, view, devices, instances, images, op.memos[key].source_digest,
+                                      reserved_elsewhere)
     except SpecError as error:
         await write_status(op, body, _invalid("InvalidSpec", error.message), {})
         return op.settings.resync_seconds

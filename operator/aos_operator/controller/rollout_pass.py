@@ -20,7 +20,15 @@ from kubernetes.client.exceptions import ApiException
 from aos_operator.api.models import AOS_SERVICE_INSTANCE, AosServiceSpec, ImageStatus
 from aos_operator.controller import revisions
 from aos_operator.controller.conditions import READY, RECONCILING, STALLED, Counts, Wanted, rollout_conditions
-from aos_operator.controller.placement import DeviceView, InstanceView, PackageRef, ServiceView, plan, wanted_keys
+from aos_operator.controller.placement import (
+    DeviceView,
+    InstanceView,
+    PackageRef,
+    Reservation,
+    ServiceView,
+    plan,
+    wanted_keys,
+)
 from aos_operator.controller.rollout import (
     COMPLETE,
     FAILED,
@@ -123,7 +131,8 @@ def _history(history: revisions.History, previous: RolloutState, decision: Decis
 
 
 async def run(op: Any, body: Any, spec: AosServiceSpec, view: ServiceView, devices: Mapping[str, DeviceView],
-              instances: list[InstanceView], images: Sequence[ImageStatus], source_digest: str) -> Outcome:
+              instances: list[InstanceView], images: Sequence[ImageStatus], source_digest: str,
+              reserved_elsewhere: Mapping[str, Reservation] | None = None) -> Outcome:
     """Plan this pass's rollout step and write the instance changes; the caller writes the status."""
     meta, status = body["metadata"], body.get("status") or {}
     key = (meta["namespace"], meta["name"])
@@ -149,7 +158,7 @@ async def run(op: Any, body: Any, spec: AosServiceSpec, view: ServiceView, devic
     previous = RolloutState.from_status(status.get("rollout"))
     pending = op.pending.setdefault(key, {})
     device_list = list(devices.values())
-    wanted = wanted_keys(view, device_list, instances)
+    wanted = wanted_keys(view, device_list, instances, reserved_elsewhere)
     states = _device_states(wanted, instances, revisions.revision_of_digest(history), pending)
     resumed = revisions.parse_resume(annotations.get(revisions.ANNOTATION_RESUME), target)
     decision = plan_rollout(target, strategy, states, previous, now, paused=spec.paused, resumed_step=resumed)
@@ -162,7 +171,7 @@ async def run(op: Any, body: Any, spec: AosServiceSpec, view: ServiceView, devic
             return None
         return _package(items.get(number), device.architecture) or view.packages.get(device.architecture or "")
 
-    work = plan(view, device_list, instances, package_for)
+    work = plan(view, device_list, instances, package_for, reserved_elsewhere)
     namespace = view.namespace
     for instance in work.create:
         try:

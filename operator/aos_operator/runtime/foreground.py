@@ -20,6 +20,7 @@ from typing import TextIO
 from aos_operator.errors import EXIT_FAILED, EXIT_OK
 from aos_operator.runtime.identity import InstanceIdentity
 from aos_operator.runtime.logs import LogFollower
+from aos_operator.runtime.network.model import DEFAULT_PROVIDER
 from aos_operator.runtime.runtime import Runtime, RuntimeConfig, StatusPoller
 from aos_operator.runtime.spec import NodeFacts
 from aos_operator.runtime.status import InstanceStatus, Phase
@@ -83,8 +84,12 @@ def _describe(status: InstanceStatus) -> str:
         text += f", {label} {status.last_exit.exit_code} ({status.last_exit.reason})"
     if status.restarts:
         text += f", restarted {status.restarts} time{'s' if status.restarts != 1 else ''}"
+    if status.ip:
+        text += f", address {status.ip}"
     if status.message:
         text += f": {status.message}"
+    if status.traffic_message:
+        text += f" ({status.traffic_message})"
     if status.reason == "CrashLoop" and status.exit_code == 0:
         text += " (the service ends by itself with exit code 0 and is restarted each time; run it with " \
                 "--no-restart if it is meant to end)"
@@ -94,7 +99,8 @@ def _describe(status: InstanceStatus) -> str:
 def run_foreground(package_dir: Path | str, instances: int = 1, node: NodeFacts | None = None,
                    output: TextIO | None = None, stop_event: threading.Event | None = None, *,
                    config: RuntimeConfig | None = None, service_id: str = "local", subject_id: str = "local",
-                   restart: bool = True, poll_interval: float = 0.05) -> ForegroundResult:
+                   restart: bool = True, poll_interval: float = 0.05,
+                   provider: str = DEFAULT_PROVIDER) -> ForegroundResult:
     """Run `instances` instances of the package until `stop_event` is set or all have ended."""
     if instances < 1:
         raise ValueError(f"instances must be >= 1, got {instances}")
@@ -124,7 +130,7 @@ def run_foreground(package_dir: Path | str, instances: int = 1, node: NodeFacts 
 
     try:
         for identity in identities:
-            runtime.start(identity, package, restart=restart, wait=False)
+            runtime.start(identity, package, restart=restart, wait=False, provider=provider)
         while True:
             for stream in streams:
                 stream.pump(output)

@@ -18,6 +18,10 @@ long-name headers above 1 MiB are refused before they are read into memory.
 A layer is unpacked into a temporary directory next to the store and renamed into place when
 complete, so a half-unpacked layer is never used and concurrent installs of one digest are safe;
 a refused unpack removes the temporary directory.
+
+Instances run a copy owned `0:<service GID>` (`<hex>.g<gid>`), as AosEdge 1.x devices chown the
+unpacked service layer, so files the author made group-readable are readable by the service and
+nothing else; the copy is made once per service group, the same way (temporary dir, rename).
 """
 
 from __future__ import annotations
@@ -390,8 +394,36 @@ class LayerStore:
             raise
         return final
 
+    def owned_path(self, digest: str, gid: int) -> Path:
+        return self.root / f"{digest_hex(digest)}.g{gid}"
+
+    def owned(self, digest: str, gid: int) -> Path:
+        """The layer's copy owned 0:`gid` (every entry, symlinks included), made once."""
+        final = self.owned_path(digest, gid)
+        if final.is_dir():
+            return final
+        source = self.path(digest)
+        if not source.is_dir():
+            raise PackageError(f"layer {digest} is not installed in {self.root}", hint="install the package again")
+        temporary = self.root / f"{_TEMP_PREFIX}{digest_hex(digest)[:16]}-g{gid}-{uuid.uuid4().hex[:8]}"
+        try:
+            _copy_owned(source, temporary, gid)
+            try:
+                os.rename(temporary, final)
+            except OSError:
+                if not final.is_dir():
+                    raise
+                shutil.rmtree(temporary)
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
+        return final
+
     def remove(self, digest: str) -> None:
         shutil.rmtree(self.path(digest), ignore_errors=True)
+        if self.root.is_dir():
+            for owned in self.root.glob(f"{digest_hex(digest)}.g*"):
+                shutil.rmtree(owned, ignore_errors=True)
 
     def remove_unfinished(self) -> None:
         """Drop temporary directories left by an install that was killed midway."""
@@ -399,3 +431,41 @@ class LayerStore:
             for entry in self.root.iterdir():
                 if entry.name.startswith(_TEMP_PREFIX):
                     shutil.rmtree(entry, ignore_errors=True)
+
+
+def _copy_owned(source: Path, destination: Path, gid: int) -> None:
+    """Copy an unpacked layer (our own output: directories, regular files, symlinks, hard links,
+    0/0 whiteout devices, the opaque xattr) with every entry owned 0:`gid`; never follows a link."""
+    linked: dict[tuple[int, int], str] = {}
+
+    def copy_entry(src: str, dst: str) -> None:
+        info = os.lstat(src)
+        mode = stat.S_IMODE(info.st_mode)
+        if stat.S_ISDIR(info.st_mode):
+            os.mkdir(dst, 0o700)
+            with os.scandir(src) as entries:
+                for entry in entries:
+                    copy_entry(entry.path, os.path.join(dst, entry.name))
+            try:
+                os.setxattr(dst, OPAQUE_XATTR, os.getxattr(src, OPAQUE_XATTR, follow_symlinks=False))
+            except OSError as error:
+                if error.errno not in (errno.ENODATA, errno.ENOTSUP):
+                    raise
+        elif stat.S_ISLNK(info.st_mode):
+            os.symlink(os.readlink(src), dst)
+        elif stat.S_ISCHR(info.st_mode) and info.st_rdev == os.makedev(0, 0):
+            os.mknod(dst, stat.S_IFCHR | mode, info.st_rdev)
+        elif stat.S_ISREG(info.st_mode):
+            key = (info.st_dev, info.st_ino)
+            if info.st_nlink > 1 and key in linked:
+                os.link(linked[key], dst)
+                return
+            linked[key] = dst
+            shutil.copyfile(src, dst, follow_symlinks=False)
+        else:
+            raise RuntimeFailure(f"{src}: unexpected file type in an unpacked layer", hint="install the package again")
+        os.chown(dst, 0, gid, follow_symlinks=False)
+        if not stat.S_ISLNK(info.st_mode):
+            os.chmod(dst, mode)  # after chown, which clears set-id bits (there are none anyway)
+
+    copy_entry(str(source), str(destination))

@@ -42,6 +42,8 @@ class RootfsPlan:
     base_path: str = "/"
     base_visible: tuple[str, ...] = DEFAULT_BASE_VISIBLE
     dns_servers: tuple[str, ...] = ()
+    hosts: str | None = None  # /etc/hosts and /etc/resolv.conf from the instance network, if it has one
+    resolv: str | None = None
 
     @property
     def rootfs(self) -> Path:
@@ -53,12 +55,13 @@ class RootfsPlan:
 
     def to_json(self) -> dict[str, Any]:
         return {"run_dir": self.run_dir, "service_layer": self.service_layer, "base_path": self.base_path,
-                "base_visible": list(self.base_visible), "dns_servers": list(self.dns_servers)}
+                "base_visible": list(self.base_visible), "dns_servers": list(self.dns_servers),
+                "hosts": self.hosts, "resolv": self.resolv}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RootfsPlan:
         return cls(data["run_dir"], data["service_layer"], data["base_path"], tuple(data["base_visible"]),
-                   tuple(data["dns_servers"]))
+                   tuple(data["dns_servers"]), data.get("hosts"), data.get("resolv"))
 
 
 def whiteout_names(base_entries: Iterable[str], visible: Iterable[str]) -> list[str]:
@@ -101,7 +104,8 @@ def resolv_conf(dns_servers: Sequence[str]) -> str:
     return "".join(f"nameserver {server}\n" for server in dns_servers)
 
 
-def _make_top_layer(top: Path, spec: Mapping[str, Any], dns_servers: Sequence[str]) -> None:
+def _make_top_layer(top: Path, spec: Mapping[str, Any], dns_servers: Sequence[str], *,
+                    hosts: str | None = None, resolv: str | None = None) -> None:
     # Everything is created under `top` one component at a time, never through a link, so a
     # destination such as /../x or /etc/hosts/x fails cleanly instead of reaching the host.
     for relative, is_dir, mode in mount_points(spec, os.path.isdir):
@@ -111,8 +115,11 @@ def _make_top_layer(top: Path, spec: Mapping[str, Any], dns_servers: Sequence[st
             os.chmod(make_dirs_in(top, relative), mode)
         else:
             create_file_in(top, relative, mode)
-    create_file_in(top, "etc/hosts", 0o644, hosts_file(spec.get("hostname")).encode())
-    create_file_in(top, "etc/resolv.conf", 0o644, resolv_conf(dns_servers).encode())
+    # the instance network's files when it has one, else loopback's and the configured servers
+    hosts = hosts if hosts is not None else hosts_file(spec.get("hostname"))
+    resolv = resolv if resolv is not None else resolv_conf(dns_servers)
+    create_file_in(top, "etc/hosts", 0o644, hosts.encode())
+    create_file_in(top, "etc/resolv.conf", 0o644, resolv.encode())
 
 
 def _make_whiteouts(whiteouts: Path, base: Path, visible: Sequence[str]) -> None:
@@ -151,7 +158,7 @@ def assemble(plan: RootfsPlan, spec: Mapping[str, Any]) -> Path:
     mounts.mount("tmpfs", scratch, "tmpfs", mounts.MS_NOSUID | mounts.MS_NODEV, _SCRATCH_OPTIONS)
     top, whiteouts = scratch / "top", scratch / "whiteouts"
     top.mkdir(mode=0o755)
-    _make_top_layer(top, spec, plan.dns_servers)
+    _make_top_layer(top, spec, plan.dns_servers, hosts=plan.hosts, resolv=plan.resolv)
     _make_whiteouts(whiteouts, base, plan.base_visible)
     service = Path(plan.service_layer)
     layers = [top, service, whiteouts, base]

@@ -12,6 +12,8 @@ On disk:
     <state_root>/packages, blobs, layers   installed packages (package.py)
     <state_root>/ids.json                   UID/GID pool (ids.py)
     <state_root>/supervisor.log             the node supervisor's own errors
+    <state_root>/network/                   instance networks (network/manager.py; the netns in
+                                            /run/netns outlives container restarts)
     <state_root>/instances/<id>/            plan.json, config.json, status.json, starts.json,
                                             service.log, storage.img, state.img (kept)
     <run_root>/supervisor.sock, .lock, .json the node supervisor's socket, lock and PID record
@@ -43,6 +45,9 @@ from aos_operator.runtime.identity import InstanceIdentity
 from aos_operator.runtime.ids import ID_RANGE, IdPool
 from aos_operator.runtime.layers import DEFAULT_MAX_LAYER_BYTES
 from aos_operator.runtime.logs import DEFAULT_LOG_MAX_BYTES
+from aos_operator.runtime.network.hook import PACKAGE_ANNOTATION, PROVIDER_ANNOTATION, NetworkHook
+from aos_operator.runtime.network.manager import NetworkManager
+from aos_operator.runtime.network.model import DEFAULT_PROVIDER, NetworkConfig, short_hash
 from aos_operator.runtime.node import detect_node_facts
 from aos_operator.runtime.package import InstalledPackage, PackageStore, check_package_working_dir
 from aos_operator.runtime.plan import PLAN_FILE, SPEC_FILE, SupervisorPlan
@@ -78,6 +83,7 @@ class RuntimeConfig:
     stop_timeout: float = 10.0
     max_layer_bytes: int = DEFAULT_MAX_LAYER_BYTES  # a layer unpacking to more is refused
     supervisor_linger: float = 2.0  # the node supervisor exits after this long without instances
+    network: NetworkConfig = NetworkConfig()  # network.enabled=False: loopback only
 
     def __post_init__(self) -> None:
         parts = self.cgroup_parent.split("/")
@@ -115,6 +121,12 @@ class Runtime:
         self._cgroups = detect_cgroups()
         self._spawned: list[subprocess.Popen[bytes]] = []
         self._cpu_samples: dict[str, tuple[float, int, float]] = {}
+        # [network hook] one scope per state root keeps two runtimes of a node apart; the network
+        # is the first hook, so the others see the spec with its netns.
+        self.network = NetworkManager(self.config.network, self.config.state_root / "network",
+                                      short_hash(str(self.config.state_root.resolve()), length=8))
+        if self.config.network.enabled:
+            self.hooks.insert(0, NetworkHook(self.network, self.packages))
 
     # --- paths -------------------------------------------------------------------------------
 
@@ -162,7 +174,8 @@ class Runtime:
         return found
 
     def spec_for(self, identity: InstanceIdentity, package: InstalledPackage, uid: int, gid: int, *,
-                 volumes: Sequence[Volume] = (), env_overrides: Sequence[str] = ()) -> dict[str, Any]:
+                 volumes: Sequence[Volume] = (), env_overrides: Sequence[str] = (),
+                 network_namespace: str | None = None) -> dict[str, Any]:
         """The OCI runtime spec an instance gets (the pure builder, fed with this node's choices)."""
         by_kind = {volume.kind: volume.bind_source for volume in volumes}
         setup = InstanceSetup(
@@ -172,6 +185,7 @@ class Runtime:
             storage_source=by_kind.get(STORAGE), state_source=by_kind.get(STATE),
             host_binds=tuple(path for path in self.config.host_binds if os.path.exists(path)),
             env_overrides=tuple(env_overrides), seccomp=self.config.seccomp,
+            network_namespace=network_namespace,
         )
         return build_runtime_spec(package.image_config, package.service_config, setup, self.node)
 
@@ -188,8 +202,10 @@ class Runtime:
 
     def start(self, identity: InstanceIdentity, package: InstalledPackage | str, *,
               env_overrides: Sequence[str] = (), restart: bool = True, wait: bool = True,
-              timeout: float = 60.0) -> InstanceStatus:
+              timeout: float = 60.0, provider: str = DEFAULT_PROVIDER) -> InstanceStatus:
         """Start an instance (idempotent: an instance already running this package is left alone).
+
+        `provider` names the instance's network (AosEdge: one per service provider).
 
         With `wait`, returns once the first start attempt is decided (Running, or its failure),
         and raises RuntimeFailure when the rootfs or volumes cannot be set up.
@@ -206,7 +222,7 @@ class Runtime:
                 self._request({"op": "start", "id": instance_id})  # a no-op when it is supervised
                 return self.status(instance_id)
             self._tidy(instance_id)
-            plan = self._prepare(identity, installed, env_overrides, restart)
+            plan = self._prepare(identity, installed, env_overrides, restart, provider)
             write_status(plan.status_path, InstanceStatus(
                 instance_id, identity, installed.digest, generation=(current.generation + 1) if current else 0))
             self._request({"op": "start", "id": instance_id})
@@ -215,7 +231,7 @@ class Runtime:
         return self.status(instance_id)
 
     def _prepare(self, identity: InstanceIdentity, package: InstalledPackage, env_overrides: Sequence[str],
-                 restart: bool) -> SupervisorPlan:
+                 restart: bool, provider: str = DEFAULT_PROVIDER) -> SupervisorPlan:
         instance_id = identity.instance_id
         # Hostile-input checks before anything is written: the layer must contain the cwd, and the
         # node's disk must be able to hold the storage and state quotas.
@@ -229,15 +245,22 @@ class Runtime:
         for volume in volumes:
             prepare_image(Path(volume.image), volume.kind, volume.quota)
         spec = self.spec_for(identity, package, uid, gid, volumes=volumes, env_overrides=env_overrides)
+        # [network hook] what the network hook needs beside the identity
+        spec.setdefault("annotations", {}).update({PACKAGE_ANNOTATION: package.digest, PROVIDER_ANNOTATION: provider})
         for hook in self.hooks:  # once per start request, never per restart of the container
             hook.setup(identity, spec)
         write_atomically(data_dir / SPEC_FILE, json.dumps(spec, indent=1))
+        network = self.network.record(instance_id) if self.config.network.enabled else None  # [network hook]
+        # [conformance] the service layer as the instance sees it: owned 0:<service GID>, as AosEdge 1.x
+        service_layer = self.packages.layers.owned(package.layer_digest, gid)
         plan = SupervisorPlan(
             identity=identity, package=package.digest, run_dir=str(self.run_dir(instance_id)),
             data_dir=str(data_dir), runc_binary=self.config.runc_binary, runc_root=str(self.runc.root),
             cgroups_path=self.cgroups_path(instance_id), cgroup_lock=str(self.config.run_root / "cgroups.lock"),
-            rootfs=RootfsPlan(str(self.run_dir(instance_id)), str(package.layer_path), self.config.base_path,
-                              tuple(self.config.base_visible), tuple(self.config.dns_servers)),
+            rootfs=RootfsPlan(str(self.run_dir(instance_id)), str(service_layer), self.config.base_path,
+                              tuple(self.config.base_visible), tuple(self.config.dns_servers),
+                              hosts=self.network.hosts_text(network) if network else None,
+                              resolv=self.network.resolv_text(network) if network else None),
             volumes=tuple(volumes), run_parameters=package.service_config.run_parameters, restart=restart,
             log_max_bytes=self.config.log_max_bytes,
         )
@@ -374,6 +397,7 @@ class Runtime:
                                            message="stopped; no supervisor had it")
                     write_status(self.data_dir(instance_id) / "status.json", status)
             self._tidy(instance_id)
+            self.network.teardown(instance_id)  # [network hook] nothing of a stopped instance stays
         return self.status(instance_id)
 
     def remove(self, instance_id: str) -> None:
@@ -390,7 +414,10 @@ class Runtime:
 
     def cleanup(self) -> list[InstanceStatus]:
         """Stop every instance of this runtime (data is kept)."""
-        return [self.stop(status.instance_id) for status in self.list() if not status.phase.terminal]
+        stopped = [self.stop(status.instance_id) for status in self.list() if not status.phase.terminal]
+        for instance_id in self.instance_ids():  # [network hook] ended instances keep no network
+            self.network.teardown(instance_id)
+        return stopped
 
     # --- status --------------------------------------------------------------------------------------
 
@@ -406,13 +433,41 @@ class Runtime:
         status = self._read(instance_id)
         if status is None:
             raise RuntimeFailure(f"no instance {instance_id} on this node")
+        if status.phase.terminal and self.network.record(instance_id) is not None:
+            self._release_network(instance_id)
         # Pending without a supervisor: accepted, and the supervisor is being started.
         if status.phase not in (Phase.PENDING, Phase.FAILED, Phase.STOPPED) and not self._supervisor_alive():
             return replace(status, phase=Phase.FAILED, reason=Reason.SUPERVISOR_LOST,
                            message="the node supervisor is not running; recover() starts one, which adopts it")
         if status.phase == Phase.RUNNING:
-            return self._with_usage(status)
-        return status
+            return self._with_network(self._with_usage(status))
+        return status if status.phase.terminal else self._with_network(status)
+
+    def _release_network(self, instance_id: str) -> None:
+        """[network hook] An instance that ended for good (CrashLoop, setup error) gives its network
+        back, like everything else the supervisor tore down; checked again under the lock, so a
+        start that is setting a new one up is left alone."""
+        with self._locked(instance_id):
+            status = self._read(instance_id)
+            if status is not None and status.phase.terminal:
+                self.network.teardown(instance_id)
+
+    def _with_network(self, status: InstanceStatus) -> InstanceStatus:
+        """[network hook] The instance's address, and which traffic limit it used up."""
+        record = self.network.record(status.instance_id)
+        if record is None:
+            return status
+        try:
+            blocked = [t for t in self.network.traffic(record) if t.blocked]
+        except RuntimeFailure:
+            blocked = []
+        if not blocked:
+            return replace(status, ip=record.ip)
+        message = "; ".join(f"{t.direction}Limit of {t.limit} bytes per {self.config.network.traffic_period} "
+                            f"used up ({t.used} bytes): {t.direction} traffic is dropped until the period ends"
+                            for t in blocked)
+        return replace(status, ip=record.ip, traffic_blocked=tuple(t.direction for t in blocked),
+                       traffic_message=message)
 
     def _with_usage(self, status: InstanceStatus) -> InstanceStatus:
         cgroup = InstanceCgroup(self._cgroups, self.cgroups_path(status.instance_id))
@@ -454,6 +509,9 @@ class Runtime:
             if container["id"] not in known:
                 self.runc.kill(container["id"], "KILL")
                 self.runc.delete(container["id"], force=True)
+        # [network hook] live instances keep their network; the rest is torn down or swept.
+        live = {s.instance_id for s in self.list() if not s.phase.terminal}
+        self.network.adopt(live)
         return self.list()
 
     # --- watching ------------------------------------------------------------------------------------------
@@ -468,7 +526,7 @@ class StatusPoller:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
-        self._seen: dict[str, tuple[int, str, str | None]] = {}
+        self._seen: dict[str, tuple[int, str, str | None, tuple[str, ...]]] = {}
 
     def poll(self) -> list[InstanceStatus]:
         changed = []
@@ -477,7 +535,7 @@ class StatusPoller:
                 status = self.runtime.status(instance_id)
             except RuntimeFailure:
                 continue  # removed meanwhile
-            key = (status.generation, status.phase.value, status.reason)
+            key = (status.generation, status.phase.value, status.reason, status.traffic_blocked)
             if self._seen.get(instance_id) != key:
                 self._seen[instance_id] = key
                 changed.append(status)

@@ -41,6 +41,7 @@ class ImageConfig:
     cmd: tuple[str, ...]
     working_dir: str
     env: tuple[str, ...]
+    exposed_ports: tuple[str, ...] = ()  # `ExposedPorts` keys: "8080/tcp", "53/udp", "9000-9010/tcp", "8080"
 
     @property
     def args(self) -> tuple[str, ...]:
@@ -59,6 +60,10 @@ class Quotas:
     tmp_limit: int | None = None
     state_limit: int | None = None
     storage_limit: int | None = None
+    upload_speed: int | None = None  # kbit/s
+    download_speed: int | None = None  # kbit/s
+    upload_limit: int | None = None  # bytes per period
+    download_limit: int | None = None  # bytes per period
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,7 @@ class ServiceConfig:
     quotas: Quotas = field(default_factory=Quotas)
     run_parameters: RunParameters = field(default_factory=RunParameters)
     skip_resource_limits: bool = False
+    allowed_connections: tuple[str, ...] = ()  # "<serviceID>/<port or range>[/<proto>]"
 
 
 def _iso_duration_seconds(text: str) -> float | None:
@@ -177,6 +183,19 @@ class _Fields:
         return None if found is None else _Fields(found[1], self.path(key))
 
 
+def _keys(fields: _Fields, key: str) -> tuple[str, ...]:
+    """The keys of an object-valued field (a list of strings is read the same way); checked later."""
+    found = fields.raw(key)
+    if found is None:
+        return ()
+    value = found[1]
+    if isinstance(value, Mapping):
+        value = list(value)
+    if not isinstance(value, list) or not all(isinstance(item, str) and len(item) <= 256 for item in value):
+        raise PackageError(f"{fields.path(key)}: expected an object with string keys, got {value!r:.200}")
+    return tuple(value)
+
+
 def parse_image_config(data: Any, where: str) -> ImageConfig:
     """The image config as AosEdge reads it; `os` must be linux."""
     top = _Fields(data, where)
@@ -192,6 +211,7 @@ def parse_image_config(data: Any, where: str) -> ImageConfig:
         cmd=config.strings("Cmd"),
         working_dir=config.string("WorkingDir") or "",
         env=config.strings("Env"),
+        exposed_ports=_keys(config, "ExposedPorts"),
     )
     if not image.args:
         raise PackageError(f"{config.where}: neither Entrypoint nor Cmd is set: nothing to run",
@@ -236,6 +256,10 @@ def parse_service_config(data: Any, where: str) -> ServiceConfig:
             tmp_limit=quotas.limit("tmpLimit"),
             state_limit=quotas.unsigned("stateLimit"),
             storage_limit=quotas.unsigned("storageLimit"),
+            upload_speed=quotas.unsigned("uploadSpeed"),
+            download_speed=quotas.unsigned("downloadSpeed"),
+            upload_limit=quotas.unsigned("uploadLimit"),
+            download_limit=quotas.unsigned("downloadLimit"),
         ),
         run_parameters=RunParameters(
             start_interval=DEFAULT_START_INTERVAL if start_interval is None
@@ -245,4 +269,5 @@ def parse_service_config(data: Any, where: str) -> ServiceConfig:
             else parse_duration(restart_interval[1], run.path("restartInterval")),
         ),
         skip_resource_limits=top.boolean("skipResourceLimits"),
+        allowed_connections=_keys(top, "allowedConnections"),
     )

@@ -6,9 +6,9 @@ Order of application follows AosEdge: runc's example spec, instance overrides (u
 root, host binds, Aos env), image config (args, cwd, env), service config (hostname, sysctl,
 quotas), then per-instance env overrides, which win over everything.
 
-Network: runc's default, a new network namespace per instance with only loopback. AosEdge puts
-each instance on a CNI bridge with a firewall; that needs CNI plugins and a network manager on
-the node, left for later. Services can talk to themselves and nothing else.
+Network: the instance joins the named network namespace the runtime set up for it through CNI
+(`runtime/network/`), as AosEdge does; with the network turned off, runc's default: a new
+namespace with loopback only.
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ MIN_CPU_QUOTA_US = 1_000
 # example (4 cores, maxDmips 40 000) and the order of a current application core (a Cortex-A72
 # at 2 GHz is ~9 400 DMIPS, an x86 core several times more). So cpuDmipsLimit 10 000 = one core.
 DEFAULT_DMIPS_PER_CORE = 10_000
+
+# The runtime-spec version AosEdge's service managers write; runc 1.1.5 accepts it (it checks
+# only the major version).
+OCI_VERSION = "1.2.0"
 
 _EXAMPLE_CAPABILITIES = ["CAP_AUDIT_WRITE", "CAP_KILL", "CAP_NET_BIND_SERVICE"]
 
@@ -66,6 +70,7 @@ class InstanceSetup:
     host_binds: Sequence[str] = ()  # host paths bound read-only at the same place (AosEdge: nsswitch, ssl)
     env_overrides: Sequence[str] = ()  # merged last, like AosEdge's OverrideEnvVars
     seccomp: bool = True
+    network_namespace: str | None = None  # the instance's named netns; None: a new one, loopback only
 
 
 def runc_example_spec() -> dict[str, Any]:
@@ -182,9 +187,7 @@ def _apply_limits(spec: dict[str, Any], service: ServiceConfig, node: NodeFacts)
 def _tmp_mount(service: ServiceConfig) -> dict[str, Any] | None:
     if not service.quotas.tmp_limit:
         return None
-    options = ["nosuid", "strictatime", "mode=1777"]
-    if not service.skip_resource_limits:
-        options.append(f"size={service.quotas.tmp_limit}")
+    options = ["nosuid", "strictatime", "mode=1777", f"size={service.quotas.tmp_limit}"]
     return {"destination": "/tmp", "type": "tmpfs", "source": "tmpfs", "options": options}
 
 
@@ -202,11 +205,19 @@ def check_inputs(image: ImageConfig, service: ServiceConfig, setup: InstanceSetu
         raise PackageError(f"runtime spec of instance {setup.identity.instance_id}: {problem}")
 
 
+def join_network_namespace(spec: dict[str, Any], path: str) -> None:
+    """Make the spec's container join the named network namespace at `path` instead of a new one."""
+    for namespace in spec["linux"]["namespaces"]:
+        if namespace["type"] == "network":
+            namespace["path"] = path
+
+
 def build_runtime_spec(image: ImageConfig, service: ServiceConfig, setup: InstanceSetup,
                        node: NodeFacts) -> dict[str, Any]:
     """The `config.json` runc runs for this instance."""
     check_inputs(image, service, setup)
     spec = runc_example_spec()
+    spec["ociVersion"] = OCI_VERSION
     process = spec["process"]
     linux = spec["linux"]
 
@@ -240,15 +251,18 @@ def build_runtime_spec(image: ImageConfig, service: ServiceConfig, setup: Instan
         spec["hostname"] = service.hostname
     if service.sysctl:
         linux["sysctl"] = dict(service.sysctl)
-    if not service.skip_resource_limits:
-        _apply_limits(spec, service, node)
+    # skipResourceLimits only changes what the cloud reserves when it places instances; an
+    # AosEdge device applies every quota anyway (reference §10), and so do we.
+    _apply_limits(spec, service, node)
     tmp = _tmp_mount(service)
     if tmp:
         _add_mount(spec, tmp)
 
     process["env"] = merge_env(env, setup.env_overrides)  # overrides win (§3.6)
-    if node.cgroup_version == 2:
-        linux["namespaces"].append({"type": "cgroup"})
+    if setup.network_namespace:
+        join_network_namespace(spec, setup.network_namespace)
+    # A cgroup namespace on v1 and v2 nodes alike, as AosEdge's C++ service manager does.
+    linux["namespaces"].append({"type": "cgroup"})
     if setup.seccomp:
         linux["seccomp"] = default_seccomp_profile(node.architecture)
     return spec
@@ -284,6 +298,4 @@ def applied_limits(spec: Mapping[str, Any], service: ServiceConfig, node: NodeFa
         lines.append(("/storage", f"ext4 image of {_mib(service.quotas.storage_limit)} usable"))
     if service.quotas.state_limit:
         lines.append(("/state.dat", f"ext4 image of {_mib(service.quotas.state_limit)} usable"))
-    if service.skip_resource_limits:
-        lines.append(("note", "skipResourceLimits: CPU, memory, pids, open-file and /tmp limits not applied"))
     return lines

@@ -41,6 +41,7 @@ class Reason:
     SETUP_ERROR = "SetupError"  # rootfs, volumes or supervisor could not be set up
     SUPERVISOR_LOST = "SupervisorLost"  # no node supervisor runs; recover() starts one, which adopts it
     STOPPED = "Stopped"  # stopped on request; as a last exit: ended after the stop's SIGTERM
+    TRAFFIC_LIMIT = "TrafficLimitReached"  # running, but uploadLimit/downloadLimit is used up this period
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,10 @@ class InstanceStatus:
     # Sampled from the cgroup when the status is read; never stored.
     cpu_millicores: float | None = field(default=None, compare=False)
     ram_bytes: int | None = field(default=None, compare=False)
+    # From the instance network when the status is read; never stored.
+    ip: str | None = field(default=None, compare=False)
+    traffic_blocked: tuple[str, ...] = field(default=(), compare=False)  # "upload", "download"
+    traffic_message: str = field(default="", compare=False)
 
     @property
     def exit_code(self) -> int | None:
@@ -81,8 +86,8 @@ class InstanceStatus:
         data = asdict(self)
         data["identity"] = self.identity.to_json()
         data["phase"] = self.phase.value
-        data.pop("cpu_millicores")
-        data.pop("ram_bytes")
+        for name in ("cpu_millicores", "ram_bytes", "ip", "traffic_blocked", "traffic_message"):
+            data.pop(name)
         return data
 
     @classmethod
