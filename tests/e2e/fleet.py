@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from kubernetes.client.exceptions import ApiException
+
 from aos_operator.api.client import Connection, KubeClient
 from aos_operator.api.models import AOS_DEVICE, AOS_SERVICE, AOS_SERVICE_INSTANCE
 from tests.cluster.install import Installation
@@ -34,7 +36,13 @@ def eventually(check: Callable[[], T | None], timeout: float = 60.0, what: str |
             last = check()
         except AssertionError as error:
             last = error
-        if last and not isinstance(last, AssertionError):
+        except ApiException as error:
+            # a just-started server answers 429 "storage is (re)initializing" for a new CRD's
+            # resources for a moment, and 5xx while it restarts: not an answer yet
+            if error.status not in (429, 500, 503, 504):
+                raise
+            last = error
+        if last and not isinstance(last, (AssertionError, ApiException)):
             return last
         time.sleep(0.25)
     described = what() if callable(what) else what

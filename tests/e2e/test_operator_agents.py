@@ -168,10 +168,13 @@ def kubectl(fleet: Fleet, *arguments: str) -> str:
 def test_kubectl_shows_the_printer_columns_explains_and_waits(fleet: Fleet) -> None:
     kubectl(fleet, "wait", "-n", NAMESPACE, "--for=condition=Ready", f"aosservice/{NAME}", "--timeout=60s")
     header, row = kubectl(fleet, "get", "-n", NAMESPACE, "aossvc", NAME).splitlines()
-    assert header.split() == ["NAME", "READY", "UP-TO-DATE", "DIGEST", "STATUS", "AGE"]
+    assert header.split() == ["NAME", "READY", "UP-TO-DATE", "DIGEST", "REVISION", "ROLLOUT", "DEVICES", "STATUS", "AGE"]
     service = fleet.service(NAMESPACE, NAME)
     reason = fleet.condition(service, "Ready")["reason"]
-    assert row.split()[:5] == [NAME, "1/1", "1", service["status"]["image"]["digest"], reason]
+    rollout = service["status"]["rollout"]
+    cells = row.split()
+    assert cells[:4] == [NAME, "1/1", "1", service["status"]["image"]["digest"]]
+    assert cells[4:8] == [str(rollout["revision"]), rollout["phase"], rollout["progress"], reason]
     wide = kubectl(fleet, "get", "-n", NAMESPACE, "aossvc", NAME, "-o", "wide").splitlines()[0].split()
     assert wide[-1] == "MESSAGE", "the priority-1 column shows with -o wide"
     instances = kubectl(fleet, "get", "-n", NAMESPACE, "aosinst").splitlines()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import random
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -75,7 +76,15 @@ def runtime_config(tmp_path: Path) -> RuntimeConfig:
         cgroup_parent=f"/aos-test-{uuid.uuid4().hex[:8]}",
         log_max_bytes=256 * 1024,
         stop_timeout=20.0,
+        # RLIMIT_NPROC counts every process of a UID on the machine: a window of the pool of its
+        # own keeps another test's instance (same first UID, 5000) out of this test's count
+        id_range=_private_id_window(),
     )
+
+
+def _private_id_window() -> tuple[int, int]:
+    start = 5000 + 50 * random.randrange(100)
+    return start, start + 50
 
 
 @pytest.fixture

@@ -193,14 +193,14 @@ def test_placement_reserves_dmips_and_memory_and_skip_resource_limits_reserves_n
     assert [body["metadata"]["name"] for body in result.create] == ["svc-d1-0", "svc-d1-1"]  # a third does not fit
     assert result.create[0]["spec"]["reserved"] == {"cpuDmips": 4000, "ramBytes": 1 << 28}
     # what other services reserve there counts too
-    crowded = plan(heavy, [small], [], {"d1": Reservation(7000, 0)})
+    crowded = plan(heavy, [small], [], reserved_elsewhere={"d1": Reservation(7000, 0)})
     assert [body["metadata"]["name"] for body in crowded.create] == []
     # kept instances count first, and are never dropped for lack of room
     kept = plan(heavy, [small], [existing("svc-d1-0", "d1", reserved=Reservation(4000, 1 << 28))],
-                {"d1": Reservation(5000, 0)})
+                reserved_elsewhere={"d1": Reservation(5000, 0)})
     assert kept.create == [] and kept.delete == [] and kept.desired == 1
-    skipped = plan(service(instances_per_device=3, reservation=Reservation()), [small], [], {"d1": Reservation(10_000, 1 << 30)})
+    skipped = plan(service(instances_per_device=3, reservation=Reservation()), [small], [], reserved_elsewhere={"d1": Reservation(10_000, 1 << 30)})
     assert len(skipped.create) == 3
     assert skipped.create[0]["spec"]["reserved"] == {"cpuDmips": 0, "ramBytes": 0}
     # a device that reports no capacity is not checked
-    assert len(plan(heavy, [device("d2")], [], {"d2": Reservation(10**9, 10**12)}).create) == 3
+    assert len(plan(heavy, [device("d2")], [], reserved_elsewhere={"d2": Reservation(10**9, 10**12)}).create) == 3
