@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -242,6 +243,7 @@ def test_a_crashing_canary_rolls_back_to_the_old_digest_without_a_rebuild(fleet:
                    lambda: f"the rollout of revision 3 rolled back: {rollout(fleet)}\n{fleet.diagnostics()}")
         after = eventually(lambda: all_running(fleet, good), 90,
                            lambda: f"both devices Running revision 2 again: {by_device(fleet)}\n{fleet.diagnostics()}")
+        time.sleep(6)  # three resync periods of the operator: the rollback must hold
     assert not sampler.errors, sampler.errors
     bad = revision(fleet, 3)["digest"]
     assert bad != good
@@ -258,10 +260,15 @@ def test_a_crashing_canary_rolls_back_to_the_old_digest_without_a_rebuild(fleet:
               and (i.get("status") or {}).get("phase") == "Failed"]
     assert failed and failed[0]["status"]["reason"] == "CrashLoop", "the agent reported the crash loop"
     assert failed[0]["status"]["imageDigest"] == bad
+    assigned = [i["spec"]["image"]["digest"] for state in sampler.states for i in state
+                if i["spec"]["device"] == canary_device]
+    assert [d for n, d in enumerate(assigned) if n == 0 or assigned[n - 1] != d] == [good, bad, good], \
+        "the canary device went to the new digest once and back, and stayed back"
     log = eventually(lambda: (text := agent.log_of(instance["spec"]["instanceId"])[offsets[canary_device]:])
                      and CRASH_OUTPUT in text and GREETING in text.rsplit(CRASH_OUTPUT, 1)[1] and text, 30,
                      "the old service's output after the crashes")
     assert log.count(CRASH_OUTPUT) == 2, "two starts, then the start limit (startBurst 2)"
+    assert "run 3)" in log.rsplit(CRASH_OUTPUT, 1)[1], "back on the old package with its storage kept"
 
     # The other device was never touched: same instance, generation, start time and container.
     assert sampler.assigned(good) >= {other} and other not in sampler.assigned(bad)
