@@ -6,6 +6,7 @@ reports are status patches written by the test."""
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,12 @@ async def test_a_pass_on_a_stale_body_keeps_the_rollback(control_plane: ControlP
         client.patch(AOS_SERVICE_INSTANCE, item["metadata"]["name"], {"status": {
             "phase": phase, "imageDigest": digest, "reason": reason, "startTime": "2026-01-01T00:00:00Z"}},
             namespace, status=True)
+        for _ in range(100):  # until a list shows it (the apiserver may serve lists from its watch cache)
+            if any(i["spec"]["device"] == device and (i.get("status") or {}).get("phase") == phase
+                   for i in instances()):
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"the {phase} report of {device} never showed in a list")
 
     async def run(status: dict[str, Any], digest: str, source: str,
                   seen: list[dict[str, Any]] | None = None) -> rollout_pass.Outcome:
@@ -84,7 +91,7 @@ async def test_a_pass_on_a_stale_body_keeps_the_rollback(control_plane: ControlP
     for device in devices:
         report(device, GOOD, "Running")
     status = (await run(first.status, GOOD, "source-1")).status
-    assert status["rollout"]["phase"] == "Complete"
+    assert status["rollout"]["phase"] == "Complete", (status["rollout"], [(i["spec"], i.get("status")) for i in instances()])
     canary = await run(status, BAD, "source-2")
     (moved,) = [item["spec"]["device"] for item in instances() if item["spec"]["image"]["digest"] == BAD]
     report(moved, BAD, "Failed", "CrashLoop")
