@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from kubernetes.client.exceptions import ApiException
 
 from aos_operator.api.client import Connection, KubeClient
 from aos_operator.api.models import AOS_SERVICE, AOS_SERVICE_INSTANCE
@@ -43,6 +44,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         installation = install(plane, CHART_VALUES)
         fleet = Fleet(root, installation, registry.host)
         plane.ensure_namespace(NAMESPACE)
+        storage_ready(fleet)
         fleet.start_operator()
         for device in DEVICES:  # the agents' package GC keeps its default: --keep-previous 1
             fleet.start_agent(device, {"rollout": "real", "kubernetes.io/arch": "amd64"})
@@ -54,6 +56,19 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             for agent in fleet.agents.values():  # nothing of a failed test may stay on the machine
                 Runtime(RuntimeConfig(state_root=agent.data_dir, run_root=agent.run_dir,
                                       cgroup_parent=agent.cgroup_parent)).cleanup()
+
+
+def storage_ready(fleet: Fleet) -> None:
+    """A CRD just established answers 429 "storage is (re)initializing" for a moment on a busy machine."""
+    for kind in (AOS_SERVICE, AOS_SERVICE_INSTANCE):
+        for _ in range(240):
+            try:
+                fleet.api.list(kind, NAMESPACE)
+                break
+            except ApiException as error:
+                if error.status != 429:
+                    raise
+                time.sleep(0.25)
 
 
 def version_config(version: str, *, crash: bool = False) -> dict[str, Any]:
