@@ -148,6 +148,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
             op.wakeups.pop(key, None)
             op.memos.pop(key, None)
             op.pending.pop(key, None)
+            op.rollouts.pop(key, None)
 
     @kopf.on.delete(*SERVICES, registry=registry, id="release-instances")
     async def service_deleted(

@@ -101,6 +101,9 @@ class Operator:
     failures: dict[tuple[str, str], int] = field(default_factory=dict)
     memos: dict[tuple[str, str], PackageMemo] = field(default_factory=dict)
     pending: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # instance -> digest patched
+    # The rollout status each service's last pass wrote (rollout_pass.Written), newer than a body
+    # the watch has not refreshed yet.
+    rollouts: dict[tuple[str, str], Any] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _devices: dict[str, DeviceView] = field(default_factory=dict)
 

@@ -43,6 +43,18 @@ from aos_operator.controller.rollout import (
 )
 
 
+@dataclass(frozen=True)
+class Written:
+    """status.rollout and status.revisions as this operator's last pass of a service left them.
+    The operator is their only writer, so they are never older than the body's copy, which lags
+    behind until the watch delivers the status patch. A pass planned from that stale copy would
+    undo the last one (e.g. dispatch a rolled-back revision again)."""
+
+    uid: str
+    rollout: dict[str, Any]
+    revisions: list[dict[str, Any]]
+
+
 @dataclass
 class Outcome:
     decision: Decision
@@ -134,8 +146,11 @@ async def run(op: Any, body: Any, spec: AosServiceSpec, view: ServiceView, devic
               instances: list[InstanceView], images: Sequence[ImageStatus], source_digest: str,
               reserved_elsewhere: Mapping[str, Reservation] | None = None) -> Outcome:
     """Plan this pass's rollout step and write the instance changes; the caller writes the status."""
-    meta, status = body["metadata"], body.get("status") or {}
+    meta, status = body["metadata"], dict(body.get("status") or {})
     key = (meta["namespace"], meta["name"])
+    written = op.rollouts.get(key)
+    if isinstance(written, Written) and written.uid == meta.get("uid"):
+        status.update(rollout=written.rollout, revisions=written.revisions)
     now = datetime.now(UTC)
     at = stamp(now)
     history = revisions.of(status)
@@ -199,6 +214,7 @@ async def run(op: Any, body: Any, spec: AosServiceSpec, view: ServiceView, devic
     history = _history(history, previous, decision, at)
     history = revisions.prune(history, spec.revisionHistoryLimit, (decision.state.revision, decision.state.stable,
                                                                     built_number))
+    op.rollouts[key] = Written(str(meta.get("uid")), decision.status(at), [dict(item) for item in history])
     target_item = revisions.by_number(history, target)
     counts = _counts(instances, revisions.digests(target_item) if target_item else set(), work.desired)
     return Outcome(
