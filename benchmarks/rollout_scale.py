@@ -24,7 +24,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from tests.e2e.rollout_fleet import NAMESPACE, rollout_fleet, unavailable_devices
+from tests.e2e.rollout_fleet import rollout_fleet, unavailable_devices
 
 _SAMPLE = re.compile(r'^apiserver_request_total\{(?P<labels>[^}]*)\} (?P<value>[0-9.e+]+)$')
 
@@ -66,15 +66,6 @@ def main() -> None:
             time.sleep(1.0)
         print(f"{args.devices} devices on revision 1 after {time.perf_counter() - started:.1f} s", flush=True)
         time.sleep(5)  # heartbeats and reports drain
-        peak = 0
-        stop = threading.Event()
-
-        def sample() -> None:
-            nonlocal peak
-            while not stop.is_set():
-                peak = max(peak, len(unavailable_devices(fleet.instances("bench"))))
-                stop.wait(0.5)
-
         results = []
         for revision, budget in ((2, args.max_unavailable), (3, "100%")):
             peak = 0

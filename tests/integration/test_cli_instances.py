@@ -19,7 +19,6 @@ from aos_operator.cli import main
 from aos_operator.cli.common import network_config
 from aos_operator.runtime import Runtime, RuntimeConfig
 from runtime_helpers import assert_nothing_left
-from tests.conftest import EXAMPLES
 
 pytestmark = pytest.mark.root
 
