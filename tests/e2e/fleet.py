@@ -4,6 +4,7 @@ identity the chart gives it (tests/cluster/install.py), for e2e tests."""
 
 from __future__ import annotations
 
+import argparse
 import os
 import signal
 import subprocess
@@ -19,6 +20,8 @@ from kubernetes.client.exceptions import ApiException
 
 from aos_operator.api.client import Connection, KubeClient
 from aos_operator.api.models import AOS_DEVICE, AOS_SERVICE, AOS_SERVICE_INSTANCE
+from aos_operator.cli.common import network_config
+from aos_operator.runtime import Runtime, RuntimeConfig
 from tests.cluster.install import Installation
 from tests.cluster.proxy import ProxyThread
 from tests.conftest import REPO
@@ -186,6 +189,14 @@ class Fleet:
         if self.operator:
             self.operator.stop()
         self.api.close()
+
+    def clean_node(self) -> None:
+        """Remove what the agents' instances left on the machine (services outlive their agent),
+        with each agent's own network config, so that its networks' DNS servers go too."""
+        for agent in self.agents.values():
+            network = network_config(argparse.Namespace(run_dir=agent.run_dir))
+            Runtime(RuntimeConfig(state_root=agent.data_dir, run_root=agent.run_dir,
+                                  cgroup_parent=agent.cgroup_parent, network=network)).cleanup()  # type: ignore[arg-type]
 
     # --- reading the API ----------------------------------------------------------------------
 

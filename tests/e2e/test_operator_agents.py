@@ -9,7 +9,6 @@ config, break the registry, restart an agent, cut an agent off the API, delete.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -24,8 +23,6 @@ import pytest
 import yaml
 
 from aos_operator.api.models import AOS_DEVICE, AOS_SERVICE, FINALIZER_OPERATOR
-from aos_operator.cli.common import network_config
-from aos_operator.runtime import Runtime, RuntimeConfig
 from tests.conftest import EXAMPLES
 from tests.cluster.install import install
 from tests.e2e.fleet import Fleet, eventually
@@ -61,10 +58,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         finally:
             fleet.stop()
             registry.stop()
-            for agent in fleet.agents.values():  # nothing of a failed test may stay on the machine
-                network = network_config(argparse.Namespace(run_dir=agent.run_dir))  # the agent's own
-                Runtime(RuntimeConfig(state_root=agent.data_dir, run_root=agent.run_dir,
-                                      cgroup_parent=agent.cgroup_parent, network=network)).cleanup()  # type: ignore[arg-type]
+            fleet.clean_node()  # nothing of a failed test may stay on the machine
 
 
 def pages(limit: int) -> int:

@@ -9,7 +9,6 @@ canary rolled back, then the agents' package stores after both.
 
 from __future__ import annotations
 
-import argparse
 
 import json
 import os
@@ -23,8 +22,6 @@ from kubernetes.client.exceptions import ApiException
 
 from aos_operator.api.client import Connection, KubeClient
 from aos_operator.api.models import AOS_SERVICE, AOS_SERVICE_INSTANCE
-from aos_operator.cli.common import network_config
-from aos_operator.runtime import Runtime, RuntimeConfig
 from tests.cluster.install import install
 from tests.e2e.fleet import Fleet, eventually
 from tests.e2e.test_operator_agents import CHART_VALUES, NAME, NAMESPACE, aos_service, config, config_map
@@ -56,10 +53,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         finally:
             fleet.stop()
             registry.stop()
-            for agent in fleet.agents.values():  # nothing of a failed test may stay on the machine
-                network = network_config(argparse.Namespace(run_dir=agent.run_dir))  # the agent's own
-                Runtime(RuntimeConfig(state_root=agent.data_dir, run_root=agent.run_dir,
-                                      cgroup_parent=agent.cgroup_parent, network=network)).cleanup()  # type: ignore[arg-type]
+            fleet.clean_node()  # nothing of a failed test may stay on the machine
 
 
 def storage_ready(fleet: Fleet) -> None:

@@ -5,7 +5,6 @@ real runc)."""
 
 from __future__ import annotations
 
-import argparse
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -13,8 +12,6 @@ from typing import Any
 import pytest
 
 from aos_operator.api.models import AOS_SERVICE
-from aos_operator.cli.common import network_config
-from aos_operator.runtime import Runtime, RuntimeConfig
 from aos_operator.trust.keys import generate_signing_key, plain_pem
 from tests.cluster.install import install
 from tests.e2e.fleet import Fleet, eventually
@@ -49,10 +46,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         finally:
             fleet.stop()
             registry.stop()
-            for agent in fleet.agents.values():
-                network = network_config(argparse.Namespace(run_dir=agent.run_dir))  # the agent's own
-                Runtime(RuntimeConfig(state_root=agent.data_dir, run_root=agent.run_dir,
-                                      cgroup_parent=agent.cgroup_parent, network=network)).cleanup()  # type: ignore[arg-type]
+            fleet.clean_node()  # nothing of a failed test may stay on the machine
 
 
 def test_signed_by_the_operator_runs_only_where_its_key_is_trusted(fleet: Fleet) -> None:
