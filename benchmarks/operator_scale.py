@@ -28,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -104,7 +105,8 @@ def service_body(index: int, device: str, config: dict[str, Any]) -> dict[str, A
     return {
         "apiVersion": "aosedge.io/v1alpha1", "kind": "AosService",
         "metadata": {"name": f"svc-{index:03d}", "namespace": NAMESPACE},
-        "spec": {"config": config, "selector": {"matchLabels": {"bench/device": device}},
+        "spec": {"config": {**config, "publish": {**config["publish"], "service_uid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"bench/{index}"))}},
+                 "selector": {"matchLabels": {"bench/device": device}},
                  "source": {"configMaps": [{"name": "files"}]}},
     }
 

@@ -15,6 +15,7 @@ import random
 import subprocess
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -85,9 +86,12 @@ class RolloutDevice:
         return list(self.runtime.statuses.values())
 
 
-def hello_config(version: str) -> dict[str, Any]:
+def hello_config(version: str, name: str) -> dict[str, Any]:
+    """The hello-world config as service `name`: its own service UID, since the operator lets only
+    one AosService hold an instance identity."""
     config = yaml.safe_load((EXAMPLES / "hello-world" / "meta" / "config.yaml").read_text())
     config["publish"]["version"] = version
+    config["publish"]["service_uid"] = str(uuid.uuid5(uuid.NAMESPACE_URL, f"aos-tests/{name}"))
     # The version alone is not in the package (aos-signer's layout); an env entry makes a new digest.
     config["configuration"]["env"] = [*config["configuration"].get("env", []), f"SERVICE_VERSION={version}"]
     return config
@@ -123,7 +127,7 @@ class Fleet:
         body = {
             "apiVersion": "aosedge.io/v1alpha1", "kind": "AosService",
             "metadata": {"name": name, "namespace": NAMESPACE},
-            "spec": {"config": hello_config(version), "selector": {"matchLabels": {LABEL: "yes"}},
+            "spec": {"config": hello_config(version, name), "selector": {"matchLabels": {LABEL: "yes"}},
                      "source": {"configMaps": [{"name": "files"}]}, "instancesPerDevice": 1},
         }
         if strategy is not None:
@@ -131,7 +135,7 @@ class Fleet:
         return self.api.create(AOS_SERVICE, body)
 
     def set_version(self, name: str, version: str, **spec: Any) -> None:
-        self.api.patch(AOS_SERVICE, name, {"spec": {"config": hello_config(version), **spec}}, NAMESPACE)
+        self.api.patch(AOS_SERVICE, name, {"spec": {"config": hello_config(version, name), **spec}}, NAMESPACE)
 
     def get(self, name: str) -> dict[str, Any]:
         body = self.api.get(AOS_SERVICE, name, NAMESPACE)

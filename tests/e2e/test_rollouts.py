@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from aos_operator.api.models import AOS_SERVICE, AOS_SERVICE_INSTANCE
 from tests.e2e.fleet import eventually
 from tests.e2e.rollout_fleet import NAMESPACE, Fleet, rollout_fleet, unavailable_devices
 
@@ -178,3 +179,56 @@ def test_rollout_status_of_a_missing_service_is_one_clear_line(fleet: Fleet, tmp
     result = fleet.aosctl("rollout", "status", "aosservice/nope")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[0] == f"aosctl: aosservice/nope not found in namespace {NAMESPACE}"
+
+
+def test_a_second_service_with_the_same_identity_waits_until_the_first_is_gone(fleet: Fleet) -> None:
+    """Instance IDs derive from (service ID, subject, index): two AosServices with one service UID
+    would drive the same containers on a device. The older one keeps the identity."""
+    fleet.service("first", "1.0.0")
+    complete(fleet, "first", 1)
+    copy = {"apiVersion": "aosedge.io/v1alpha1", "kind": "AosService",
+            "metadata": {"name": "copy", "namespace": NAMESPACE}, "spec": fleet.get("first")["spec"]}
+    fleet.api.create(AOS_SERVICE, copy)
+
+    def refused() -> dict | None:
+        conditions = {c["type"]: c for c in (fleet.get("copy").get("status") or {}).get("conditions") or ()}
+        ready = conditions.get("Ready", {})
+        return ready if ready.get("reason") == "DuplicateServiceId" else None
+
+    ready = eventually(refused, 60, what=lambda: f"copy refused: {fleet.get('copy').get('status')}")
+    assert ready["status"] == "False" and f"AosService {NAMESPACE}/first" in ready["message"]
+    assert fleet.instances("copy") == []
+    assert len(fleet.instances("first")) == DEVICES  # the owner is untouched
+
+    fleet.api.delete(AOS_SERVICE, "first", NAMESPACE)
+    complete(fleet, "copy", 1)
+    fleet.api.delete(AOS_SERVICE, "copy", NAMESPACE)
+
+
+def test_an_agent_runs_one_of_two_instances_with_the_same_id_until_it_is_gone(fleet: Fleet) -> None:
+    """Hostile or stale API objects: two AosServiceInstances of one device with one instance ID.
+    The agent keeps the first, reports the second, and hands the ID over when the first goes."""
+    device = sorted(fleet.devices)[0]
+
+    def instance(name: str) -> dict:
+        return {"apiVersion": "aosedge.io/v1alpha1", "kind": "AosServiceInstance",
+                "metadata": {"name": name, "namespace": NAMESPACE, "labels": {"aosedge.io/device": device,
+                                                                               "aosedge.io/service": "manual"}},
+                "spec": {"service": "manual", "device": device, "index": 0, "serviceId": "manual-service",
+                         "subject": "default", "instanceId": "3b0c6f7e-0d1c-4c4f-9a57-6c1f1f5b7a01",
+                         "image": {"reference": "127.0.0.1:1/none", "digest": "sha256:" + "1" * 64}}}
+
+    def phase(name: str) -> tuple[str | None, str | None]:
+        status = fleet.api.get(AOS_SERVICE_INSTANCE, name, NAMESPACE).get("status") or {}
+        return status.get("phase"), status.get("reason")
+
+    fleet.api.create(AOS_SERVICE_INSTANCE, instance("manual-a"))
+    eventually(lambda: phase("manual-a")[0] == "Running", 60, what=lambda: f"manual-a running: {phase('manual-a')}")
+    fleet.api.create(AOS_SERVICE_INSTANCE, instance("manual-b"))
+    eventually(lambda: phase("manual-b") == ("Failed", "DuplicateInstanceId"), 60,
+               what=lambda: f"manual-b refused: {phase('manual-b')}")
+    assert phase("manual-a")[0] == "Running"
+
+    fleet.api.delete(AOS_SERVICE_INSTANCE, "manual-a", NAMESPACE)
+    eventually(lambda: phase("manual-b")[0] == "Running", 60, what=lambda: f"manual-b took over: {phase('manual-b')}")
+    fleet.api.delete(AOS_SERVICE_INSTANCE, "manual-b", NAMESPACE)

@@ -35,6 +35,7 @@ from aos_operator.runtime import InstanceStatus, NodeFacts, Reason
 
 log = logging.getLogger("aos_operator.agent")
 API_ERRORS = (ApiException, HTTPError, OSError)
+DUPLICATE_REASON = "DuplicateInstanceId"
 ALIVE_FILE = "agent.alive"
 RETRIED_REASONS = ("PullFailed", "StartError", "SignatureInvalid")  # a signature may be added later
 TRAFFIC_LIMIT_REASON = Reason.TRAFFIC_LIMIT
@@ -214,18 +215,33 @@ class AgentLoop:
 
     def _accept(self, body: Mapping[str, Any]) -> None:
         key = self._key(body)
+        instance_id = (body.get("spec") or {}).get("instanceId")
         with self._lock:
             self._desired[key] = body
-            instance_id = (body.get("spec") or {}).get("instanceId")
-            if instance_id:
+            holder = self._keys.get(instance_id) if instance_id else None
+            if holder is not None and (holder == key or holder not in self._desired):
+                holder = None
+            if instance_id and holder is None:
                 self._ids[key] = instance_id
                 self._keys[instance_id] = key
+        if holder is not None:  # two objects would drive one container; the first one keeps it
+            if (body.get("status") or {}).get("reason") == DUPLICATE_REASON:
+                return  # already said (our own report comes back as an event)
+            self._report(key, {"phase": "Failed", "reason": DUPLICATE_REASON,
+                               "message": f"instance ID {instance_id} already runs on this device for "
+                                          f"AosServiceInstance {holder[0]}/{holder[1]}; this one waits until that one is gone"})
+            return
         self._enqueue(key)
 
     def _forget(self, key: Key) -> None:
         with self._lock:
             self._desired.pop(key, None)
-        self._enqueue(key)
+            instance_id = self._ids.get(key)
+            waiting = [body for other, body in self._desired.items()
+                       if instance_id and (body.get("spec") or {}).get("instanceId") == instance_id]
+        self._enqueue(key)  # first the removal, then a waiting duplicate may take the ID over
+        for body in waiting[:1]:
+            self._accept(body)
 
     def _resync(self, items: list[Mapping[str, Any]]) -> None:
         """After a (re)list: the list is the whole truth; anything else on the node goes."""

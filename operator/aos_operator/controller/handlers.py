@@ -13,7 +13,7 @@ import asyncio
 import copy
 import logging
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import kopf
@@ -63,6 +63,16 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     generations: dict[tuple[str, str], Any] = {}
     deleting: dict[tuple[str, str], Mapping[str, Any]] = {}
+    # Per AosService: (generation, identity) so that status-only events parse no config.
+    identities: dict[tuple[str, str], tuple[Any, tuple[str, str] | None]] = {}
+
+    def identity_of(namespace: str, name: str, body: Mapping[str, Any]) -> tuple[str, str] | None:
+        generation = body.get("metadata", {}).get("generation")
+        cached = identities.get((namespace, name))
+        if cached is None or cached[0] != generation:
+            cached = (generation, reconciler.identity_of(body))
+            identities[(namespace, name)] = cached
+        return cached[1]
 
     @kopf.on.startup(registry=registry, id="configure")
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
@@ -91,6 +101,14 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
     def instances(namespace: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], Mapping[str, Any]]:
         return {(namespace, body.get("spec", {}).get("service", "")): copy.deepcopy(dict(body))}
 
+    @kopf.index(*SERVICES, registry=registry, id="identities")
+    def identity_claims(namespace: str, name: str, body: kopf.Body, meta: kopf.Meta,
+                        **_: Any) -> dict[tuple[str, str], reconciler.Claim] | None:
+        identity = identity_of(namespace, name, body)
+        if identity is None:
+            return None
+        return {identity: reconciler.Claim(str(meta.get("creationTimestamp") or ""), namespace, name)}
+
     @kopf.on.event(*DEVICES, registry=registry, id="device-changed")
     def device_changed(name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
         if type == "DELETED":
@@ -116,6 +134,10 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
     def service_changed(namespace: str, name: str, meta: kopf.Meta, type: str | None, **_: Any) -> None:
         if type == "DELETED":
             generations.pop((namespace, name), None)
+            _, released = identities.pop((namespace, name), (None, None))
+            for other, (_, identity) in identities.items():  # a duplicate may take the identity over now
+                if released is not None and identity == released:
+                    op.wake(*other)
             return
         # The generation, and the annotations `aosctl rollout undo/resume` write (no new generation).
         annotations = meta.get("annotations") or {}
@@ -131,6 +153,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
         body: kopf.Body,
         devices: kopf.Index[str, DeviceView],
         instances: kopf.Index[tuple[str, str], Mapping[str, Any]],
+        identities: kopf.Index[tuple[str, str], reconciler.Claim],
         **_: Any,
     ) -> None:
         key = (namespace, name)
@@ -139,7 +162,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
             while True:
                 wakeup.clear()
                 delay = await _guarded_pass(op, body, _devices_of(devices), _instances_of(instances, namespace, name),
-                                            _reserved_elsewhere(instances, namespace, name))
+                                            _reserved_elsewhere(instances, namespace, name), identities)
                 try:
                     await asyncio.wait_for(wakeup.wait(), timeout=delay)
                 except TimeoutError:
@@ -180,13 +203,14 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
 
 
 async def _guarded_pass(op: Operator, body: kopf.Body, devices: dict[str, DeviceView], instances: list[Mapping[str, Any]],
-                        reserved_elsewhere: Mapping[str, Reservation] | None = None) -> float:
+                        reserved_elsewhere: Mapping[str, Reservation] | None = None,
+                        claims: Mapping[tuple[str, str], Iterable[reconciler.Claim]] | None = None) -> float:
     """One reconciler pass; API and network trouble becomes a retry, never a crashed operator."""
     meta = body.get("metadata", {})
     key = (meta.get("namespace", ""), meta.get("name", ""))
     op.remember_devices(devices)
     try:
-        return await reconciler.reconcile(op, body, devices, instances, reserved_elsewhere)
+        return await reconciler.reconcile(op, body, devices, instances, reserved_elsewhere, claims)
     except reconciler.TRANSIENT_ERRORS as error:
         delay = op.backoff(key)
         log.warning("AosService %s/%s: %s; retrying in %.0f s", *key, error, delay)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import kopf
 from kubernetes.client.exceptions import ApiException
@@ -153,7 +153,7 @@ def _events_for(body: Any, old: Mapping[str, Any], new: list[dict[str, Any]]) ->
         kind, status, reason, message = condition["type"], condition["status"], condition["reason"], condition["message"]
         if kind == CONFIG_VALID and status == "False":
             kopf.event(body, type="Warning", reason=reason, message=message[:1000])
-        elif kind == STALLED and status == "True" and reason != "InvalidConfig":
+        elif kind == STALLED and status == "True" and reason not in ("InvalidConfig", "DuplicateServiceId"):
             kopf.event(body, type="Warning", reason=reason, message=message[:1000])
         elif kind == READY and status == "True":
             kopf.event(body, type="Normal", reason="Ready", message=message)
@@ -174,6 +174,44 @@ async def write_status(op: Operator, body: Any, wanted: list[Wanted], extra: Map
 
 
 # --- the pass -------------------------------------------------------------------------------------
+
+
+class Claim(NamedTuple):
+    """An AosService holding an instance identity (service ID, subject); the oldest one keeps it."""
+
+    created: str
+    namespace: str
+    name: str
+
+
+def identity_of(body: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(service ID, subject) of an AosService, or None when its spec or config is not valid."""
+    meta = body.get("metadata", {})
+    try:
+        spec = AosServiceSpec.model_validate(dict(body.get("spec") or {}))
+    except ValidationError:
+        return None
+    service, _ = _describe(spec, meta.get("namespace", ""), meta.get("name", ""))
+    if service is None:
+        return None
+    return naming.service_id(service.service_id, meta.get("namespace", ""), meta.get("name", "")), spec.subject
+
+
+def _identity_taken(body: Mapping[str, Any], identity: tuple[str, str],
+                    claims: Mapping[tuple[str, str], Iterable[Claim]] | None) -> str | None:
+    """Why this service may not run: another, older AosService has the same instance identity.
+    Instance IDs derive from (service ID, subject, index), so both would drive the same
+    containers on a device."""
+    meta = body["metadata"]
+    mine = Claim(str(meta.get("creationTimestamp") or ""), meta["namespace"], meta["name"])
+    holders = sorted({*(claims or {}).get(identity, ()), mine})
+    owner = holders[0]
+    if owner == mine:
+        return None
+    return (f"service ID {identity[0]} with subject {identity[1]!r} is already used by AosService "
+            f"{owner.namespace}/{owner.name}; two services with one identity would run the same instances. "
+            f"Give this service its own service UID in its config (publish.service_uid; identity.id in "
+            f"schema 2) or another spec.subject, or delete one of them")
 
 
 def _describe(spec: AosServiceSpec, namespace: str, name: str) -> tuple[ServiceDescription | None, str]:
@@ -290,6 +328,7 @@ async def reconcile(
     devices: Mapping[str, DeviceView],
     instance_bodies: list[Mapping[str, Any]],
     reserved_elsewhere: Mapping[str, Reservation] | None = None,
+    claims: Mapping[tuple[str, str], Iterable[Claim]] | None = None,
 ) -> float:
     """One pass over one AosService; returns when to look again (seconds)."""
     meta = body["metadata"]
@@ -306,6 +345,10 @@ async def reconcile(
     service, problem = _describe(spec, *key)
     if service is None:
         await write_status(op, body, _invalid("InvalidConfig", problem), {})
+        return op.settings.resync_seconds
+    taken = _identity_taken(body, (naming.service_id(service.service_id, *key), spec.subject), claims)
+    if taken:
+        await write_status(op, body, _invalid("DuplicateServiceId", taken), {})
         return op.settings.resync_seconds
     try:
         images = await _ensure_packages(op, body, spec, service)
