@@ -222,7 +222,10 @@ class ControlPlane:
     def _spawn(self, name: str, arguments: Sequence[str]) -> subprocess.Popen[bytes]:
         assert self.bin_dir is not None
         with self.log(name).open("ab") as log:
-            process = subprocess.Popen([str(self.bin_dir / name), *arguments], stdin=subprocess.DEVNULL,
+            # setpriv (util-linux): the component dies with the process that started it, so a killed
+            # test or benchmark leaves no apiserver or etcd behind.
+            process = subprocess.Popen(["setpriv", "--pdeathsig", "KILL", "--", str(self.bin_dir / name), *arguments],
+                                       stdin=subprocess.DEVNULL,
                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.processes[name] = process
         return process

@@ -126,6 +126,10 @@ def _zombie(pid: int) -> bool:
         return True
 
 
+def alive(pid: int) -> bool:
+    return os.path.exists(f"/proc/{pid}") and not _zombie(pid)
+
+
 def test_a_missing_binary_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     (tmp_path / "etcd").write_text("")
     monkeypatch.setenv("AOS_CONTROL_PLANE_BIN", str(tmp_path))
@@ -133,3 +137,25 @@ def test_a_missing_binary_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(ControlPlaneError, match=r"etcd is missing or not executable"), plane:
         pass
     assert not plane.root.exists()
+
+
+def test_a_killed_parent_takes_its_control_plane_with_it(tmp_path: Path) -> None:
+    """A test or benchmark killed by a timeout must not leave an apiserver and etcd running."""
+    import subprocess
+    import sys
+
+    script = ("import json, sys, time\nfrom tools.cluster import ControlPlane\n"
+              "plane = ControlPlane(controller_manager=False).start()\n"
+              "print(json.dumps(plane.pids()), flush=True)\ntime.sleep(600)\n")
+    repo = Path(__file__).resolve().parents[2]
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=repo, stdout=subprocess.PIPE, text=True,
+                              env={**os.environ, "PYTHONPATH": f"{repo}:{repo / 'operator'}"})
+    try:
+        assert parent.stdout is not None
+        pids = json.loads(parent.stdout.readline())
+        assert set(pids) == {"etcd", "kube-apiserver"}
+        assert all(alive(pid) for pid in pids.values())
+    finally:
+        parent.kill()
+        parent.wait()
+    eventually(lambda: not any(alive(pid) for pid in pids.values()), 30, "the components to die with their parent")
