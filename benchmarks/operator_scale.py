@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,13 +124,17 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def operator_requests(plane: ControlPlane, since: int, *, watches: bool = True) -> tuple[int, int]:
-    """(requests of the operator in the audit log after the first `since` events, events seen)."""
+def operator_requests(plane: ControlPlane, since: int, *, watches: bool = True) -> tuple[int, int, Counter[str]]:
+    """(requests of the operator in the audit log after the first `since` events, events seen,
+    the requests by verb and resource)."""
     events = plane.audit_events()
-    count = sum(1 for event in events[since:]
-                if (event.get("userAgent", "").startswith("kopf/") or event.get("userAgent") == "aos-operator")
-                and (watches or event.get("verb") != "watch"))
-    return count, len(events)
+    kinds: Counter[str] = Counter()
+    for event in events[since:]:
+        if (event.get("userAgent", "").startswith("kopf/") or event.get("userAgent") == "aos-operator") \
+                and (watches or event.get("verb") != "watch"):
+            ref = event.get("objectRef") or {}
+            kinds[" ".join(filter(None, (event.get("verb"), ref.get("resource"), ref.get("subresource"))))] += 1
+    return sum(kinds.values()), len(events), kinds
 
 
 def main() -> None:
@@ -137,6 +142,7 @@ def main() -> None:
     parser.add_argument("--services", type=int, default=500)
     parser.add_argument("--devices", type=int, default=20)
     parser.add_argument("--steady-seconds", type=float, default=30.0)
+    parser.add_argument("--settle-seconds", type=float, default=15.0, help="pause between all Ready and the steady-state window")
     args = parser.parse_args()
     heavy = args.devices // 2
 
@@ -178,7 +184,7 @@ def main() -> None:
         time.sleep(5)  # devices registered and Ready
         pids = plane.pids()
         cpu_before = {name: cpu_seconds(pids[name]) for name in ("kube-apiserver", "etcd")}
-        _, audit_mark = operator_requests(plane, 0)
+        _, audit_mark, _ = operator_requests(plane, 0)
         bytes_before = [proxy.proxy.bytes_to_client for proxy in proxies]
         started = time.perf_counter()
         for index in range(args.services):
@@ -193,11 +199,13 @@ def main() -> None:
                 ready_at = time.perf_counter() - started
                 break
             time.sleep(1.0)
-        until_ready, audit_mark = operator_requests(plane, audit_mark)
+        until_ready, audit_mark, _ = operator_requests(plane, audit_mark)
         received = [proxy.proxy.bytes_to_client - before for proxy, before in zip(proxies, bytes_before)]
         cpu_ready = {name: cpu_seconds(pids[name]) - cpu_before[name] for name in cpu_before}
+        time.sleep(args.settle_seconds)  # the operator may still be writing the last rollout statuses
+        _, audit_mark, _ = operator_requests(plane, audit_mark)
         time.sleep(args.steady_seconds)
-        steady_requests, _ = operator_requests(plane, audit_mark, watches=False)
+        steady_requests, _, steady_kinds = operator_requests(plane, audit_mark, watches=False)
         passes = args.services * args.steady_seconds / 10.0  # every service is re-checked every 10 s
         rss = peak_rss(operator.pid)
         for loop in loops:
@@ -213,7 +221,8 @@ def main() -> None:
     print(f"operator peak RSS {rss / 2**20:.0f} MiB")
     print(f"operator API requests until all Ready: {until_ready} ({until_ready / args.services:.1f} per service)")
     print(f"steady state: {steady_requests} operator requests (watches excluded) in {args.steady_seconds:.0f} s over "
-          f"~{passes:.0f} reconcile passes = {steady_requests / passes:.3f} per pass")
+          f"~{passes:.0f} reconcile passes = {steady_requests / passes:.3f} per pass"
+          + (f" ({', '.join(f'{kind} {count}' for kind, count in steady_kinds.most_common(4))})" if steady_kinds else ""))
     print("CPU seconds until all Ready: " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in cpu_ready.items()))
     for label, devices in (("busy", range(heavy)), ("quiet", range(heavy, args.devices))):
         traffic = [received[n] for n in devices]

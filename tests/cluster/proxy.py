@@ -100,6 +100,8 @@ class ClientProxy:
                 await reader.read()  # hold the connection silently until the client gives up
                 return
             await self._forward(reader, writer)
+        except asyncio.CancelledError:
+            pass  # the proxy is closing: end quietly (asyncio would log the cancelled connection task)
         finally:
             self._connections.discard(task)
             self._writers.discard(writer)
