@@ -46,7 +46,7 @@ from tests.cluster.install import install
 from tests.cluster.proxy import ProxyThread
 from tests.conftest import EXAMPLES, REPO
 from tests.integration.registry_support import start_registry
-from tools.cluster import ControlPlane
+from tools.cluster import ControlPlane, dying_with_parent
 
 NAMESPACE = "fleet"
 
@@ -160,10 +160,10 @@ def main() -> None:
         plane.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "files", "namespace": NAMESPACE},
                       "data": {"app.py": "print('hello')\n"}})
         operator_log = (root / "operator.log").open("wb")
-        operator = subprocess.Popen(
+        operator = subprocess.Popen(dying_with_parent(
             [sys.executable, "-m", "aos_operator.cli", "operator", "--kubeconfig", str(installation.operator_kubeconfig()),
              "--registry", f"{registry.host}/aos", "--registry-insecure", "--work-dir", str(root / "work"),
-             "--liveness", "", "--resync", "10", "--log-level", "warning"],
+             "--liveness", "", "--resync", "10", "--log-level", "warning"], "TERM"),
             stdout=operator_log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO / "operator")},
         )
         loops, proxies = [], []

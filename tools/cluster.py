@@ -72,6 +72,12 @@ def binaries() -> Path:
     return path
 
 
+def dying_with_parent(command: Sequence[str], signal: str = "KILL") -> list[str]:
+    """`command` run through setpriv (util-linux) with a parent-death signal, so that a test or
+    benchmark killed by a timeout leaves no apiserver, etcd, operator or registry behind."""
+    return ["setpriv", "--pdeathsig", signal, "--", *command]
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -222,9 +228,7 @@ class ControlPlane:
     def _spawn(self, name: str, arguments: Sequence[str]) -> subprocess.Popen[bytes]:
         assert self.bin_dir is not None
         with self.log(name).open("ab") as log:
-            # setpriv (util-linux): the component dies with the process that started it, so a killed
-            # test or benchmark leaves no apiserver or etcd behind.
-            process = subprocess.Popen(["setpriv", "--pdeathsig", "KILL", "--", str(self.bin_dir / name), *arguments],
+            process = subprocess.Popen(dying_with_parent([str(self.bin_dir / name), *arguments]),
                                        stdin=subprocess.DEVNULL,
                                        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         self.processes[name] = process

@@ -25,7 +25,7 @@ from aos_operator.runtime import Runtime, RuntimeConfig
 from tests.cluster.install import Installation
 from tests.cluster.proxy import ProxyThread
 from tests.conftest import REPO
-from tools.cluster import ControlPlane
+from tools.cluster import ControlPlane, dying_with_parent
 
 T = TypeVar("T")
 
@@ -63,7 +63,7 @@ class Process:
         environment = {**os.environ, "PYTHONPATH": str(REPO / "operator")}
         with self.log.open("ab") as log:
             self.popen = subprocess.Popen(
-                [sys.executable, "-m", "aos_operator.cli", *self.arguments],
+                dying_with_parent([sys.executable, "-m", "aos_operator.cli", *self.arguments], "TERM"),
                 stdout=log, stderr=subprocess.STDOUT, env=environment, start_new_session=True,
             )
 

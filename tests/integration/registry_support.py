@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from aos_operator.digests import canonical_json
+from tools.cluster import dying_with_parent
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 AOS_SERVICE = "application/vnd.aos.service.config.v1+json"
@@ -159,7 +160,8 @@ def start_registry(
         config_path = root / "config.yml"
         config_path.write_text(json.dumps(config, indent=1))  # JSON is YAML
         log = (root / "registry.log").open("wb")
-        process = subprocess.Popen(["docker-registry", "serve", str(config_path)], stdout=log, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(dying_with_parent(["docker-registry", "serve", str(config_path)]), stdout=log,
+                                   stderr=subprocess.STDOUT)
         log.close()
         server = RegistryServer(process, port, root, tls)
         if _wait_ready(server):
