@@ -102,7 +102,13 @@ def cmd_agent(args: argparse.Namespace) -> int:
         raise RuntimeFailure("the agent needs root: it runs services under runc", hint="run it as root")
     connection = _connection(args)
     _logging(args)
-    node_config = load_node_config(args.node_config) if args.node_config else EMPTY_NODE_CONFIG
+    # Groups are the host's (AosEdge resolves device and resource groups against the node's
+    # /etc/group): in a pod that is the base rootfs, /host.
+    group_file = Path(args.base_rootfs) / "etc" / "group"
+    if not group_file.is_file():
+        group_file = Path("/etc/group")
+    node_config = (load_node_config(args.node_config, group_file=group_file) if args.node_config
+                   else EMPTY_NODE_CONFIG)
     data_dir, run_dir = Path(args.data_dir), Path(args.run_dir)
     config = RuntimeConfig(
         state_root=data_dir,
@@ -112,6 +118,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         max_layer_bytes=args.max_layer_size,
         network=network_config(args),  # type: ignore[arg-type]
         node_config=node_config,
+        group_file=group_file,
     )
     node = detect_node_facts(dmips=args.dmips)
     runtime = Runtime(config, node)
