@@ -182,3 +182,29 @@ def test_a_device_the_node_does_not_offer_refuses_the_start(device_runtime: Runt
     with pytest.raises(DeviceUnavailable, match="device 'camera9' is not available on this node"):
         device_runtime.start(identity, package)
     assert not device_runtime.data_dir(identity.instance_id).exists()
+
+
+def test_the_agent_reports_a_used_up_device_and_retries(device_runtime: Runtime, make_package: Callable[..., Path],
+                                                       tmp_path: Path) -> None:
+    """The agent's core turns the refusal into the instance's status: Failed, NoAvailableDevice,
+    a message naming the device (the Kubernetes loop retries that reason with backoff)."""
+    from aos_operator.agent.core import Desired, DeviceAgent
+    from aos_operator.agent.loop import RETRIED_REASONS
+
+    package = device_runtime.install(make_package({"app/main.py": "import time\nprint('up', flush=True)\ntime.sleep(3600)\n"},
+                                                  cmd=[PYTHON, "-u", "/app/main.py"],
+                                                  service_config={"devices": [{"name": "dev-rw", "permissions": "r"}]}))
+    agent = DeviceAgent(device_runtime, None, tmp_path / "pulls")  # type: ignore[arg-type]  # installed: no pulls
+
+    def desired(index: int) -> Desired:
+        identity = InstanceIdentity("svc-agent-share", "subject", index)
+        return Desired(identity.service_id, identity.subject_id, index, f"registry.invalid/x@{package.digest}",
+                       package.digest, identity.instance_id)
+
+    reports: list[object] = []
+    assert agent.converge(desired(0), reports.append).phase == "Starting"
+    outcome = agent.converge(desired(1), reports.append)
+    assert (outcome.phase, outcome.reason) == ("Failed", "NoAvailableDevice")
+    assert "device 'dev-rw' has no free share: 1 of its sharedCount 1 are in use" in outcome.message
+    assert "NoAvailableDevice" in RETRIED_REASONS
+    assert device_runtime.device_usage()["dev-rw"] == 1
