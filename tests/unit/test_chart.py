@@ -214,8 +214,9 @@ def resolve(node: dict[str, Any], root: dict[str, Any]) -> dict[str, Any]:
     return node
 
 
-# Options whose value is a Kubernetes object handed to the pod spec as a whole.
-KUBERNETES_TYPED = {"resources", "affinity", "updateStrategy"}
+# Options whose value is a Kubernetes object handed to the pod spec as a whole, or a document
+# handed to a component as a whole (the agent's node config).
+KUBERNETES_TYPED = {"resources", "affinity", "updateStrategy", "nodeConfig"}
 
 
 def option_paths(node: dict[str, Any] | None = None, path: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:

@@ -208,7 +208,7 @@ def test_bash_completion_from_the_parser(capsys: pytest.CaptureFixture[str], tmp
     assert completions(script, ["aosctl", "pu"]) == ["pull", "push"]
     assert "--node-dmips" in completions(script, ["aosctl", "run", "--no"]) or \
         completions(script, ["aosctl", "run", "--no"]) == ["--no-cache", "--no-restart"]
-    assert completions(script, ["aosctl", "run", "--node"]) == ["--node-dmips"]
+    assert completions(script, ["aosctl", "run", "--node"]) == ["--node-config", "--node-dmips"]
     assert completions(script, ["aosctl", "ps", "--output", ""]) == ["json", "text", "yaml"]
     assert completions(script, ["aosctl", "completion", ""]) == ["bash", "zsh"]
     (tmp_path / "service-dir").mkdir()

@@ -102,6 +102,7 @@ class DeviceAgent:
             return Outcome("Failed", SignatureError.reason, error.message)
         except AosError as error:
             reason = "PullFailed" if isinstance(error, RegistryError | PackageError) else "StartError"
+            reason = getattr(error, "reason", None) or reason  # e.g. NoAvailableDevice (runtime/devices.py)
             log.warning("instance %s: %s", desired.instance_id, error)
             return Outcome("Failed", reason, str(error))
         if current is not None and current != desired.digest:

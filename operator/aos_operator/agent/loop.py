@@ -32,12 +32,15 @@ from aos_operator.api.models import AOS_DEVICE, AOS_SERVICE_INSTANCE, API_VERSIO
 from aos_operator.api.naming import label_value
 from aos_operator.api.selectors import equality_selector
 from aos_operator.runtime import InstanceStatus, NodeFacts, Reason
+from aos_operator.runtime.node_config import EMPTY as EMPTY_NODE_CONFIG
+from aos_operator.runtime.node_config import NodeConfig
 
 log = logging.getLogger("aos_operator.agent")
 API_ERRORS = (ApiException, HTTPError, OSError)
 DUPLICATE_REASON = "DuplicateInstanceId"
 ALIVE_FILE = "agent.alive"
-RETRIED_REASONS = ("PullFailed", "StartError", "SignatureInvalid")  # a signature may be added later
+# A signature may be added later; a device share may be freed.
+RETRIED_REASONS = ("PullFailed", "StartError", "SignatureInvalid", "NoAvailableDevice")
 TRAFFIC_LIMIT_REASON = Reason.TRAFFIC_LIMIT
 
 Key = tuple[str, str]  # (namespace, name) of an AosServiceInstance
@@ -54,6 +57,7 @@ class AgentSettings:
     resources: tuple[str, ...] = ()
     host_devices: tuple[str, ...] = ()
     runners: tuple[str, ...] = ("runc",)
+    node_config: NodeConfig = EMPTY_NODE_CONFIG  # its devices' shares go into the AosDevice status
 
 
 def now() -> str:
@@ -136,11 +140,23 @@ class AgentLoop:
             "runners": list(self.settings.runners),
             "resources": list(self.settings.resources),
             "hostDevices": list(self.settings.host_devices),
+            "devices": self._device_shares(),
             "agentVersion": __version__,
             "lastHeartbeat": now(),
             "instances": instances,
             "conditions": [self._ready_condition(True, "AgentRunning", "the agent heart-beats")],
         }
+
+    def _device_shares(self) -> list[dict[str, Any]]:
+        """The node config's devices with their shares in use (AosEdge's sharedCount; 0: any number)."""
+        used = self.agent.runtime.device_usage() if self.settings.node_config.devices else {}
+        shares = []
+        for device in self.settings.node_config.devices:
+            entry: dict[str, Any] = {"name": device.name, "sharedCount": device.sharedCount, "used": used.get(device.name, 0)}
+            if device.sharedCount:
+                entry["free"] = max(device.sharedCount - entry["used"], 0)
+            shares.append(entry)
+        return shares
 
     def _ready_condition(self, ready: bool, reason: str, message: str) -> dict[str, Any]:
         return {

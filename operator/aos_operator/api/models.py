@@ -235,6 +235,15 @@ class HostResource(_Schema):
     name: str = Field(description="Resource alias services ask for, e.g. system-dbus")
 
 
+class DeviceShares(_Schema):
+    """A host device of the node config and how many instances may still use it."""
+
+    name: str = Field(description="Alias services ask for in devices[].name")
+    sharedCount: int = Field(0, ge=0, description="Instances that may use it at once; 0: any number")
+    used: int = Field(0, ge=0, description="Instances on the device holding a share")
+    free: int | None = Field(None, ge=0, description="Shares left; unset when sharedCount is 0 (unlimited)")
+
+
 class AosDeviceStatus(_Schema):
     nodeName: str | None = Field(None, description="The Kubernetes Node the agent runs on")
     architecture: str | None = Field(None, description="OCI architecture, e.g. amd64, arm64")
@@ -244,8 +253,9 @@ class AosDeviceStatus(_Schema):
     dmips: int | None = Field(None, description="Total DMIPS of the device, for cpuDmipsLimit")
     memoryBytes: int | None = Field(None, description="Physical memory in bytes")
     runners: list[str] | None = Field(None, description="Runners available, e.g. runc")
-    resources: list[str] | None = Field(None, description="Host resources offered to services")
-    hostDevices: list[str] | None = Field(None, description="Host devices offered to services")
+    resources: list[str] | None = Field(None, description="Host resources offered to services (node config names)")
+    hostDevices: list[str] | None = Field(None, description="Host devices offered to services (node config names)")
+    devices: list[DeviceShares] | None = Field(None, description="Host devices with their shares")
     agentVersion: str | None = None
     lastHeartbeat: datetime | None = Field(None, description="When the agent last reported")
     instances: int | None = Field(None, description="Instances the agent runs")
@@ -264,6 +274,7 @@ class InstanceImage(_Schema):
 class InstanceReservation(_Schema):
     cpuDmips: int = Field(0, ge=0, description="DMIPS reserved on the device")
     ramBytes: int = Field(0, ge=0, description="Memory reserved on the device, bytes")
+    devices: list[str] | None = Field(None, description="Host devices it holds a share of")
 
 
 class AosServiceInstanceSpec(_Schema):

@@ -86,39 +86,13 @@ def cmd_operator(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _node_config(path: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Resources and host devices the node offers, from a small YAML file."""
-    if not path:
-        return (), ()
-    import yaml
-
-    try:
-        document = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as error:
-        raise InputError(f"{path}: cannot read the node config: {error}") from None
-    if not isinstance(document, dict):
-        raise InputError(f"{path}: the node config must be a mapping with `resources` and `devices` lists")
-
-    def names(key: str) -> tuple[str, ...]:
-        items = document.get(key) or []
-        if not isinstance(items, list):
-            raise InputError(f"{path}: {key}: expected a list of names (or of mappings with `name`)")
-        found = []
-        for number, item in enumerate(items):
-            name = item.get("name") if isinstance(item, dict) else item
-            if not isinstance(name, str) or not name:
-                raise InputError(f"{path}: {key}[{number}]: expected a name (or a mapping with `name`)")
-            found.append(name)
-        return tuple(found)
-
-    return names("resources"), names("devices")
-
-
 def cmd_agent(args: argparse.Namespace) -> int:
     from aos_operator.agent.core import DeviceAgent
     from aos_operator.agent.loop import AgentLoop, AgentSettings
     from aos_operator.api.client import KubeClient
     from aos_operator.runtime import Runtime, RuntimeConfig, detect_node_facts, stop_on_signals
+    from aos_operator.runtime.node_config import EMPTY as EMPTY_NODE_CONFIG
+    from aos_operator.runtime.node_config import load_node_config
     from aos_operator.runtime.package_gc import GcPolicy
 
     device = args.device or os.environ.get("NODE_NAME")
@@ -128,7 +102,13 @@ def cmd_agent(args: argparse.Namespace) -> int:
         raise RuntimeFailure("the agent needs root: it runs services under runc", hint="run it as root")
     connection = _connection(args)
     _logging(args)
-    resources, host_devices = _node_config(args.node_config)
+    # Groups are the host's (AosEdge resolves device and resource groups against the node's
+    # /etc/group): in a pod that is the base rootfs, /host.
+    group_file = Path(args.base_rootfs) / "etc" / "group"
+    if not group_file.is_file():
+        group_file = Path("/etc/group")
+    node_config = (load_node_config(args.node_config, group_file=group_file) if args.node_config
+                   else EMPTY_NODE_CONFIG)
     data_dir, run_dir = Path(args.data_dir), Path(args.run_dir)
     config = RuntimeConfig(
         state_root=data_dir,
@@ -137,6 +117,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         cgroup_parent=args.cgroup_parent,
         max_layer_bytes=args.max_layer_size,
         network=network_config(args),  # type: ignore[arg-type]
+        node_config=node_config,
+        group_file=group_file,
     )
     node = detect_node_facts(dmips=args.dmips)
     runtime = Runtime(config, node)
@@ -149,8 +131,9 @@ def cmd_agent(args: argparse.Namespace) -> int:
         run_dir=run_dir,
         connection=connection,
         heartbeat_seconds=args.heartbeat,
-        resources=resources,
-        host_devices=host_devices,
+        resources=tuple(resource.name for resource in node_config.resources),
+        host_devices=tuple(device.name for device in node_config.devices),
+        node_config=node_config,
     )
     kube = KubeClient(settings.connection, user_agent=f"aos-agent/{device}")
     from aos_operator.trust.verify import VerificationPolicy
@@ -226,7 +209,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     agent.add_argument("--cgroup-parent", default="/aos", metavar="PATH",
                        help="cgroup under which instances run (default: %(default)s)")
     agent.add_argument("--dmips", type=whole_number(1), help="total DMIPS of the device (default: cores x 10000)")
-    agent.add_argument("--node-config", metavar="FILE", help="YAML with the resources and devices the node offers")
+    agent.add_argument("--node-config", metavar="FILE",
+                       help="host devices and resources the node offers, in AosEdge's unit-config node shape (YAML)")
     agent.add_argument("--heartbeat", type=seconds(), default=10.0, metavar="SECONDS",
                        help="how often the AosDevice is renewed (default: %(default)s)")
     network_options(agent)

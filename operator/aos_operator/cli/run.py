@@ -144,9 +144,14 @@ def runtime_config(args: argparse.Namespace) -> object:
     from aos_operator.runtime import RuntimeConfig
 
     limit = getattr(args, "max_layer_size", None)
+    extra: dict[str, object] = {"max_layer_bytes": limit} if limit is not None else {}
+    if getattr(args, "node_config", None):  # [devices] host devices and resources, as the agent's
+        from aos_operator.runtime.node_config import load_node_config
+
+        extra["node_config"] = load_node_config(args.node_config)
     return RuntimeConfig(state_root=Path(args.state_dir), run_root=Path(args.run_dir),
                          cgroup_parent=args.cgroup_parent, network=network_config(args),
-                         **({"max_layer_bytes": limit} if limit is not None else {}))
+                         **extra)  # type: ignore[arg-type]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -258,6 +263,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     run.add_argument("--network-provider", default="default", metavar="NAME",
                      help="the provider network the instances join (default 'default', the agent's name for "
                           "services of the 'default' namespace)")
+    run.add_argument("--node-config", metavar="FILE",
+                     help="host devices and resources this machine offers, as the agent's --node-config")
     network_options(run)
     max_layer_size_option(run)
     trust.verify_key_option(run)

@@ -5,13 +5,16 @@ A device gets instances when it matches the selector, is Ready and schedulable, 
 architecture of one of the service's images and a runner the service accepts, and has the DMIPS
 and memory the instance reserves free (AosEdge's CM budget: requestedResources clamped to the
 quotas, else half of each quota; `skipResourceLimits` reserves nothing, and the quotas still
-apply on the device). A device that
+apply on the device), offers every resource the service asks for and a free share of every
+host device (AosEdge's sharedCount, counted over the instances of all services on the device;
+a device that offers none of them is reported as `NoDeviceFits`). A device that
 stops being Ready keeps its instances (it may be offline for a while: edge autonomy); a device
 that leaves the selector or is deleted loses them.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,31 +41,39 @@ DEFAULT_RESOURCE_RATIO = 0.5
 class Reservation:
     cpu_dmips: int = 0
     ram: int = 0
+    devices: tuple[str, ...] = ()  # a share of each host device named (a sum keeps repeats: a count)
 
     def __add__(self, other: Reservation) -> Reservation:
-        return Reservation(self.cpu_dmips + other.cpu_dmips, self.ram + other.ram)
+        return Reservation(self.cpu_dmips + other.cpu_dmips, self.ram + other.ram, self.devices + other.devices)
 
-    def to_spec(self) -> dict[str, int]:
-        return {"cpuDmips": self.cpu_dmips, "ramBytes": self.ram}
+    def to_spec(self) -> dict[str, Any]:
+        spec: dict[str, Any] = {"cpuDmips": self.cpu_dmips, "ramBytes": self.ram}
+        if self.devices:
+            spec["devices"] = list(self.devices)
+        return spec
 
     @classmethod
     def from_spec(cls, data: Mapping[str, Any] | None) -> Reservation:
         data = data or {}
-        return cls(int(data.get("cpuDmips") or 0), int(data.get("ramBytes") or 0))
+        devices = data.get("devices") or ()
+        return cls(int(data.get("cpuDmips") or 0), int(data.get("ramBytes") or 0),
+                   tuple(str(name) for name in devices if isinstance(name, str)) if isinstance(devices, list) else ())
 
 
 def reservation(quota_cpu: int | None, quota_ram: int | None, requested_cpu: int | None, requested_ram: int | None,
-                skip_resource_limits: bool) -> Reservation:
-    """What one instance reserves on its device, as AosEdge's CM computes it."""
+                skip_resource_limits: bool, devices: Iterable[str] = ()) -> Reservation:
+    """What one instance reserves on its device, as AosEdge's CM computes it: CPU and RAM, and a
+    share of each host device it uses (also with skipResourceLimits, which is about CPU and RAM)."""
+    shares = tuple(sorted(set(devices)))
     if skip_resource_limits:
-        return Reservation()
+        return Reservation(devices=shares)
 
     def one(quota: int | None, requested: int | None) -> int:
         if requested is not None:
             return min(requested, quota) if quota else requested
         return int(quota * DEFAULT_RESOURCE_RATIO) if quota else 0
 
-    return Reservation(one(quota_cpu, requested_cpu), one(quota_ram, requested_ram))
+    return Reservation(one(quota_cpu, requested_cpu), one(quota_ram, requested_ram), shares)
 
 
 @dataclass(frozen=True)
@@ -75,6 +86,8 @@ class DeviceView:
     unschedulable: bool = False
     dmips: int | None = None  # capacity; None: not reported, not checked
     memory: int | None = None
+    resources: tuple[str, ...] = ()  # node-config resources offered
+    devices: tuple[tuple[str, int], ...] = ()  # node-config host devices offered: (name, sharedCount; 0 any number)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> DeviceView:
@@ -90,16 +103,48 @@ class DeviceView:
             unschedulable=bool((body.get("spec") or {}).get("unschedulable")),
             dmips=status.get("dmips"),
             memory=status.get("memoryBytes"),
+            resources=tuple(sorted(str(name) for name in status.get("resources") or () if isinstance(name, str))),
+            devices=_offered_devices(status),
         )
 
     def fingerprint(self) -> tuple[Any, ...]:
         """What placement depends on; heartbeats that change nothing else do not matter."""
         return (tuple(sorted(self.labels.items())), self.ready, self.architecture, self.runners, self.unschedulable,
-                self.dmips, self.memory)
+                self.dmips, self.memory, self.resources, self.devices)
 
     def fits(self, used: Reservation) -> bool:
         return ((self.dmips is None or used.cpu_dmips <= self.dmips)
-                and (self.memory is None or used.ram <= self.memory))
+                and (self.memory is None or used.ram <= self.memory)
+                and not self.short_shares(used))
+
+    def short_shares(self, used: Reservation) -> list[str]:
+        """Devices of `used` this device does not offer, or not that many times."""
+        offered = dict(self.devices)
+        short = []
+        for name, count in sorted(Counter(used.devices).items()):
+            if name not in offered:
+                short.append(name)
+            elif offered[name] and count > offered[name]:
+                short.append(f"{name} (sharedCount {offered[name]}, all in use)")
+        return short
+
+    def missing(self, service: ServiceView) -> list[str]:
+        """What the service asks for that this device does not offer at all."""
+        offered = {name for name, _ in self.devices}
+        return ([f"device {name}" for name in service.reservation.devices if name not in offered]
+                + [f"resource {name}" for name in service.resources if name not in self.resources])
+
+
+def _offered_devices(status: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
+    """(name, sharedCount) from `devices`; an agent that reports only `hostDevices` names: unlimited."""
+    found: dict[str, int] = {}
+    for entry in status.get("devices") or ():
+        if isinstance(entry, Mapping) and isinstance(entry.get("name"), str):
+            count = entry.get("sharedCount")
+            found[entry["name"]] = count if isinstance(count, int) and count >= 0 else 0
+    if not found:
+        found = {name: 0 for name in status.get("hostDevices") or () if isinstance(name, str)}
+    return tuple(sorted(found.items()))
 
 
 @dataclass(frozen=True)
@@ -168,6 +213,7 @@ class ServiceView:
     selector: LabelSelector | None
     packages: Mapping[str, PackageRef]  # by architecture
     reservation: Reservation = Reservation()  # per instance
+    resources: tuple[str, ...] = ()  # node-config resources every device must offer
 
 
 @dataclass
@@ -196,6 +242,7 @@ def eligible(service: ServiceView, device: DeviceView) -> bool:
         and device.architecture in service.packages
         and runners_compatible(service.runners, device.runners)
         and matches(service.selector, device.labels)
+        and not device.missing(service)
     )
 
 
@@ -272,6 +319,43 @@ def wanted_keys(service: ServiceView, devices: Iterable[DeviceView], instances: 
                 used = used + service.reservation
             wanted.add(key)
     return wanted
+
+
+def no_device_fits(service: ServiceView, devices: Iterable[DeviceView], instances: Iterable[InstanceView],
+                   reserved_elsewhere: Mapping[str, Reservation] | None = None) -> dict[str, list[str]]:
+    """Per device that would otherwise take instances of the service (Ready, schedulable,
+    selected, architecture and runner), why it got fewer than it should: the host devices and
+    resources it lacks, or the devices whose every share is taken. Empty when devices and
+    resources stopped nothing (CPU and RAM budgets are not reported here)."""
+    if not service.reservation.devices and not service.resources:
+        return {}
+    devices, instances = list(devices), list(instances)
+    wanted = wanted_keys(service, devices, instances, reserved_elsewhere)
+    existing = {(instance.device, instance.index): instance for instance in instances}
+    found: dict[str, list[str]] = {}
+    for device in devices:
+        if not (device.ready and not device.unschedulable and device.architecture in service.packages
+                and runners_compatible(service.runners, device.runners) and matches(service.selector, device.labels)):
+            continue
+        keys = [key for key in wanted if key[0] == device.name]
+        if len(keys) >= service.instances_per_device:
+            continue
+        if missing := device.missing(service):
+            found[device.name] = missing
+            continue
+        used = (reserved_elsewhere or {}).get(device.name, Reservation())
+        for key in keys:
+            used = used + (existing[key].reserved if key in existing else service.reservation)
+        if short := device.short_shares(used + Reservation(devices=service.reservation.devices)):
+            found[device.name] = [f"device {name}" for name in short]
+    return found
+
+
+def describe_misfits(misfits: Mapping[str, list[str]], limit: int = 10) -> str:
+    """`edge-1: device camera0, resource vis; edge-2: ...` for the NoDeviceFits condition."""
+    parts = [f"{name}: {', '.join(items)}" for name, items in sorted(misfits.items())[:limit]]
+    more = f"; and {len(misfits) - limit} more device(s)" if len(misfits) > limit else ""
+    return "; ".join(parts) + more
 
 
 PackageChoice = Callable[[DeviceView], "PackageRef | None"]

@@ -291,7 +291,8 @@ def _service_view(body: Any, spec: AosServiceSpec, service: ServiceDescription, 
         reservation=reservation(service.quotas.cpu_dmips, service.quotas.ram,
                                 service.requested_resources.cpu_dmips if service.requested_resources else None,
                                 service.requested_resources.ram if service.requested_resources else None,
-                                service.skip_resource_limits),
+                                service.skip_resource_limits, devices=[device.name for device in service.devices]),
+        resources=tuple(service.resources),
     )
 
 

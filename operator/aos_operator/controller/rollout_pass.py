@@ -26,6 +26,8 @@ from aos_operator.controller.placement import (
     PackageRef,
     Reservation,
     ServiceView,
+    describe_misfits,
+    no_device_fits,
     plan,
     wanted_keys,
 )
@@ -129,6 +131,14 @@ def _conditions(decision: Decision, counts: Counts) -> list[Wanted]:
     return wanted
 
 
+def _no_device_fits(misfits: Mapping[str, list[str]]) -> list[Wanted]:
+    """Some instances are not placed: the devices lack host devices, resources or free shares.
+    Stalled until the node configs or the other services change; what runs keeps running."""
+    message = "instances not placed, the devices lack: " + describe_misfits(misfits)
+    return [Wanted(READY, False, "NoDeviceFits", message), Wanted(RECONCILING, False, "NoDeviceFits", message),
+            Wanted(STALLED, True, "NoDeviceFits", message)]
+
+
 def _history(history: revisions.History, previous: RolloutState, decision: Decision, at: str) -> revisions.History:
     state = decision.state
     if state.revision != previous.revision:
@@ -217,9 +227,13 @@ async def run(op: Any, body: Any, spec: AosServiceSpec, view: ServiceView, devic
     op.rollouts[key] = Written(str(meta.get("uid")), decision.status(at), [dict(item) for item in history])
     target_item = revisions.by_number(history, target)
     counts = _counts(instances, revisions.digests(target_item) if target_item else set(), work.desired)
+    conditions = _conditions(decision, counts)
+    misfits = no_device_fits(view, device_list, instances, reserved_elsewhere)
+    if misfits and decision.state.phase not in (ROLLED_BACK, FAILED, PAUSED):
+        conditions = _no_device_fits(misfits)
     return Outcome(
         decision=decision,
-        conditions=_conditions(decision, counts),
+        conditions=conditions,
         status={
             "rollout": decision.status(at), "revisions": history, "desired": counts.desired, "ready": counts.ready,
             "updated": counts.updated, "failed": counts.failed, "readyRatio": counts.ratio,

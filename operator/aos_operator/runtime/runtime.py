@@ -37,9 +37,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from aos_operator.errors import RuntimeFailure
+from aos_operator.errors import AosError, RuntimeFailure
 from aos_operator.runtime import supervisor as node_supervisor
 from aos_operator.runtime.cgroups import InstanceCgroup, detect_cgroups
+from aos_operator.runtime.devices import HostGrants, check_shares, hosts_lines, resolve_grants, share_usage
 from aos_operator.runtime.files import file_lock, write_atomically
 from aos_operator.runtime.identity import InstanceIdentity
 from aos_operator.runtime.ids import ID_RANGE, IdPool
@@ -49,9 +50,10 @@ from aos_operator.runtime.network.hook import PACKAGE_ANNOTATION, PROVIDER_ANNOT
 from aos_operator.runtime.network.manager import NetworkManager
 from aos_operator.runtime.network.model import DEFAULT_PROVIDER, NetworkConfig, short_hash
 from aos_operator.runtime.node import detect_node_facts
+from aos_operator.runtime.node_config import DEV_ROOT, EMPTY as EMPTY_NODE_CONFIG, NodeConfig
 from aos_operator.runtime.package import InstalledPackage, PackageStore, check_package_working_dir
 from aos_operator.runtime.plan import PLAN_FILE, SPEC_FILE, SupervisorPlan
-from aos_operator.runtime.rootfs import DEFAULT_BASE_VISIBLE, RootfsPlan
+from aos_operator.runtime.rootfs import DEFAULT_BASE_VISIBLE, RootfsPlan, hosts_file
 from aos_operator.runtime.runc import Runc
 from aos_operator.runtime.spec import InstanceSetup, NodeFacts, applied_limits, build_runtime_spec
 from aos_operator.runtime.status import InstanceStatus, Phase, Reason, read_status, write_status
@@ -84,6 +86,8 @@ class RuntimeConfig:
     max_layer_bytes: int = DEFAULT_MAX_LAYER_BYTES  # a layer unpacking to more is refused
     supervisor_linger: float = 2.0  # the node supervisor exits after this long without instances
     network: NetworkConfig = NetworkConfig()  # network.enabled=False: loopback only
+    node_config: NodeConfig = EMPTY_NODE_CONFIG  # host devices and resources offered (runtime/node_config.py)
+    dev_root: str = DEV_ROOT  # where host devices must be
 
     def __post_init__(self) -> None:
         parts = self.cgroup_parent.split("/")
@@ -175,8 +179,10 @@ class Runtime:
 
     def spec_for(self, identity: InstanceIdentity, package: InstalledPackage, uid: int, gid: int, *,
                  volumes: Sequence[Volume] = (), env_overrides: Sequence[str] = (),
-                 network_namespace: str | None = None) -> dict[str, Any]:
+                 network_namespace: str | None = None, grants: HostGrants | None = None) -> dict[str, Any]:
         """The OCI runtime spec an instance gets (the pure builder, fed with this node's choices)."""
+        if grants is None:
+            grants = self.grants(package)
         by_kind = {volume.kind: volume.bind_source for volume in volumes}
         setup = InstanceSetup(
             identity=identity, uid=uid, gid=gid,
@@ -185,9 +191,32 @@ class Runtime:
             storage_source=by_kind.get(STORAGE), state_source=by_kind.get(STATE),
             host_binds=tuple(path for path in self.config.host_binds if os.path.exists(path)),
             env_overrides=tuple(env_overrides), seccomp=self.config.seccomp,
-            network_namespace=network_namespace,
+            network_namespace=network_namespace, grants=grants,
         )
         return build_runtime_spec(package.image_config, package.service_config, setup, self.node)
+
+    def grants(self, package: InstalledPackage) -> HostGrants:
+        """The host devices and resources the package's service gets here (refused when missing)."""
+        service = package.service_config
+        return resolve_grants(service.devices, service.resources, self.config.node_config,
+                              group_file=self.config.group_file, dev_root=self.config.dev_root)
+
+    def _devices_in_use(self, instance_id: str) -> list[tuple[Any, ...]]:
+        """The device lists of the other live instances of this runtime (they hold shares)."""
+        in_use = []
+        for other in self.instance_ids():
+            status = self._read(other)
+            if other == instance_id or status is None or status.phase.terminal or not status.package:
+                continue
+            try:
+                in_use.append(self.packages.get(status.package).service_config.devices)
+            except AosError:
+                continue  # its package is gone: it cannot hold anything
+        return in_use
+
+    def device_usage(self) -> dict[str, int]:
+        """Per device of the node config, how many live instances hold a share of it."""
+        return share_usage(self.config.node_config, self._devices_in_use(""))
 
     def limits(self, package: InstalledPackage) -> list[tuple[str, str]]:
         """What limits an instance of `package` gets on this node, for people."""
@@ -222,9 +251,14 @@ class Runtime:
                 self._request({"op": "start", "id": instance_id})  # a no-op when it is supervised
                 return self.status(instance_id)
             self._tidy(instance_id)
-            plan = self._prepare(identity, installed, env_overrides, restart, provider)
-            write_status(plan.status_path, InstanceStatus(
-                instance_id, identity, installed.digest, generation=(current.generation + 1) if current else 0))
+            # [devices] the share check and the status that takes the share, under one node lock
+            with file_lock(self.config.run_root / "devices.lock"):
+                if installed.service_config.devices:
+                    check_shares(installed.service_config.devices, self.config.node_config,
+                                 self._devices_in_use(instance_id), instance_id)
+                plan = self._prepare(identity, installed, env_overrides, restart, provider)
+                write_status(plan.status_path, InstanceStatus(
+                    instance_id, identity, installed.digest, generation=(current.generation + 1) if current else 0))
             self._request({"op": "start", "id": instance_id})
         if wait:
             return self._wait_first_start(instance_id, timeout)
@@ -237,6 +271,7 @@ class Runtime:
         # node's disk must be able to hold the storage and state quotas.
         check_package_working_dir(package)
         check_backing(self._volumes(package, instance_id, 0, 0), self.config.state_root)
+        grants = self.grants(package)  # [devices] refused before anything of the instance is written
         data_dir = self.data_dir(instance_id)
         data_dir.mkdir(parents=True, exist_ok=True)
         uid = self.ids.instance_uid(instance_id)
@@ -244,7 +279,7 @@ class Runtime:
         volumes = self._volumes(package, instance_id, uid, gid)
         for volume in volumes:
             prepare_image(Path(volume.image), volume.kind, volume.quota)
-        spec = self.spec_for(identity, package, uid, gid, volumes=volumes, env_overrides=env_overrides)
+        spec = self.spec_for(identity, package, uid, gid, volumes=volumes, env_overrides=env_overrides, grants=grants)
         # [network hook] what the network hook needs beside the identity
         spec.setdefault("annotations", {}).update({PACKAGE_ANNOTATION: package.digest, PROVIDER_ANNOTATION: provider})
         for hook in self.hooks:  # once per start request, never per restart of the container
@@ -259,13 +294,20 @@ class Runtime:
             cgroups_path=self.cgroups_path(instance_id), cgroup_lock=str(self.config.run_root / "cgroups.lock"),
             rootfs=RootfsPlan(str(self.run_dir(instance_id)), str(service_layer), self.config.base_path,
                               tuple(self.config.base_visible), tuple(self.config.dns_servers),
-                              hosts=self.network.hosts_text(network) if network else None,
+                              hosts=self._hosts(spec, network, grants),
                               resolv=self.network.resolv_text(network) if network else None),
             volumes=tuple(volumes), run_parameters=package.service_config.run_parameters, restart=restart,
             log_max_bytes=self.config.log_max_bytes,
         )
         plan.save()
         return plan
+
+    def _hosts(self, spec: dict[str, Any], network: Any, grants: HostGrants) -> str | None:
+        """The instance's /etc/hosts: the network's (or loopback's), then the resources' lines."""
+        base = self.network.hosts_text(network) if network else None
+        if not grants.hosts:
+            return base
+        return (base if base is not None else hosts_file(spec.get("hostname"))) + hosts_lines(grants)
 
     def _wait_first_start(self, instance_id: str, timeout: float) -> InstanceStatus:
         deadline = time.monotonic() + timeout

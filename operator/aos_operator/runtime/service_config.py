@@ -76,6 +76,14 @@ class RunParameters:
 
 
 @dataclass(frozen=True)
+class ServiceDevice:
+    """`devices[]` of the service config: an alias from the node config and cgroup access letters."""
+
+    name: str
+    permissions: str  # a subset of "rwm"
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     """The parts of the Aos service config that decide how an instance runs on a node."""
 
@@ -85,6 +93,8 @@ class ServiceConfig:
     run_parameters: RunParameters = field(default_factory=RunParameters)
     skip_resource_limits: bool = False
     allowed_connections: tuple[str, ...] = ()  # "<serviceID>/<port or range>[/<proto>]"
+    devices: tuple[ServiceDevice, ...] = ()  # host devices by node-config alias, with cgroup access letters
+    resources: tuple[str, ...] = ()  # node-config resource aliases
 
 
 def _iso_duration_seconds(text: str) -> float | None:
@@ -196,6 +206,33 @@ def _keys(fields: _Fields, key: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def _devices(fields: _Fields) -> tuple[ServiceDevice, ...]:
+    """`devices: [{name, permissions}]`; the letters are the devices cgroup's r, w, m."""
+    found = fields.raw("devices")
+    if found is None:
+        return ()
+    where = fields.path("devices")
+    if not isinstance(found[1], list) or len(found[1]) > 256:
+        raise PackageError(f"{where}: expected a list of at most 256 {{name, permissions}} objects")
+    devices = []
+    for number, item in enumerate(found[1]):
+        entry = _Fields(item, f"{where}[{number}]")
+        name, permissions = entry.string("name"), entry.string("permissions")
+        if not name or len(name) > 500:
+            raise PackageError(f"{entry.path('name')}: expected the name of a device of the node config")
+        if not permissions or len(permissions) > 3 or set(permissions) - set("rwm") or len(set(permissions)) != len(permissions):
+            raise PackageError(f"{entry.path('permissions')}: expected cgroup access letters r, w, m, got {permissions!r:.20}")
+        devices.append(ServiceDevice(name, permissions))
+    return tuple(devices)
+
+
+def _resources(fields: _Fields) -> tuple[str, ...]:
+    names = fields.strings("resources")
+    if len(names) > 256 or any(not name or len(name) > 500 for name in names):
+        raise PackageError(f"{fields.path('resources')}: expected at most 256 resource names")
+    return names
+
+
 def parse_image_config(data: Any, where: str) -> ImageConfig:
     """The image config as AosEdge reads it; `os` must be linux."""
     top = _Fields(data, where)
@@ -270,4 +307,6 @@ def parse_service_config(data: Any, where: str) -> ServiceConfig:
         ),
         skip_resource_limits=top.boolean("skipResourceLimits"),
         allowed_connections=_keys(top, "allowedConnections"),
+        devices=_devices(top),
+        resources=_resources(top),
     )

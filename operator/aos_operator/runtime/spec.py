@@ -19,6 +19,8 @@ from typing import Any
 
 from aos_operator import values
 from aos_operator.errors import PackageError
+from aos_operator.runtime.devices import NONE as NO_GRANTS
+from aos_operator.runtime.devices import HostGrants, apply_grants
 from aos_operator.runtime.identity import InstanceIdentity
 from aos_operator.runtime.seccomp import default_seccomp_profile
 from aos_operator.runtime.service_config import ImageConfig, ServiceConfig
@@ -71,6 +73,7 @@ class InstanceSetup:
     env_overrides: Sequence[str] = ()  # merged last, like AosEdge's OverrideEnvVars
     seccomp: bool = True
     network_namespace: str | None = None  # the instance's named netns; None: a new one, loopback only
+    grants: HostGrants = NO_GRANTS  # host devices and resources from the node config (runtime/devices.py)
 
 
 def runc_example_spec() -> dict[str, Any]:
@@ -198,6 +201,7 @@ def check_inputs(image: ImageConfig, service: ServiceConfig, setup: InstanceSetu
         values.working_dir_problem(image.working_dir) if image.working_dir else None,
         *(values.env_entry_problem(entry) for entry in image.env),
         *(values.env_entry_problem(entry, from_service=False) for entry in setup.env_overrides),
+        *(values.env_entry_problem(entry) for entry in setup.grants.env),
         values.hostname_problem(service.hostname) if service.hostname else None,
         *(values.sysctl_problem(key, value) for key, value in service.sysctl.items()),
     ]
@@ -245,6 +249,7 @@ def build_runtime_spec(image: ImageConfig, service: ServiceConfig, setup: Instan
     process["args"] = list(image.args)
     process["cwd"] = image.working_dir or "/"
     env = merge_env(env, image.env)
+    env = merge_env(env, setup.grants.env)  # resource env after the image's, as AosEdge's setResources
 
     # service config (§3.4)
     if service.hostname:
@@ -257,6 +262,7 @@ def build_runtime_spec(image: ImageConfig, service: ServiceConfig, setup: Instan
     tmp = _tmp_mount(service)
     if tmp:
         _add_mount(spec, tmp)
+    apply_grants(spec, setup.grants, _add_mount)  # devices, devices cgroup, additionalGids, resource mounts
 
     process["env"] = merge_env(env, setup.env_overrides)  # overrides win (§3.6)
     if setup.network_namespace:

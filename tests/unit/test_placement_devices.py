@@ -1,0 +1,101 @@
+"""Placement by host devices and resources (pure): AosEdge's getNodesByDevices /
+getNodesByResources and sharedCount, with the NoDeviceFits reasons."""
+
+from __future__ import annotations
+
+from aos_operator.controller.placement import (
+    DeviceView,
+    InstanceView,
+    PackageRef,
+    Reservation,
+    ServiceView,
+    describe_misfits,
+    no_device_fits,
+    plan,
+    reservation,
+    wanted_keys,
+)
+
+AMD = PackageRef("reg:5000/aos/ns/svc", "sha256:" + "a" * 64, "amd64")
+
+
+def service(devices: tuple[str, ...] = (), resources: tuple[str, ...] = (), per_device: int = 1,
+            **changes: object) -> ServiceView:
+    values: dict[str, object] = dict(
+        namespace="ns", name="svc", uid="uid-1", service_id="svc-id", subject="default", version="1.0.0",
+        instances_per_device=per_device, runners=(), selector=None, packages={"amd64": AMD},
+        reservation=reservation(None, None, None, None, False, devices=devices), resources=resources,
+    )
+    values.update(changes)
+    return ServiceView(**values)  # type: ignore[arg-type]
+
+
+def device(name: str, devices: dict[str, int] | None = None, resources: tuple[str, ...] = (), **changes: object) -> DeviceView:
+    values: dict[str, object] = dict(name=name, labels={}, ready=True, architecture="amd64",
+                                     devices=tuple(sorted((devices or {}).items())), resources=resources)
+    values.update(changes)
+    return DeviceView(**values)  # type: ignore[arg-type]
+
+
+def held(name: str, on: str, index: int, devices: tuple[str, ...]) -> InstanceView:
+    return InstanceView(name=name, device=on, index=index, digest=AMD.digest, deleting=False,
+                        reserved=Reservation(devices=devices))
+
+
+def test_only_devices_offering_every_device_and_resource_get_instances() -> None:
+    svc = service(devices=("camera0",), resources=("vis",))
+    devices = [device("a", {"camera0": 0}, ("vis",)), device("b", {"camera0": 0}), device("c", resources=("vis",)),
+               device("d")]
+    assert wanted_keys(svc, devices, []) == {("a", 0)}
+    assert no_device_fits(svc, devices, []) == {"b": ["resource vis"], "c": ["device camera0"],
+                                                "d": ["device camera0", "resource vis"]}
+    created = plan(svc, devices, []).create
+    assert [body["spec"]["device"] for body in created] == ["a"]
+    assert created[0]["spec"]["reserved"]["devices"] == ["camera0"]  # what the share counting reads back
+
+
+def test_shared_count_is_counted_over_every_service_on_the_device() -> None:
+    svc = service(devices=("camera0",), per_device=3)
+    one = [device("a", {"camera0": 2})]
+    # two instances of this service take both shares; the third is not placed
+    assert wanted_keys(svc, one, []) == {("a", 0), ("a", 1)}
+    assert no_device_fits(svc, one, []) == {"a": ["device camera0 (sharedCount 2, all in use)"]}
+    # another service already holds one share: one instance left for this one
+    elsewhere = {"a": Reservation(devices=("camera0",))}
+    assert wanted_keys(svc, one, [], elsewhere) == {("a", 0)}
+    # with every share held elsewhere, none
+    full = {"a": Reservation(devices=("camera0", "camera0"))}
+    assert wanted_keys(svc, one, [], full) == set()
+    assert "a: device camera0 (sharedCount 2, all in use)" in describe_misfits(no_device_fits(svc, one, [], full))
+    # sharedCount 0: any number
+    assert len(wanted_keys(svc, [device("a", {"camera0": 0})], [], full)) == 3
+
+
+def test_kept_instances_hold_their_shares() -> None:
+    svc = service(devices=("camera0",), per_device=2)
+    one = [device("a", {"camera0": 1})]
+    existing = [held("svc-a-1", "a", 1, ("camera0",))]
+    assert wanted_keys(svc, one, existing) == {("a", 1)}  # index 1 keeps the share, index 0 waits
+    assert no_device_fits(svc, one, existing) == {"a": ["device camera0 (sharedCount 1, all in use)"]}
+
+
+def test_skip_resource_limits_still_takes_a_device_share() -> None:
+    shares = reservation(5000, 1 << 20, None, None, True, devices=["camera0", "camera0"])
+    assert shares == Reservation(0, 0, ("camera0",))
+    assert Reservation.from_spec(shares.to_spec()) == shares
+    assert Reservation().to_spec() == {"cpuDmips": 0, "ramBytes": 0}  # unchanged for services without devices
+    assert Reservation.from_spec({"devices": "camera0"}) == Reservation()  # a hostile shape counts as nothing
+
+
+def test_a_device_only_reporting_names_offers_them_without_limit() -> None:
+    body = {"metadata": {"name": "old"}, "status": {"hostDevices": ["camera0"], "resources": ["vis", 3]}}
+    view = DeviceView.from_body(body)
+    assert view.devices == (("camera0", 0),) and view.resources == ("vis",)
+    body["status"]["devices"] = [{"name": "camera0", "sharedCount": 2, "used": 1, "free": 1}, {"name": 5}]
+    assert DeviceView.from_body(body).devices == (("camera0", 2),)
+
+
+def test_services_without_devices_are_not_reported() -> None:
+    assert no_device_fits(service(), [device("a")], []) == {}
+    # a device that is not Ready is no candidate, so it is no misfit either
+    assert no_device_fits(service(devices=("x",)), [device("a", ready=False)], []) == {}
