@@ -337,3 +337,41 @@ def test_layers_travel_through_a_registry_an_archive_and_an_oci_layout(
         runtime.stop(local.instance_id)
     manifest = json.loads((tmp_path / "local0" / "manifest.json").read_text())
     assert [layer["mediaType"] for layer in manifest["layers"]][1:] == [AOS_LAYER_MEDIA_TYPE]
+
+
+def test_the_agent_pulls_a_shared_layer_once_and_refuses_a_bad_layer_list_before_any_blob(
+        registry: RegistryServer, runtime: Runtime, make_package: Callable[..., Path],
+        layer_blob: Callable[..., tuple[bytes, str]], tmp_path: Path) -> None:
+    shared = layer_blob({GREETING_MODULE: "TEXT = 'one pull'\n"})
+    with RegistryClient() as client:
+        agent = DeviceAgent(runtime, client, tmp_path / "pulls")
+        pushed = []
+        for name in ("first", "second"):
+            package_dir = make_package({"app/main.py": SLEEPING_IMPORTER, f"app/{name}": name},
+                                       cmd=["python3", "-u", "/app/main.py"])
+            [layer_digest] = add_aos_layers(package_dir, [shared])
+            repository = f"{registry.host}/aos/{name}"
+            pushed.append((repository, client.push_package(f"{repository}:1", package_dir)))
+        downloads = []
+        for number, (repository, digest) in enumerate(pushed):
+            identity = InstanceIdentity(f"svc-pull-{number}", "subject", 0)
+            before = client.stats.snapshot()["blobs_downloaded"]
+            outcome = agent.converge(Desired(identity.service_id, identity.subject_id, identity.index,
+                                             f"{repository}@{digest}", digest, identity.instance_id), lambda _: None)
+            assert outcome.phase == "Starting", outcome
+            downloads.append(client.stats.snapshot()["blobs_downloaded"] - before)
+            assert "one pull" in wait_for_log(runtime, identity.instance_id, "one pull")
+        assert downloads == [4, 3]  # config, service config, service layer (+ the Aos layer the first time)
+        assert runtime.packages.get(pushed[1][1]).aos_layer_digests == (layer_digest,)
+
+        bad_dir = make_package({"app/x": "x"}, cmd=[BUSYBOX, "true"])
+        add_aos_layers(bad_dir, [gzip_tar({"opt/x": "x"})], media_type="application/vnd.oci.image.layer.v1.tar+zstd")
+        repository = f"{registry.host}/aos/bad"
+        digest = client.push_package(f"{repository}:1", bad_dir)
+        identity = InstanceIdentity("svc-pull-bad", "subject", 0)
+        before = client.stats.snapshot()["blobs_downloaded"]
+        outcome = agent.converge(Desired(identity.service_id, identity.subject_id, identity.index,
+                                         f"{repository}@{digest}", digest, identity.instance_id), lambda _: None)
+        assert (outcome.phase, outcome.reason) == ("Failed", "PullFailed")
+        assert f"manifest {digest}: layers[1]" in outcome.message and "is not an Aos layer" in outcome.message
+        assert client.stats.snapshot()["blobs_downloaded"] == before and not runtime.packages.has(digest)

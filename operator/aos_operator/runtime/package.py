@@ -10,7 +10,9 @@ and unpacked once into the same content-addressed store as service layers, with 
 hostile-archive checks and whiteout conversion; a package that uses a layer already unpacked
 for another package shares it. A layer stays while an installed package's manifest lists it
 (uses are recomputed from the manifests, never counted), so `uninstall` and the GC delete it
-with the last package that needs it. A refused install removes the layers it unpacked.
+with the last package that needs it. A refused install removes the layers it unpacked. An Aos
+layer already unpacked here may be absent from the package directory: the agent does not pull
+it again (`check_manifest` and `has_unpacked_aos_layer` are its pull hooks).
 
 The package directory is input: `manifest.json` and the JSON blobs are read only up to a size
 bound, blobs must be regular files (opened without following a symlink, so a blob cannot be a
@@ -203,7 +205,8 @@ class PackageStore:
         service_path = package.verify(package.service, "service config") if package.service else None
         layer = package.layers[0]
         layer_blob = package.verify(layer, "rootfs layer")
-        aos_blobs = [package.verify(aos_layer, f"Aos layer (layers[{index}])")
+        aos_blobs = [None if self.layers.has(aos_layer.digest) and not package.blob_path(aos_layer).exists()
+                     else package.verify(aos_layer, f"Aos layer (layers[{index}])")
                      for index, aos_layer in enumerate(package.layers[1:], start=1)]
         # Parse both configs now, so a bad one is refused at install time rather than at start.
         image_config_data = package.json_blob(config_path, package.config, "image config")
@@ -234,12 +237,27 @@ class PackageStore:
         write_atomically(self._manifests / f"{digest_hex(package.digest)}.json", package.manifest_bytes)
         return self.get(package.digest)
 
-    def _unpack(self, layer: Descriptor, blob: Path, where: str, unpacked: list[str]) -> Path:
+    def check_manifest(self, manifest: Any, where: str) -> None:
+        """Refuse a manifest whose layer list `install` would refuse, before its blobs are fetched."""
+        layers = manifest.get("layers") if isinstance(manifest, dict) else None
+        if not isinstance(layers, list) or not layers:
+            raise PackageError(f"{where}: layers: expected at least one layer (the service rootfs)")
+        check_layer_count(len(layers), where)
+        check_aos_layers([_descriptor(layer, f"{where}: layers[{i}]") for i, layer in enumerate(layers)], where)
+
+    def has_unpacked_aos_layer(self, field: str, digest: str) -> bool:
+        """Whether the manifest's `field` (e.g. "layers[2]") is an Aos layer this node has unpacked."""
+        return field.startswith("layers[") and field != "layers[0]" and is_digest(digest) and self.layers.has(digest)
+
+    def _unpack(self, layer: Descriptor, blob: Path | None, where: str, unpacked: list[str]) -> Path:
         """The layer unpacked in the shared store: once per digest, whichever package brought it."""
         limit = UnpackLimit(declared_bytes=layer.uncompressed_size) if self.max_layer_bytes is None else \
             UnpackLimit(self.max_layer_bytes, layer.uncompressed_size)
         if self.layers.has(layer.digest):
             return self.layers.path(layer.digest)
+        if blob is None:  # it was unpacked when the package was checked, and removed since
+            raise PackageError(f"{where}: the blob is not in the package and the layer is no longer unpacked; "
+                               "nothing was installed", hint="pull the package again")
         path = self.layers.ensure(layer.digest, blob, where, limit)
         unpacked.append(layer.digest)
         return path
