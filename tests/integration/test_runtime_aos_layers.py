@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import subprocess
+import sys
 import tarfile
 from collections.abc import Callable
 from dataclasses import replace
@@ -375,3 +377,35 @@ def test_the_agent_pulls_a_shared_layer_once_and_refuses_a_bad_layer_list_before
         assert (outcome.phase, outcome.reason) == ("Failed", "PullFailed")
         assert f"manifest {digest}: layers[1]" in outcome.message and "is not an Aos layer" in outcome.message
         assert client.stats.snapshot()["blobs_downloaded"] == before and not runtime.packages.has(digest)
+
+
+def _archive(package_dir: Path, archive: Path) -> Path:
+    """The package as devices receive it: a plain tar of ./manifest.json and ./blobs/sha256/*."""
+    with tarfile.open(archive, "w") as tar:
+        tar.add(package_dir / "manifest.json", "./manifest.json")
+        for blob in sorted((package_dir / "blobs" / "sha256").iterdir()):
+            tar.add(blob, f"./blobs/sha256/{blob.name}")
+    return archive
+
+
+def _aosctl_run(tmp_path: Path, target: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "aos_operator.cli", "run", str(target), "--timeout", "3", "--no-network",
+         "--state-dir", str(tmp_path / "cli-state"), "--run-dir", str(tmp_path / "cli-run"),
+         "--cache-dir", str(tmp_path / "cli-cache"), "--cgroup-parent", f"/aos-test-{tmp_path.name[-12:]}"],
+        capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_aosctl_runs_a_package_archive_with_its_layer_and_refuses_a_hostile_one(
+        tmp_path: Path, make_package: Callable[..., Path], layer_blob: Callable[..., tuple[bytes, str]]) -> None:
+    package_dir = make_package({"app/main.py": SLEEPING_IMPORTER}, cmd=["python3", "-u", "/app/main.py"])
+    add_aos_layers(package_dir, [layer_blob({GREETING_MODULE: "TEXT = 'run from an archive'\n"})])
+    process = _aosctl_run(tmp_path, _archive(package_dir, tmp_path / "good.tar"))
+    assert process.returncode == 0, process.stderr
+    assert "run from an archive" in process.stdout
+    assert str(tmp_path) not in Path("/proc/mounts").read_text()
+    hostile = make_package({"app/x": "x"}, cmd=[BUSYBOX, "true"])
+    add_aos_layers(hostile, [gzip_tar({}, [_member("opt/link", tarfile.SYMTYPE, linkname="../../../etc/shadow")])])
+    process = _aosctl_run(tmp_path, _archive(hostile, tmp_path / "hostile.tar"))
+    assert process.returncode != 0 and "Traceback" not in process.stderr
+    assert "Aos layer sha256:" in process.stderr and "points outside the layer" in process.stderr
