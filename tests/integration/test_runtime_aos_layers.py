@@ -5,6 +5,7 @@ and the layers travel through a real registry, a package archive and an OCI layo
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 from registry_support import RegistryServer
 from runtime_helpers import assert_nothing_left, wait_for_log, wait_for_status
+from test_runtime_hostile import gnu_sparse_header
 from tests.runtime_test_packages import AOS_LAYER_MEDIA_TYPE, add_aos_layers, build_aos_layer_blob, gzip_tar
 
 from aos_operator.agent.core import Desired, DeviceAgent
@@ -180,6 +182,7 @@ HOSTILE_LAYERS = {
     "hard link out": ([_member("opt/passwd", tarfile.LNKTYPE, linkname="/etc/passwd")], "absolute path"),
     "device": ([_member("opt/null", tarfile.CHRTYPE)], "character devices are not allowed"),
     "bomb": ([_member("opt/zeros", data=bytes(3 << 20))], "unpacks to more than the device's maximum"),
+    "sparse": (None, "GNU sparse files (tar type 'S') are not allowed"),  # a 1 TiB file of one block
 }
 
 
@@ -189,7 +192,9 @@ def test_hostile_layers_are_refused_and_leave_nothing(case: str, runtime_config:
     runtime = Runtime(replace(runtime_config, max_layer_bytes=2 << 20))
     members, why = HOSTILE_LAYERS[case]
     package_dir = make_package({"app/main": "x"}, cmd=[BUSYBOX, "true"])
-    add_aos_layers(package_dir, [gzip_tar({"opt/fine": "fine"}), gzip_tar({}, members)])
+    hostile = gzip_tar({}, members) if members is not None else \
+        gzip.compress(gnu_sparse_header("opt/big", 1 << 40, b"tail" * 384), mtime=0)
+    add_aos_layers(package_dir, [gzip_tar({"opt/fine": "fine"}), hostile])
     with pytest.raises(PackageError) as refused:
         runtime.install(package_dir)
     message = str(refused.value)
