@@ -414,3 +414,25 @@ def test_aosctl_runs_a_package_archive_with_its_layer_and_refuses_a_hostile_one(
     process = _aosctl_run(tmp_path, _archive(hostile, tmp_path / "hostile.tar"))
     assert process.returncode != 0 and "Traceback" not in process.stderr
     assert "Aos layer sha256:" in process.stderr and "points outside the layer" in process.stderr
+
+
+def test_the_agent_refuses_a_layer_blob_too_large_for_the_device_before_pulling_it(
+        registry: RegistryServer, runtime_config: RuntimeConfig, make_package: Callable[..., Path],
+        tmp_path: Path) -> None:
+    runtime = Runtime(replace(runtime_config, max_layer_bytes=1 << 20))
+    tree = tmp_path / "big-layer"
+    (tree / "opt").mkdir(parents=True)
+    (tree / "opt" / "noise").write_bytes(os.urandom(3 << 20))  # incompressible: the blob is about 3 MiB
+    package_dir = make_package({"app/x": "x"}, cmd=[BUSYBOX, "true"])
+    [layer_digest] = add_aos_layers(package_dir, [build_aos_layer_blob(tree, tmp_path / "big-store")])
+    repository = f"{registry.host}/aos/big-layer"
+    with RegistryClient() as client:
+        digest = client.push_package(f"{repository}:1", package_dir)
+        agent = DeviceAgent(runtime, client, tmp_path / "pulls")
+        identity = InstanceIdentity("svc-big-layer", "subject", 0)
+        outcome = agent.converge(Desired(identity.service_id, identity.subject_id, identity.index,
+                                         f"{repository}@{digest}", digest, identity.instance_id), lambda _: None)
+        assert (outcome.phase, outcome.reason) == ("Failed", "PullFailed")
+        assert f"layers[1] ({layer_digest}): a blob of" in outcome.message
+        assert "device's maximum unpacked layer size (1048576 bytes)" in outcome.message
+        assert client.stats.snapshot()["blobs_downloaded"] == 0 and not runtime.packages.has(digest)

@@ -41,7 +41,12 @@ from aos_operator.digests import digest_hex, is_digest, sha256_digest
 from aos_operator.errors import InputError, PackageError
 from aos_operator.runtime.aos_layers import check_aos_layers, check_diff_ids, check_layer_count
 from aos_operator.runtime.files import write_atomically
-from aos_operator.runtime.layers import UNCOMPRESSED_SIZE_ANNOTATION, LayerStore, UnpackLimit
+from aos_operator.runtime.layers import (
+    DEFAULT_MAX_LAYER_BYTES,
+    UNCOMPRESSED_SIZE_ANNOTATION,
+    LayerStore,
+    UnpackLimit,
+)
 from aos_operator.runtime.package_gc import GcPolicy, StoredPackage, choose_garbage
 from aos_operator.runtime.paths import is_dir_in_root
 from aos_operator.runtime.service_config import ImageConfig, ServiceConfig, parse_image_config, parse_service_config
@@ -238,12 +243,22 @@ class PackageStore:
         return self.get(package.digest)
 
     def check_manifest(self, manifest: Any, where: str) -> None:
-        """Refuse a manifest whose layer list `install` would refuse, before its blobs are fetched."""
+        """Refuse, before its blobs are fetched, a manifest whose layer list `install` would refuse,
+        or a layer blob too large to unpack within the device's maximum."""
         layers = manifest.get("layers") if isinstance(manifest, dict) else None
         if not isinstance(layers, list) or not layers:
             raise PackageError(f"{where}: layers: expected at least one layer (the service rootfs)")
         check_layer_count(len(layers), where)
-        check_aos_layers([_descriptor(layer, f"{where}: layers[{i}]") for i, layer in enumerate(layers)], where)
+        descriptors = [_descriptor(layer, f"{where}: layers[{i}]") for i, layer in enumerate(layers)]
+        check_aos_layers(descriptors, where)
+        maximum = DEFAULT_MAX_LAYER_BYTES if self.max_layer_bytes is None else self.max_layer_bytes
+        # gzip stores incompressible data with a few bytes per 16 KiB block: beyond this it cannot fit
+        largest_blob = maximum + maximum // 1000 + (1 << 20)
+        for index, layer in enumerate(descriptors):
+            if layer.size > largest_blob:
+                raise PackageError(f"{where}: layers[{index}] ({layer.digest}): a blob of {layer.size} bytes cannot "
+                                   f"unpack within the device's maximum unpacked layer size ({maximum} bytes); "
+                                   "nothing was pulled", hint="raise the maximum (--max-layer-size) if it is genuine")
 
     def has_unpacked_aos_layer(self, field: str, digest: str) -> bool:
         """Whether the manifest's `field` (e.g. "layers[2]") is an Aos layer this node has unpacked."""
