@@ -82,3 +82,49 @@ def build_test_package(directory: Path, files: Mapping[str, FileContent] | None 
     }
     (directory / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return directory
+
+
+# --- Aos layers (manifest layers[1..]) ------------------------------------------------------------
+# The build side adds layers[1..] to the package builder in parallel; until then the tests add the
+# descriptors here, with blobs made by the image room's own layer writer (or raw bytes for hostile ones).
+
+AOS_LAYER_MEDIA_TYPE = "application/vnd.aos.image.layer.v1.tar+gzip"
+
+
+def build_aos_layer_blob(tree: Path, scratch: Path) -> tuple[bytes, str]:
+    """The gzip tar blob of the directory `tree`, written by image/layer.py; and its diff_id."""
+    from aos_operator.image.deflate import Compression
+    from aos_operator.image.layer import build_layer
+    from aos_operator.image.progress import ProgressReporter
+    from aos_operator.image.store import BlobStore
+    from aos_operator.image.tree import scan_tree
+
+    layer = build_layer(scan_tree(tree), store=BlobStore(scratch), cache=None, compression=Compression(),
+                        mtime=0, reporter=ProgressReporter(None), scan_started_ns=0)
+    return layer.path.read_bytes(), layer.diff_id
+
+
+def add_aos_layers(package: Path, layers: Sequence[tuple[bytes, str] | bytes], *,
+                   media_type: str = AOS_LAYER_MEDIA_TYPE) -> list[str]:
+    """Append Aos layers (blob, diff_id) or raw blobs to the package's manifest as layers[1..], in
+    order, with the contract's annotations; the image config's diff_ids follow. Returns their digests."""
+    manifest = json.loads((package / "manifest.json").read_text())
+    config_hex = manifest["config"]["digest"].split(":", 1)[1]
+    image_config = json.loads((package / "blobs" / "sha256" / config_hex).read_bytes())
+    digests = []
+    for number, layer in enumerate(layers, start=len(manifest["layers"])):
+        blob, diff_id = layer if isinstance(layer, tuple) else (layer, "sha256:" + hashlib.sha256(
+            gzip.decompress(layer) if layer[:2] == b"\x1f\x8b" else layer).hexdigest())
+        descriptor = _blob(package, blob)
+        manifest["layers"].append({"mediaType": media_type, **descriptor, "annotations": {
+            "io.aosedge.layer.uid": f"layer-{number}", "io.aosedge.layer.version": "1.0.0"}})
+        image_config["rootfs"]["diff_ids"].append(diff_id)
+        digests.append(descriptor["digest"])
+    manifest["config"].update(_blob(package, json.dumps(image_config).encode()))
+    (package / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return digests
+
+
+def gzip_tar(files: Mapping[str, FileContent], extra_members: Sequence[ExtraMember] = ()) -> bytes:
+    """A raw layer blob written with tarfile: for layers the image room's writer would never make."""
+    return gzip.compress(build_test_layer(files, extra_members), mtime=0)

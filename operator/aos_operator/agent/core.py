@@ -115,7 +115,9 @@ class DeviceAgent:
                 return
             self._verify(desired)  # before any layer is fetched
             directory = self.package_cache / digest_hex(desired.digest)
-            self.registry.pull(desired.reference, directory)
+            packages = self.runtime.packages  # [aos layers] refuse a bad layer list before any blob; pull a layer once
+            self.registry.pull(desired.reference, directory, check=packages.check_manifest,
+                               skip=lambda blob: packages.has_unpacked_aos_layer(blob.field, blob.digest))
             try:
                 self.runtime.install(directory)
             finally:

@@ -480,15 +480,24 @@ class RegistryClient:
         finally:
             discard(response, drain=False)
 
-    def pull(self, reference: str | Reference, directory: str | Path) -> PulledManifest:
+    def pull(self, reference: str | Reference, directory: str | Path, *,
+             check: Callable[[dict[str, Any], str], None] | None = None,
+             skip: Callable[[Descriptor], bool] | None = None) -> PulledManifest:
         """Pull a package into `directory`: blobs/sha256/<hex> for each blob, then manifest.json.
 
         Blobs already there with the right size and digest are kept, so an interrupted pull
         resumes; manifest.json is written last, so its presence means the package is whole.
+        `check(manifest, where)` may refuse the manifest before any blob is fetched; blobs for
+        which `skip(descriptor)` is true are not fetched (the caller holds their content already).
         """
         ref = parse_reference(reference)
         manifest = self.pull_manifest(ref)
-        descriptors = referenced_blobs(parse_manifest(manifest.data, f"pull {ref}"), f"pull {ref}")
+        document = parse_manifest(manifest.data, f"pull {ref}")
+        descriptors = referenced_blobs(document, f"pull {ref}")
+        if check is not None:
+            check(document, f"pull {ref}: manifest {manifest.digest}")
+        if skip is not None:
+            descriptors = [descriptor for descriptor in descriptors if not skip(descriptor)]
         directory = Path(directory)
         try:
             (directory / "blobs" / "sha256").mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Unpack a service rootfs layer safely, and keep unpacked layers by digest.
+"""Unpack a layer (a service layer or an Aos layer) safely, and keep unpacked layers by digest.
 
 A layer is untrusted input. Only regular files, directories, symlinks and hard links are
 accepted; absolute member names, `..` components, writing through a symlink, relative symlinks
@@ -180,23 +180,23 @@ class _CheckedTarInfo(tarfile.TarInfo):
 
     def _proc_member(self, tarfile_: Any) -> Any:
         if self.type == tarfile.GNUTYPE_SPARSE:
-            raise self._refuse("GNU sparse files (tar type 'S') are not allowed in a service layer")
+            raise self._refuse("GNU sparse files (tar type 'S') are not allowed in a layer")
         if self.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE, tarfile.GNUTYPE_LONGNAME,
                          tarfile.GNUTYPE_LONGLINK) and self.size > MAX_TAR_HEADER_BYTES:
             raise self._refuse(f"an extended header of {self.size} bytes (at most {MAX_TAR_HEADER_BYTES})")
         member = super()._proc_member(tarfile_)
         if any(key.startswith("GNU.sparse.") for key in member.pax_headers):
-            raise member._refuse("GNU sparse files (PAX GNU.sparse.* headers) are not allowed in a service layer")
+            raise member._refuse("GNU sparse files (PAX GNU.sparse.* headers) are not allowed in a layer")
         return member
 
     def _proc_gnusparse_00(self, next: Any, *args: Any) -> None:  # noqa: A002 (tarfile's own name)
-        raise next._refuse("GNU sparse files (PAX sparse format 0.0) are not allowed in a service layer")
+        raise next._refuse("GNU sparse files (PAX sparse format 0.0) are not allowed in a layer")
 
     def _proc_gnusparse_01(self, next: Any, *args: Any) -> None:  # noqa: A002
-        raise next._refuse("GNU sparse files (PAX sparse format 0.1) are not allowed in a service layer")
+        raise next._refuse("GNU sparse files (PAX sparse format 0.1) are not allowed in a layer")
 
     def _proc_gnusparse_10(self, next: Any, *args: Any) -> None:  # noqa: A002
-        raise next._refuse("GNU sparse files (PAX sparse format 1.0) are not allowed in a service layer")
+        raise next._refuse("GNU sparse files (PAX sparse format 1.0) are not allowed in a layer")
 
 
 class _Unpacker:
@@ -270,7 +270,7 @@ class _Unpacker:
                 self.hardlink(member, path)
             else:
                 kind = _TYPE_NAMES.get(member.type, f"entry of tar type {member.type!r}")
-                raise self.refuse(member, f"{kind}s are not allowed in a service layer")
+                raise self.refuse(member, f"{kind}s are not allowed in a layer")
         for path, mtime in reversed(self.directory_times):
             os.utime(path, (mtime, mtime), follow_symlinks=False)
 

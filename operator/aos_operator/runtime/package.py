@@ -5,6 +5,15 @@ image manifest with a top-level `aosService` descriptor) and `blobs/sha256/<hex>
 size and digest is checked before anything is written; a mismatch names the digest and nothing is
 installed. Installed packages live in the store by manifest digest; their layers are shared.
 
+Aos layers (`layers[1..]`, aos_layers.py says which are accepted) are verified like every blob
+and unpacked once into the same content-addressed store as service layers, with the same
+hostile-archive checks and whiteout conversion; a package that uses a layer already unpacked
+for another package shares it. A layer stays while an installed package's manifest lists it
+(uses are recomputed from the manifests, never counted), so `uninstall` and the GC delete it
+with the last package that needs it. A refused install removes the layers it unpacked. An Aos
+layer already unpacked here may be absent from the package directory: the agent does not pull
+it again (`check_manifest` and `has_unpacked_aos_layer` are its pull hooks).
+
 The package directory is input: `manifest.json` and the JSON blobs are read only up to a size
 bound, blobs must be regular files (opened without following a symlink, so a blob cannot be a
 link to /dev/zero or a host file), and the image config's WorkingDir must be a directory of the
@@ -30,8 +39,14 @@ from aos_operator import values
 from aos_operator.bounded import MAX_JSON_BYTES
 from aos_operator.digests import digest_hex, is_digest, sha256_digest
 from aos_operator.errors import InputError, PackageError
+from aos_operator.runtime.aos_layers import check_aos_layers, check_diff_ids, check_layer_count
 from aos_operator.runtime.files import write_atomically
-from aos_operator.runtime.layers import UNCOMPRESSED_SIZE_ANNOTATION, LayerStore, UnpackLimit
+from aos_operator.runtime.layers import (
+    DEFAULT_MAX_LAYER_BYTES,
+    UNCOMPRESSED_SIZE_ANNOTATION,
+    LayerStore,
+    UnpackLimit,
+)
 from aos_operator.runtime.package_gc import GcPolicy, StoredPackage, choose_garbage
 from aos_operator.runtime.paths import is_dir_in_root
 from aos_operator.runtime.service_config import ImageConfig, ServiceConfig, parse_image_config, parse_service_config
@@ -56,6 +71,9 @@ class InstalledPackage:
     service_config: ServiceConfig
     layer_digest: str
     layer_path: Path
+    # the Aos layers (manifest layers[1..]) in manifest order, unpacked in the shared layer store
+    aos_layer_digests: tuple[str, ...] = ()
+    aos_layer_paths: tuple[Path, ...] = ()
 
 
 def _descriptor(value: Any, where: str) -> Descriptor:
@@ -138,13 +156,9 @@ class _PackageDir:
         layers = manifest.get("layers")
         if not isinstance(layers, list) or not layers:
             raise PackageError(f"{manifest_path}: layers: expected at least one layer (the service rootfs)")
+        check_layer_count(len(layers), str(manifest_path))  # before each is parsed: a bounded list
         self.layers = [_descriptor(layer, f"{manifest_path}: layers[{i}]") for i, layer in enumerate(layers)]
-        if len(self.layers) > 1:
-            raise PackageError(
-                f"{manifest_path}: layers[1:]: {len(self.layers) - 1} Aos layer(s) referenced "
-                f"({', '.join(layer.digest for layer in self.layers[1:])}); this runtime runs single-layer services",
-                hint="bake the files of Aos layers into the service's src/ tree",
-            )
+        check_aos_layers(self.layers, str(manifest_path))
 
     def blob_path(self, descriptor: Descriptor) -> Path:
         return self.directory / "blobs" / "sha256" / digest_hex(descriptor.digest)
@@ -196,23 +210,29 @@ class PackageStore:
         service_path = package.verify(package.service, "service config") if package.service else None
         layer = package.layers[0]
         layer_blob = package.verify(layer, "rootfs layer")
+        aos_blobs = [None if self.layers.has(aos_layer.digest) and not package.blob_path(aos_layer).exists()
+                     else package.verify(aos_layer, f"Aos layer (layers[{index}])")
+                     for index, aos_layer in enumerate(package.layers[1:], start=1)]
         # Parse both configs now, so a bad one is refused at install time rather than at start.
-        image_config = parse_image_config(package.json_blob(config_path, package.config, "image config"),
-                                          f"image config {package.config.digest}")
+        image_config_data = package.json_blob(config_path, package.config, "image config")
+        check_diff_ids(image_config_data, len(package.layers), f"image config {package.config.digest}")
+        image_config = parse_image_config(image_config_data, f"image config {package.config.digest}")
         service_data = ({} if service_path is None or package.service is None
                         else package.json_blob(service_path, package.service, "service config"))
         service_where = f"service config {package.service.digest}" if package.service else "service config"
         parse_service_config(service_data, service_where)
 
-        limit = UnpackLimit(declared_bytes=layer.uncompressed_size) if self.max_layer_bytes is None else \
-            UnpackLimit(self.max_layer_bytes, layer.uncompressed_size)
-        had_layer = self.layers.has(layer.digest)
-        layer_path = self.layers.ensure(layer.digest, layer_blob, f"rootfs layer {layer.digest}", limit)
+        unpacked: list[str] = []  # layers unpacked for this package only: removed when it is refused
         try:
+            layer_path = self._unpack(layer, layer_blob, f"rootfs layer {layer.digest}", unpacked)
             check_working_dir(image_config.working_dir, layer_path, f"image config {package.config.digest}")
-        except PackageError:
-            if not had_layer:  # nothing half-installed: the layer was unpacked for this package only
-                self.layers.remove(layer.digest)
+            for index, (aos_layer, blob) in enumerate(zip(package.layers[1:], aos_blobs, strict=True), start=1):
+                self._unpack(aos_layer, blob, f"Aos layer {aos_layer.digest} (layers[{index}] of {package.digest})",
+                             unpacked)
+        except BaseException:
+            for digest in unpacked:  # nothing half-installed
+                if not self._referenced_by_installed(digest):
+                    self.layers.remove(digest)
             raise
         self._blobs.mkdir(parents=True, exist_ok=True)
         self._manifests.mkdir(parents=True, exist_ok=True)
@@ -221,6 +241,50 @@ class PackageStore:
                 write_atomically(self._blob(descriptor.digest), _read_bounded(path, MAX_JSON_BYTES, "a config blob"))
         write_atomically(self._manifests / f"{digest_hex(package.digest)}.json", package.manifest_bytes)
         return self.get(package.digest)
+
+    def check_manifest(self, manifest: Any, where: str) -> None:
+        """Refuse, before its blobs are fetched, a manifest whose layer list `install` would refuse,
+        or a layer blob too large to unpack within the device's maximum."""
+        layers = manifest.get("layers") if isinstance(manifest, dict) else None
+        if not isinstance(layers, list) or not layers:
+            raise PackageError(f"{where}: layers: expected at least one layer (the service rootfs)")
+        check_layer_count(len(layers), where)
+        descriptors = [_descriptor(layer, f"{where}: layers[{i}]") for i, layer in enumerate(layers)]
+        check_aos_layers(descriptors, where)
+        maximum = DEFAULT_MAX_LAYER_BYTES if self.max_layer_bytes is None else self.max_layer_bytes
+        # gzip stores incompressible data with a few bytes per 16 KiB block: beyond this it cannot fit
+        largest_blob = maximum + maximum // 1000 + (1 << 20)
+        for index, layer in enumerate(descriptors):
+            if layer.size > largest_blob:
+                raise PackageError(f"{where}: layers[{index}] ({layer.digest}): a blob of {layer.size} bytes cannot "
+                                   f"unpack within the device's maximum unpacked layer size ({maximum} bytes); "
+                                   "nothing was pulled", hint="raise the maximum (--max-layer-size) if it is genuine")
+
+    def has_unpacked_aos_layer(self, field: str, digest: str) -> bool:
+        """Whether the manifest's `field` (e.g. "layers[2]") is an Aos layer this node has unpacked."""
+        return field.startswith("layers[") and field != "layers[0]" and is_digest(digest) and self.layers.has(digest)
+
+    def _unpack(self, layer: Descriptor, blob: Path | None, where: str, unpacked: list[str]) -> Path:
+        """The layer unpacked in the shared store: once per digest, whichever package brought it."""
+        limit = UnpackLimit(declared_bytes=layer.uncompressed_size) if self.max_layer_bytes is None else \
+            UnpackLimit(self.max_layer_bytes, layer.uncompressed_size)
+        if self.layers.has(layer.digest):
+            return self.layers.path(layer.digest)
+        if blob is None:  # it was unpacked when the package was checked, and removed since
+            raise PackageError(f"{where}: the blob is not in the package and the layer is no longer unpacked; "
+                               "nothing was installed", hint="pull the package again")
+        path = self.layers.ensure(layer.digest, blob, where, limit)
+        unpacked.append(layer.digest)
+        return path
+
+    def _referenced_by_installed(self, digest: str) -> bool:
+        for other in self.digests():
+            try:
+                if digest in _referenced(json.loads((self._manifests / f"{digest_hex(other)}.json").read_bytes())):
+                    return True
+            except (OSError, ValueError):
+                return True  # unreadable: keep what it might reference
+        return False
 
     def _blob(self, digest: str) -> Path:
         return self._blobs / digest_hex(digest)
@@ -245,10 +309,14 @@ class PackageStore:
             service_digest = _descriptor(service, f"{manifest_path}: aosService").digest
             service_config = parse_service_config(json.loads(self._blob(service_digest).read_bytes()),
                                                   f"service config {service_digest}")
-        if not self.layers.has(layer.digest):
-            raise PackageError(f"package {digest}: its layer {layer.digest} is missing from {self.layers.root}",
-                               hint="install the package again")
-        return InstalledPackage(digest, image_config, service_config, layer.digest, self.layers.path(layer.digest))
+        aos_layers = [_descriptor(value, f"{manifest_path}: layers[{index}]").digest
+                      for index, value in enumerate(manifest["layers"][1:], start=1)]
+        for layer_digest in (layer.digest, *aos_layers):
+            if not self.layers.has(layer_digest):
+                raise PackageError(f"package {digest}: its layer {layer_digest} is missing from {self.layers.root}",
+                                   hint="install the package again")
+        return InstalledPackage(digest, image_config, service_config, layer.digest, self.layers.path(layer.digest),
+                                tuple(aos_layers), tuple(self.layers.path(d) for d in aos_layers))
 
     def has(self, digest: str) -> bool:
         return is_digest(digest) and (self._manifests / f"{digest_hex(digest)}.json").exists()
@@ -259,7 +327,7 @@ class PackageStore:
         return sorted("sha256:" + path.stem for path in self._manifests.glob("*.json"))
 
     def uninstall(self, digest: str) -> None:
-        """Remove a package, and its blobs and layer when no other installed package uses them."""
+        """Remove a package, and its blobs and layers when no other installed package uses them."""
         package = self.get(digest)
         manifest = json.loads((self._manifests / f"{digest_hex(digest)}.json").read_bytes())
         (self._manifests / f"{digest_hex(digest)}.json").unlink()
@@ -269,8 +337,9 @@ class PackageStore:
             still_used.update(_referenced(other_manifest))
         for blob_digest in _referenced(manifest) - still_used:
             self._blob(blob_digest).unlink(missing_ok=True)
-        if package.layer_digest not in still_used:
-            self.layers.remove(package.layer_digest)
+        for layer_digest in (package.layer_digest, *package.aos_layer_digests):
+            if layer_digest not in still_used:
+                self.layers.remove(layer_digest)
 
 
     # --- garbage collection (package_gc decides; this applies) ----------------------------------

@@ -7,6 +7,8 @@ A read-only overlay with lower layers only, top first:
    install and start, as AosEdge fails to start a service without it), and an empty directory
    here would hide a symlink of the layer;
 2. the service layer (unpacked `layers[0]`, shared by all instances of the package);
+   then the Aos layers (`layers[1]` ... `layers[n]`, in manifest order, so `layers[1]` overrides
+   `layers[2]`; shared by every package that lists them);
 3. a generated whiteouts layer hiding every top-level entry of the base except the visible ones
    (default `bin sbin lib lib64 usr`);
 4. the base: the node's own root file system `/` (configurable).
@@ -15,7 +17,7 @@ The two generated layers live on a small tmpfs per instance. Overlayfs refuses a
 an ancestor of another layer on the same file system ("overlapping lowerdir path"), and `/` is
 an ancestor of everything on the root file system, including the layer store. When that is the
 case, the whiteouts layer and the base are first mounted as their own overlay (the "base view")
-and that becomes the bottom layer; otherwise it is one overlay of four layers.
+and that becomes the bottom layer; otherwise it is one overlay of four layers (plus the Aos layers).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from aos_operator.runtime.paths import create_file_in, make_dirs_in
 
 DEFAULT_BASE_VISIBLE = ("bin", "sbin", "lib", "lib64", "usr")
 _SCRATCH_OPTIONS = "mode=755,size=16m"
+_MOUNT_DATA_BYTES = 4096  # mount(2) copies at most one page of options
 
 
 @dataclass(frozen=True)
@@ -44,6 +47,7 @@ class RootfsPlan:
     dns_servers: tuple[str, ...] = ()
     hosts: str | None = None  # /etc/hosts and /etc/resolv.conf from the instance network, if it has one
     resolv: str | None = None
+    aos_layers: tuple[str, ...] = ()  # [aos layers] unpacked layers[1..], top first, between service and base
 
     @property
     def rootfs(self) -> Path:
@@ -56,12 +60,13 @@ class RootfsPlan:
     def to_json(self) -> dict[str, Any]:
         return {"run_dir": self.run_dir, "service_layer": self.service_layer, "base_path": self.base_path,
                 "base_visible": list(self.base_visible), "dns_servers": list(self.dns_servers),
-                "hosts": self.hosts, "resolv": self.resolv}
+                "hosts": self.hosts, "resolv": self.resolv, "aos_layers": list(self.aos_layers)}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RootfsPlan:
         return cls(data["run_dir"], data["service_layer"], data["base_path"], tuple(data["base_visible"]),
-                   tuple(data["dns_servers"]), data.get("hosts"), data.get("resolv"))
+                   tuple(data["dns_servers"]), data.get("hosts"), data.get("resolv"),
+                   tuple(data.get("aos_layers", ())))
 
 
 def whiteout_names(base_entries: Iterable[str], visible: Iterable[str]) -> list[str]:
@@ -144,7 +149,12 @@ def _overlay_options(layers: Sequence[Path]) -> str:
         if any(ch in str(layer) for ch in ":,="):
             raise RuntimeFailure(f"{layer}: overlay layer paths cannot contain ':', ',' or '='",
                                  hint="choose state and run directories without those characters")
-    return "lowerdir=" + ":".join(str(layer) for layer in layers)
+    options = "lowerdir=" + ":".join(str(layer) for layer in layers)
+    if len(options.encode()) >= _MOUNT_DATA_BYTES:
+        raise RuntimeFailure(f"the overlay of {len(layers)} layers needs {len(options.encode())} bytes of mount "
+                             f"options, the kernel takes fewer than {_MOUNT_DATA_BYTES}",
+                             hint="choose a shorter state directory, or use fewer Aos layers")
+    return options
 
 
 def assemble(plan: RootfsPlan, spec: Mapping[str, Any]) -> Path:
@@ -161,11 +171,15 @@ def assemble(plan: RootfsPlan, spec: Mapping[str, Any]) -> Path:
     _make_top_layer(top, spec, plan.dns_servers, hosts=plan.hosts, resolv=plan.resolv)
     _make_whiteouts(whiteouts, base, plan.base_visible)
     service = Path(plan.service_layer)
-    layers = [top, service, whiteouts, base]
+    aos_layers = [Path(layer) for layer in plan.aos_layers]  # [aos layers] AosEdge's order: service, layers[1..n]
+    for layer in aos_layers:
+        if not layer.is_dir():
+            raise RuntimeFailure(f"Aos layer {layer}: not unpacked on this node", hint="install the package again")
+    layers = [top, service, *aos_layers, whiteouts, base]
     if _overlapping(layers):
         base_view = scratch / "base"
         base_view.mkdir()
         mounts.mount("overlay", base_view, "overlay", mounts.MS_RDONLY, _overlay_options([whiteouts, base]))
-        layers = [top, service, base_view]
+        layers = [top, service, *aos_layers, base_view]
     mounts.mount("overlay", plan.rootfs, "overlay", mounts.MS_RDONLY, _overlay_options(layers))
     return plan.rootfs

@@ -295,7 +295,8 @@ class Runtime:
             rootfs=RootfsPlan(str(self.run_dir(instance_id)), str(service_layer), self.config.base_path,
                               tuple(self.config.base_visible), tuple(self.config.dns_servers),
                               hosts=self._hosts(spec, network, grants),
-                              resolv=self.network.resolv_text(network) if network else None),
+                              resolv=self.network.resolv_text(network) if network else None,
+                              aos_layers=tuple(str(path) for path in package.aos_layer_paths)),  # [aos layers]
             volumes=tuple(volumes), run_parameters=package.service_config.run_parameters, restart=restart,
             log_max_bytes=self.config.log_max_bytes,
         )
