@@ -340,6 +340,7 @@ class AosLayerStatus(_Schema):
     digest: str | None = Field(None, description="Digest of the layer blob (gzip tar), what service manifests list")
     diffId: str | None = Field(None, description="Digest of the uncompressed tar (image config rootfs.diff_ids)")
     size: int | None = Field(None, description="Size of the layer blob in bytes")
+    uncompressedSize: int | None = Field(None, description="Size of the uncompressed tar, when the operator built it")
     sourceDigest: str | None = Field(None, description="Content digest of the spec and files the layer was built from")
 
 

@@ -50,12 +50,11 @@ class AosLayer:
     from_cache: bool = False
 
 
-def layer_descriptor(uid: str, version: str, digest: str, size: int, uncompressed_size: int) -> oci.Descriptor:
-    annotations = {
-        oci.ANNOTATION_LAYER_UID: uid,
-        oci.ANNOTATION_LAYER_VERSION: version,
-        oci.ANNOTATION_LAYER_UNCOMPRESSED_SIZE: str(uncompressed_size),
-    }
+def layer_descriptor(uid: str, version: str, digest: str, size: int, uncompressed_size: int | None) -> oci.Descriptor:
+    """The descriptor of layers[1..]; the uncompressed size (a bound for the device's unpack) when known."""
+    annotations = {oci.ANNOTATION_LAYER_UID: uid, oci.ANNOTATION_LAYER_VERSION: version}
+    if uncompressed_size is not None:
+        annotations[oci.ANNOTATION_LAYER_UNCOMPRESSED_SIZE] = str(uncompressed_size)
     return oci.Descriptor(oci.MEDIA_TYPE_AOS_LAYER, digest, size, tuple(sorted(annotations.items())))
 
 
