@@ -194,6 +194,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
             op.memos.pop(key, None)
             op.pending.pop(key, None)
             op.rollouts.pop(key, None)
+            op.layers.use(namespace, name, ())
 
     @kopf.on.delete(*SERVICES, registry=registry, id="release-instances")
     async def service_deleted(
