@@ -61,6 +61,8 @@ def test_build_puts_the_layers_in_the_configs_order_whatever_the_flags_order(
     assert [entry["annotations"]["io.aosedge.layer.uid"] for entry in layers[1:]] == ["pylibs", "legacy-fonts"]
     assert layers[2]["digest"] == digest  # the archive's blob, as build-layer printed it
     assert len(package.image_config()["rootfs"]["diff_ids"]) == 3
+    code, shown, _ = run(capsys, "inspect", str(output))
+    assert code == 0 and f"{digest} " in shown and "aos layer legacy-fonts 7.0.0" in shown
     # the directory and its archive give the same blob: one writer
     code, _, _ = run(capsys, "build", str(service), "-o", str(tmp_path / "again.tar"), "--no-cache",
                      "--layer", str(fonts), "--layer", str(pylibs))
