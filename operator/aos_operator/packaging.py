@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -14,6 +14,7 @@ from aos_operator import values
 from aos_operator.digests import digest_hex
 from aos_operator.errors import BuildError, InputError, Issue
 from aos_operator.image import MEDIA_TYPE_MANIFEST, BuildResult, Package, ProgressCallback, build_package, open_package
+from aos_operator.image.aos_layer import AosLayer, build_aos_layer, open_layer_package
 from aos_operator.image.package import source_date_epoch_from, write_archive, write_oci_layout
 from aos_operator.image.progress import ProgressReporter
 from aos_operator.image.store import BlobStore, StoredBlob
@@ -26,6 +27,7 @@ from aos_operator.registry.reference import Reference
 from aos_operator.runtime.paths import is_dir_in_root
 from aos_operator.service import image_config, service_config
 from aos_operator.service.description import Image, ServiceDescription
+from aos_operator.service.layers import check_uid, check_version, describe_range, in_range, load_layer_dir
 from aos_operator.service.loader import ConfigResult
 
 
@@ -82,8 +84,10 @@ def build_service(
     source_date_epoch: int | None = None,
     progress: ProgressCallback | None = None,
     symlinks: SymlinkPolicy | None = None,
+    layers: Sequence[AosLayer] = (),
 ) -> BuildResult:
-    """Build the package of one of the service's images from the files in `source_dir`."""
+    """Build the package of one of the service's images from the files in `source_dir`, with the
+    Aos `layers` (in the order of the service's `layers`, see `order_layers`) in layers[1..]."""
     try:
         image = service.image_for(architecture)
     except LookupError as error:
@@ -101,7 +105,54 @@ def build_service(
         source_date_epoch=epoch,
         cache_dir=cache_dir,
         progress=progress,
+        layers=layers,
     )
+
+
+def load_local_layer(path: Path, store: BlobStore, *, cache_dir: Path | None = None,
+                     source_date_epoch: int | None = None) -> AosLayer:
+    """A layer directory (`layer.yaml` + `src/`) built into a layer blob, or a layer package
+    (`aosctl build-layer`) read and verified; blobs go to `store` (or the cache's store)."""
+    path = Path(path)
+    if path.is_dir():
+        meta = load_layer_dir(path)
+        return build_aos_layer(meta.source, meta.uid, meta.version, store=store, cache_dir=cache_dir,
+                               source_date_epoch=source_date_epoch_from(source_date_epoch))
+    if path.is_file():
+        layer = open_layer_package(path, store)
+        check_uid(layer.uid, f"{path}: layer.json annotation io.aosedge.layer.uid")
+        check_version(layer.version, f"{path}: layer.json annotation io.aosedge.layer.version")
+        return layer
+    raise InputError(f"{path}: no such layer directory or layer package",
+                     hint="give a directory with layer.yaml and src/, or an archive from aosctl build-layer")
+
+
+def order_layers(service: ServiceDescription, given: Sequence[tuple[str, AosLayer]], flag: str = "--layer") -> list[AosLayer]:
+    """The given (origin, layer) pairs in the order of the service's `layers`, each checked
+    against its entry: a uid the service does not list, a version out of range, a uid given
+    twice, or (when any layer is given) an entry left without a layer is an InputError."""
+    wanted = {requirement.uid: requirement for requirement in service.layers}
+    chosen: dict[str, AosLayer] = {}
+    for origin, layer in given:
+        requirement = wanted.get(layer.uid)
+        if requirement is None:
+            listed = ", ".join(sorted(wanted)) or "none"
+            raise InputError(f"{flag} {origin}: layer {layer.uid!r} is not one the service lists in its layers "
+                             f"(it lists: {listed})", hint=f"drop this {flag}, or add the layer to the config's layers")
+        if not in_range(requirement, layer.version):
+            raise InputError(f"{flag} {origin}: layer {layer.uid!r} is version {layer.version}, outside the range "
+                             f"{describe_range(requirement)} of the service's layers entry",
+                             hint="give a version in range, or change minVersion/maxVersion")
+        if layer.uid in chosen:
+            raise InputError(f"{flag} {origin}: layer {layer.uid!r} is given twice", hint="give each layer once")
+        chosen[layer.uid] = layer
+    if chosen:
+        for requirement in service.layers:
+            if requirement.uid not in chosen:
+                raise InputError(f"{flag}: the service also needs layer {requirement.uid!r} "
+                                 f"({describe_range(requirement)}), which no {flag} gives",
+                                 hint=f"add {flag} DIR|ARCHIVE for it")
+    return [chosen[requirement.uid] for requirement in service.layers if requirement.uid in chosen]
 
 
 @dataclass(frozen=True)

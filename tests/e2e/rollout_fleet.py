@@ -106,6 +106,7 @@ class Fleet:
     devices: dict[str, RolloutDevice] = field(default_factory=dict)
     loops: list[AgentLoop] = field(default_factory=list)
     crashing_versions: set[str] = field(default_factory=set)
+    registry_host: str = ""
 
     @property
     def kubeconfig(self) -> str:
@@ -193,7 +194,7 @@ def rollout_fleet(root: Path, devices: int, *, resync: float = 5.0, start_delay:
             "--registry-insecure", "--work-dir", str(root / "operator-work"), "--liveness", "",
             "--resync", str(resync), "--log-level", "info"], root / "operator.log")
         api = KubeClient(Connection(kubeconfig=str(plane.admin_kubeconfig)), user_agent="rollout-tests")
-        fleet = Fleet(plane, root, operator, api)
+        fleet = Fleet(plane, root, operator, api, registry_host=registry.host)
         previous = os.environ.get("KUBECONFIG")
         try:
             # kopf logs in through the kubernetes client's default kubeconfig lookup: $KUBECONFIG.

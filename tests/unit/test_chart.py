@@ -155,6 +155,7 @@ def test_default_render_has_the_expected_objects() -> None:
     assert kinds == sorted(
         [
             ("CustomResourceDefinition", "aosdevices.aosedge.io"),
+            ("CustomResourceDefinition", "aoslayers.aosedge.io"),
             ("CustomResourceDefinition", "aosserviceinstances.aosedge.io"),
             ("CustomResourceDefinition", "aosservices.aosedge.io"),
             ("ServiceAccount", "aos-operator-operator"),
@@ -386,6 +387,8 @@ OPERATOR_NAMESPACED = {
     ("aosedge.io", "aosservices/status"): {"get", "patch"},
     ("aosedge.io", "aosserviceinstances"): {"get", "list", "watch", "create", "patch", "delete"},
     ("aosedge.io", "aosserviceinstances/status"): {"get"},
+    ("aosedge.io", "aoslayers"): {"get", "list", "watch", "patch"},
+    ("aosedge.io", "aoslayers/status"): {"get", "patch"},
     ("", "configmaps"): {"get", "list", "watch"},
     ("", "events"): {"create", "patch"},
 }

@@ -31,7 +31,7 @@ COMMANDS = sorted(_subcommands(build_parser()))
 
 def test_the_command_set() -> None:
     assert COMMANDS == sorted([
-        "validate", "schema", "build", "push", "pull", "sign", "inspect", "digest", "ls", "login", "logout", "run", "ps",
+        "validate", "schema", "build", "build-layer", "push", "pull", "sign", "inspect", "digest", "ls", "login", "logout", "run", "ps",
         "logs", "stop", "rm", "prune", "init", "operator", "agent", "agent-health", "crds", "rollout", "version", "completion",
     ])
 

@@ -83,6 +83,8 @@ def test_configmap_example_is_the_hello_world_directory() -> None:
 def test_examples_select_the_edge_nodes_the_chart_runs_agents_on() -> None:
     chart_values = yaml.safe_load((REPO / "charts" / "aos-operator" / "values.yaml").read_text())
     for path in EXAMPLE_FILES:
+        if "AosService" not in by_kind(path):
+            continue  # a layer
         service = by_kind(path)["AosService"]
         assert service["spec"]["selector"]["matchLabels"] == chart_values["agent"]["nodeSelector"], path.name
 
@@ -93,3 +95,17 @@ def test_the_image_example_is_a_different_service() -> None:
     image_service = parse_config_data(by_kind(IMAGE_EXAMPLE)["AosService"]["spec"]["config"], "b").services[0]
     assert (configmap_service.name, configmap_service.service_id) != (image_service.name, image_service.service_id)
     assert by_kind(CONFIGMAP_EXAMPLE)["AosService"]["metadata"]["name"] != by_kind(IMAGE_EXAMPLE)["AosService"]["metadata"]["name"]
+
+
+def test_the_layer_example_is_the_pylibs_layer_directory() -> None:
+    from aos_operator.service.layers import load_layer_dir
+
+    objects = by_kind(EXAMPLES / "pylibs-layer.yaml")
+    config_map, layer = objects["ConfigMap"], objects["AosLayer"]
+    meta = load_layer_dir(EXAMPLES / "pylibs-layer")
+    assert (layer["spec"]["uid"], layer["spec"]["version"]) == (meta.uid, meta.version)
+    (source,) = layer["spec"]["source"]["configMaps"]
+    assert source["name"] == config_map["metadata"]["name"]
+    files = {item["path"]: config_map["data"][item["key"]] for item in source["items"]}
+    on_disk = {str(file.relative_to(meta.source)): file.read_text() for file in meta.source.rglob("*") if file.is_file()}
+    assert files == on_disk, "the ConfigMap's files differ from examples/pylibs-layer/src"

@@ -324,6 +324,37 @@ class AosServiceInstanceStatus(_Schema):
     lastUpdate: datetime | None = None
 
 
+# --- AosLayer -------------------------------------------------------------------------------------
+
+
+class AosLayerSpec(_Schema):
+    """An Aos layer: files that services listing its uid in `layers` get under their own layer."""
+
+    uid: str = Field(
+        min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="The layer's UID, as services name it in their config's layers[].uid",
+    )
+    version: str = Field(
+        min_length=1, max_length=128, description="SemVer 2.0.0 version, matched against layers[].minVersion/maxVersion"
+    )
+    source: AosServiceSource = Field(
+        description="The layer's files: ConfigMaps mapped to paths, or the first layer of an existing OCI image"
+    )
+
+
+class AosLayerStatus(_Schema):
+    observedGeneration: int | None = Field(None, description="The generation the status describes")
+    conditions: list[Condition] | None = None
+    uid: str | None = Field(None, description="The uid the pushed layer carries")
+    version: str | None = Field(None, description="The version the pushed layer carries")
+    ref: str | None = Field(None, description="Where the layer was pushed, repository:tag@manifest digest")
+    digest: str | None = Field(None, description="Digest of the layer blob (gzip tar), what service manifests list")
+    diffId: str | None = Field(None, description="Digest of the uncompressed tar (image config rootfs.diff_ids)")
+    size: int | None = Field(None, description="Size of the layer blob in bytes")
+    uncompressedSize: int | None = Field(None, description="Size of the uncompressed tar, when the operator built it")
+    sourceDigest: str | None = Field(None, description="Content digest of the spec and files the layer was built from")
+
+
 # --- resource catalogue ---------------------------------------------------------------------------
 
 
@@ -411,4 +442,23 @@ AOS_SERVICE_INSTANCE = Kind(
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ),
 )
-KINDS = (AOS_SERVICE, AOS_DEVICE, AOS_SERVICE_INSTANCE)
+AOS_LAYER = Kind(
+    kind="AosLayer",
+    plural="aoslayers",
+    singular="aoslayer",
+    short_names=("aoslayer", "aoslyr"),
+    namespaced=True,
+    spec=AosLayerSpec,
+    status=AosLayerStatus,
+    description="An Aos layer (uid, version, files) that AosServices in the namespace list in their layers",
+    printer_columns=(
+        {"name": "UID", "type": "string", "jsonPath": ".spec.uid"},
+        {"name": "Version", "type": "string", "jsonPath": ".spec.version"},
+        {"name": "Digest", "type": "string", "jsonPath": ".status.digest"},
+        {"name": "Size", "type": "integer", "jsonPath": ".status.size"},
+        _condition_column("Status", "Ready", "reason"),
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+        _condition_column("Message", "Ready", "message", priority=1),
+    ),
+)
+KINDS = (AOS_SERVICE, AOS_DEVICE, AOS_SERVICE_INSTANCE, AOS_LAYER)

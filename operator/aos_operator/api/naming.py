@@ -47,6 +47,11 @@ def instance_id(service_id_: str, subject: str, index: int) -> str:
     return str(uuid.uuid3(uuid.NAMESPACE_OID, f"{service_id_}:{subject}:{index}"))
 
 
+def layer_repository(prefix: str, namespace: str, uid: str) -> str:
+    """`aos/<namespace>/layers/<uid>`: where the operator pushes every version of an Aos layer (tag: version)."""
+    return "/".join(part for part in (prefix.strip("/"), dns_label(namespace), "layers", dns_label(uid)) if part)
+
+
 def repository(prefix: str, namespace: str, name: str) -> str:
     """`aos/<namespace>/<name>`: where the operator pushes a service's packages."""
     return "/".join(part for part in (prefix.strip("/"), dns_label(namespace), dns_label(name)) if part)

@@ -64,6 +64,9 @@ def build_options(command: argparse.ArgumentParser) -> None:
     group.add_argument("--arch", metavar="ARCH", help="the image's architecture when there are several")
     group.add_argument("--cache-dir", metavar="DIR", help=f"build cache (default {default_cache_dir()})")
     group.add_argument("--no-cache", action="store_true", help="build without the cache")
+    group.add_argument("--layer", action="append", metavar="DIR|ARCHIVE",
+                       help="an Aos layer the service's config lists (repeatable): a directory with layer.yaml "
+                            "(uid, version) and src/, or a layer package from aosctl build-layer")
 
 
 # --- the instance network (runtime/network): flags shared by run and agent ------------------------

@@ -95,7 +95,12 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for variable in settings.get("Env") or []:
         lines.append(f"env        {variable}")
     for layer in layers:
-        lines.append(f"layer      {layer.get('digest')} {human_bytes(int(layer.get('size') or 0))}")
+        line = f"layer      {layer.get('digest')} {human_bytes(int(layer.get('size') or 0))}"
+        annotations = layer.get("annotations") if isinstance(layer.get("annotations"), dict) else {}
+        if "io.aosedge.layer.uid" in annotations:  # an Aos layer (layers[1..]); the text is the package's
+            uid, version = (_printable(annotations.get(key)) for key in ("io.aosedge.layer.uid", "io.aosedge.layer.version"))
+            line += f"  aos layer {uid} {version}"
+        lines.append(line)
     lines.append("quotas     " + (", ".join(f"{k} {v}" for k, v in info["quotas"].items()) or "none"))
     run = info["serviceConfig"].get("runParameters") or {}
     if run:
@@ -117,3 +122,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     quiet_option(inspect, "no build progress")
     add_output_option(inspect)
     inspect.set_defaults(func=cmd_inspect)
+
+
+def _printable(value: object) -> str:
+    return "".join(character for character in str(value) if character.isprintable())[:64]

@@ -6,17 +6,21 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 from aos_operator.cli import progress, trust
 from aos_operator.cli.common import build_options, default_cache_dir, quiet_option, registry, registry_options
 from aos_operator.cli.output import add_output_option, camel_keys, emit, note, result, structured, warn
 from aos_operator.errors import EXIT_OK, BuildError, InputError
-from aos_operator.image import BuildResult, Package, open_package
-from aos_operator.packaging import build_service, pull_package, push_package, source_folder
+from aos_operator.image import BlobStore, BuildResult, Package, open_package
+from aos_operator.image.oci import ANNOTATION_LAYER_UID, ANNOTATION_LAYER_VERSION
+from aos_operator.image.aos_layer import AosLayer, build_aos_layer, write_layer_package
+from aos_operator.packaging import build_service, load_local_layer, order_layers, pull_package, push_package, source_folder
 from aos_operator.registry.reference import Reference
 from aos_operator.service import ConfigResult, ServiceDescription, load_service
 from aos_operator.service.description import Image
+from aos_operator.service.layers import load_layer_dir
 from aos_operator.service.units import human_bytes
 
 
@@ -49,23 +53,52 @@ def build(args: argparse.Namespace, path: Path, *, archive: Path | None, oci_lay
                          "the package would have nothing to run",
                          hint="set cmd; a warning above names a key that may be a misspelt cmd")
     source = source_folder(image, config.base_dir or path)
-    line = progress.BuildProgress(progress.enabled(args))
-    try:
-        built = build_service(
-            service,
-            source,
-            architecture=image.platform.architecture,
-            archive=archive,
-            oci_layout=oci_layout,
-            tag=getattr(args, "tag", None),
-            cache_dir=None if args.no_cache else Path(args.cache_dir or default_cache_dir()),
-            progress=line,
-        )
-    finally:
-        line.close()
+    cache_dir = None if args.no_cache else Path(args.cache_dir or default_cache_dir())
+    with ExitStack() as cleanup:
+        output = archive or oci_layout
+        scratch_parent = output.parent if output is not None and output.parent.is_dir() else None
+        layers = local_layers(args, service, cleanup, scratch_parent, cache_dir)
+        line = progress.BuildProgress(progress.enabled(args))
+        try:
+            built = build_service(
+                service,
+                source,
+                architecture=image.platform.architecture,
+                archive=archive,
+                oci_layout=oci_layout,
+                tag=getattr(args, "tag", None),
+                cache_dir=cache_dir,
+                progress=line,
+                layers=layers,
+            )
+        finally:
+            line.close()
     for message in built.warnings:
         warn(message)
+    if service.layers and not layers:
+        warn(f"the config lists {len(service.layers)} Aos layer(s) ({', '.join(r.uid for r in service.layers)}) "
+             "and the package carries none; give them with --layer DIR|ARCHIVE")
     return built
+
+
+def local_layers(args: argparse.Namespace, service: ServiceDescription, cleanup: ExitStack, scratch_parent: Path | None,
+                 cache_dir: Path | None) -> list[AosLayer]:
+    """The --layer inputs, built or read (blobs in the cache, else in a scratch store that
+    `cleanup` removes), checked against the service's layers and put in its order."""
+    paths = getattr(args, "layer", None) or []
+    if not paths:
+        return []
+    scratch = Path(cleanup.enter_context(tempfile.TemporaryDirectory(dir=scratch_parent, prefix=".aos-layers-")))
+    store = BlobStore(scratch)
+    given = [(path, load_local_layer(Path(path), store, cache_dir=cache_dir)) for path in paths]
+    return order_layers(service, given)
+
+
+def refuse_layers(args: argparse.Namespace, what: str) -> None:
+    """--layer is for building a service directory; a built package already has its layers."""
+    if getattr(args, "layer", None):
+        raise InputError(f"--layer: {what} is a built package, not a service directory; its layers are in it",
+                         hint="give the service directory to build it with the layers")
 
 
 def open_input(args: argparse.Namespace, path: Path, scratch: Path) -> Package:
@@ -76,6 +109,7 @@ def open_input(args: argparse.Namespace, path: Path, scratch: Path) -> Package:
     if is_service_dir(path):
         built = build(args, path, archive=None, oci_layout=scratch / "layout")
         return open_package(built.oci_layout)  # type: ignore[arg-type]
+    refuse_layers(args, str(path))
     return open_package(path)
 
 
@@ -94,6 +128,8 @@ def cmd_build(args: argparse.Namespace) -> int:
             "archive": str(built.archive) if built.archive else None,
             "ociLayout": str(built.oci_layout) if built.oci_layout else None,
             "layer": {"digest": built.layer.digest, "size": built.layer.size, "fromCache": built.layer_from_cache},
+            "aosLayers": [{"uid": d.annotation(ANNOTATION_LAYER_UID), "version": d.annotation(ANNOTATION_LAYER_VERSION),
+                           "digest": d.digest, "size": d.size} for d in built.aos_layers],
             "warnings": list(built.warnings),
         })
         return EXIT_OK
@@ -102,7 +138,32 @@ def cmd_build(args: argparse.Namespace) -> int:
             note(args, f"wrote {output}")
     cached = " (layer from cache)" if built.layer_from_cache else ""
     note(args, f"layer {built.layer.digest} {human_bytes(built.layer.size)}{cached}")
+    for descriptor in built.aos_layers:
+        note(args, f"aos layer {descriptor.annotation(ANNOTATION_LAYER_UID)} "
+                   f"{descriptor.annotation(ANNOTATION_LAYER_VERSION)} {descriptor.digest} {human_bytes(descriptor.size)}")
     result(built.manifest_digest)
+    return EXIT_OK
+
+
+def cmd_build_layer(args: argparse.Namespace) -> int:
+    path = Path(args.path)
+    meta = load_layer_dir(path)
+    output = Path(args.output) if args.output else Path(f"{meta.uid}-{meta.version.replace('+', '_')}.layer.tar")
+    if output.is_dir() or not (output.parent if str(output.parent) else Path(".")).is_dir():
+        raise InputError(f"{output}: the layer package is a file in an existing directory", hint="give -o FILE.tar")
+    cache_dir = None if args.no_cache else Path(args.cache_dir or default_cache_dir())
+    with tempfile.TemporaryDirectory(dir=output.parent, prefix=".aos-layer-") as scratch:
+        layer = build_aos_layer(meta.source, meta.uid, meta.version, store=BlobStore(Path(scratch)),
+                                cache_dir=cache_dir)
+        write_layer_package(output, layer)
+    if structured(args):
+        emit(args, "LayerBuildResult", {"uid": layer.uid, "version": layer.version, "archive": str(output),
+                                        "digest": layer.descriptor.digest, "size": layer.descriptor.size,
+                                        "diffId": layer.diff_id})
+        return EXIT_OK
+    note(args, f"wrote {output}")
+    note(args, f"layer {layer.uid} {layer.version}: {human_bytes(layer.descriptor.size)}")
+    result(layer.descriptor.digest)
     return EXIT_OK
 
 
@@ -186,6 +247,22 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     quiet_option(build_command, "print only the digest")
     add_output_option(build_command, output_is_a_path=True)
     build_command.set_defaults(func=cmd_build)
+
+    layer_command = commands.add_parser(
+        "build-layer",
+        help="build an Aos layer package from a layer directory",
+        description="Build the Aos layer package (layer.json + the gzip tar blob) of a directory that holds "
+        "layer.yaml (uid, version) and src/ (the layer's files, relative to /; OCI whiteouts allowed), and print "
+        "the layer's digest. The result is what `--layer ARCHIVE` of build, push and run takes. Without -o it is "
+        "UID-VERSION.layer.tar in the current directory.",
+    )
+    layer_command.add_argument("path", metavar="DIR", help="layer directory (layer.yaml + src/)")
+    layer_command.add_argument("-o", "--output", metavar="FILE.tar", help="the layer package")
+    layer_command.add_argument("--cache-dir", metavar="DIR", help=f"build cache (default {default_cache_dir()})")
+    layer_command.add_argument("--no-cache", action="store_true", help="build without the cache")
+    quiet_option(layer_command, "print only the digest")
+    add_output_option(layer_command, output_is_a_path=True)
+    layer_command.set_defaults(func=cmd_build_layer)
 
     push = commands.add_parser(
         "push", help="push a package (building it from a service directory) to an OCI registry",

@@ -89,6 +89,7 @@ def prepare(args: argparse.Namespace, scratch: Path, node_architecture: str) -> 
             name = service.name or path.resolve().name
             return RunTarget(directory, derived_service_id(f"service:{name}"),
                              f"derived from the service name {name!r}")
+        packages.refuse_layers(args, str(path))
         package = open_package(path)
         _check_architecture(package, node_architecture, str(path))
         materialize(package, directory)
@@ -99,6 +100,7 @@ def prepare(args: argparse.Namespace, scratch: Path, node_architecture: str) -> 
     if "/" not in args.target:
         raise InputError(f"{args.target}: no such file or directory, and not an image reference (registry/repo:tag)")
     reference = Reference.parse(args.target)
+    packages.refuse_layers(args, args.target)
     with registry(args) as client:
         client.pull(trust.verify_before_pull(args, client), directory)
     package = open_package(directory)

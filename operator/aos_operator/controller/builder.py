@@ -11,10 +11,10 @@ from __future__ import annotations
 import functools
 import json
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from aos_operator.api import naming
 from aos_operator.api.models import AosServiceSpec, ImageStatus
@@ -30,7 +30,7 @@ from aos_operator.image.oci import (
     manifest_json,
     parse_manifest,
 )
-from aos_operator.packaging import build_service, push_package
+from aos_operator.packaging import blob_sources, build_service, push_package
 from aos_operator.registry import BytesBlob, RegistryClient
 from aos_operator.registry.reference import Reference
 from aos_operator.service import image_config, service_config
@@ -38,6 +38,9 @@ from aos_operator.service.description import Image, ServiceDescription
 from aos_operator.errors import SignatureError
 from aos_operator.trust.keys import SigningKey, load_signing_key
 from aos_operator.trust.store import attach_signature
+
+if TYPE_CHECKING:
+    from aos_operator.controller.layers import LayerView
 
 # Part of every content digest: a new builder that lays packages out differently must rebuild.
 BUILDER_VERSION = 1
@@ -73,10 +76,13 @@ def gather_source(
     return Source()
 
 
-def source_digest(spec: AosServiceSpec, source: Source, repository: str, signer: str | None = None) -> str:
+def source_digest(spec: AosServiceSpec, source: Source, repository: str, signer: str | None = None,
+                  layers: Sequence[LayerView] = ()) -> str:
     settings = {"builder": BUILDER_VERSION, "item": spec.item, "repository": repository, **source.identity}
     if signer:  # a new signing key re-pushes (blobs skipped) and signs what was pushed unsigned
         settings["signer"] = signer
+    if layers:  # a new layer version in range is a new package (services without layers keep their digest)
+        settings["layers"] = [[view.uid, view.version, view.digest] for view in layers]
     return content_digest(spec.config, settings, list(source.files))
 
 
@@ -116,17 +122,18 @@ def build_and_push(
     service: ServiceDescription,
     source: Source,
     repository: str,
+    layers: Sequence[LayerView] = (),
 ) -> list[ImageStatus]:
-    """Every image of the service, built and pushed (and signed when the operator has a key);
-    their references by digest."""
+    """Every image of the service, built and pushed (and signed when the operator has a key),
+    with the resolved Aos `layers` in layers[1..]; their references by digest."""
     pushed = []
     key = signing_key(settings)
     for image in service.images:
         reference = f"{repository}:{tag_for(service, image)}"
         if source.image is not None:
-            digest = _push_from_layer(registry, service, image, source, reference)
+            digest = _push_from_layer(registry, service, image, source, reference, layers)
         else:
-            digest = _build_and_push_files(settings, registry, service, image, source.files, reference)
+            digest = _build_and_push_files(settings, registry, service, image, source.files, reference, layers)
         if key is not None:
             size = len(registry.pull_manifest(f"{repository}@{digest}").data)
             attach_signature(registry, reference, digest, size, key)
@@ -141,6 +148,7 @@ def _build_and_push_files(
     image: Image,
     files: tuple[SourceFile, ...],
     reference: str,
+    layers: Sequence[LayerView] = (),
 ) -> str:
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=settings.work_dir, prefix="build-") as scratch:
@@ -155,10 +163,51 @@ def _build_and_push_files(
             source_date_epoch=SOURCE_DATE_EPOCH,
         )
         package = open_package(Path(scratch) / "layout")
-        return push_package(registry, package, reference)
+        if not layers:
+            return push_package(registry, package, reference)
+        # The built package plus the layers: new image config (diff_ids) and manifest, the service's
+        # blobs from the layout, the layers' blobs mounted from their repositories.
+        config = package.image_config()
+        manifest = package.manifest
+        assert manifest.aos_service is not None
+        sources = blob_sources(package)
+        blobs: dict[str, Any] = {manifest.layers[0].digest: sources[manifest.layers[0].digest],
+                                 manifest.aos_service.digest: sources[manifest.aos_service.digest]}
+        return _push_with_layers(registry, reference, config, manifest.layers[0], manifest.aos_service, blobs,
+                                 layers, Path(scratch), ())
 
 
-class _LazyBlob:
+def _push_with_layers(
+    registry: RegistryClient,
+    reference: str,
+    config: dict[str, Any],
+    service_layer: Descriptor,
+    service_config_descriptor: Descriptor,
+    blobs: dict[str, Any],
+    layers: Sequence[LayerView],
+    scratch: Path,
+    mount_from: tuple[str, ...],
+) -> str:
+    """Push a service package whose manifest lists `layers` after the service layer (the format
+    contract: Aos media type, uid and version annotations; diff_ids of every layer)."""
+    target = Reference.parse(reference)
+    diff_ids = list((config.get("rootfs") or {}).get("diff_ids") or [])[:1]
+    config = {**config, "rootfs": {"type": "layers", "diff_ids": [*diff_ids, *(view.diff_id for view in layers)]}}
+    config_blob = BytesBlob(canonical_json(config))
+    descriptors = [view.descriptor() for view in layers]
+    document = manifest_json(Descriptor(MEDIA_TYPE_IMAGE_CONFIG, config_blob.digest, config_blob.size),
+                             [service_layer, *descriptors], service_config_descriptor)
+    blobs = {**blobs, config_blob.digest: config_blob}
+    mounts = list(mount_from)
+    for view, descriptor in zip(layers, descriptors, strict=True):
+        origin = view.repository
+        blobs.setdefault(descriptor.digest, LazyBlob(registry, origin, descriptor, scratch))
+        if origin.registry == target.registry:
+            mounts.append(origin.repository)
+    return registry.push(reference, document, MEDIA_TYPE_MANIFEST, blobs, mount_from=tuple(dict.fromkeys(mounts)))
+
+
+class LazyBlob:
     """A blob of another repository, fetched only if the registry can neither skip nor mount it."""
 
     def __init__(self, registry: RegistryClient, repository: Reference, descriptor: Descriptor, scratch: Path) -> None:
@@ -174,8 +223,23 @@ class _LazyBlob:
         return self._path.open("rb")
 
 
+def image_diff_ids(registry: RegistryClient, origin: Reference, manifest: Any, scratch: Path, where: str) -> list[str]:
+    """The rootfs.diff_ids of an image's config (size-bounded), at least one."""
+    config_path = scratch / "origin-config.json"
+    if manifest.config.size > MAX_JSON_BYTES:
+        raise SourceError(f"{where}: its image config is declared as {manifest.config.size} bytes, more than "
+                          f"the {MAX_JSON_BYTES} bytes of an image config")
+    registry.pull_blob(origin, manifest.config.digest, manifest.config.size, config_path)
+    origin_config = _json(config_path.read_bytes(), where)  # its size was checked while it was pulled
+    diff_ids = (origin_config.get("rootfs") or {}).get("diff_ids") or []
+    if not diff_ids or not isinstance(diff_ids[0], str):
+        raise SourceError(f"{where}: its image config has no rootfs.diff_ids; cannot reuse its layer")
+    return list(diff_ids)
+
+
 def _push_from_layer(
-    registry: RegistryClient, service: ServiceDescription, image: Image, source: Source, reference: str
+    registry: RegistryClient, service: ServiceDescription, image: Image, source: Source, reference: str,
+    layers: Sequence[LayerView] = (),
 ) -> str:
     assert source.image is not None and source.image_manifest is not None
     origin = source.image
@@ -183,15 +247,7 @@ def _push_from_layer(
     manifest = parse_manifest(source.image_manifest, where)
     layer = manifest.layers[0]
     with tempfile.TemporaryDirectory(prefix="aos-layer-") as scratch:
-        config_path = Path(scratch) / "origin-config.json"
-        if manifest.config.size > MAX_JSON_BYTES:
-            raise SourceError(f"{where}: its image config is declared as {manifest.config.size} bytes, more than "
-                              f"the {MAX_JSON_BYTES} bytes of an image config")
-        registry.pull_blob(origin, manifest.config.digest, manifest.config.size, config_path)
-        origin_config = _json(config_path.read_bytes(), where)  # its size was checked while it was pulled
-        diff_ids = (origin_config.get("rootfs") or {}).get("diff_ids") or []
-        if not diff_ids:
-            raise SourceError(f"{where}: its image config has no rootfs.diff_ids; cannot reuse its layer")
+        diff_ids = image_diff_ids(registry, origin, manifest, Path(scratch), where)
         config = {
             **image_config(service, image),
             "created": "1970-01-01T00:00:00Z",
@@ -199,6 +255,13 @@ def _push_from_layer(
         }
         config_blob = BytesBlob(canonical_json(config))
         service_blob = BytesBlob(canonical_json(service_config(service, created_epoch=SOURCE_DATE_EPOCH)))
+        if layers:
+            service_descriptor = Descriptor(MEDIA_TYPE_AOS_SERVICE_CONFIG, service_blob.digest, service_blob.size)
+            target = Reference.parse(reference)
+            return _push_with_layers(
+                registry, reference, config, layer, service_descriptor,
+                {service_blob.digest: service_blob, layer.digest: LazyBlob(registry, origin, layer, Path(scratch))},
+                layers, Path(scratch), (origin.repository,) if origin.registry == target.registry else ())
         document = manifest_json(
             Descriptor(MEDIA_TYPE_IMAGE_CONFIG, config_blob.digest, config_blob.size),
             [layer],
@@ -209,7 +272,7 @@ def _push_from_layer(
         blobs = {
             config_blob.digest: config_blob,
             service_blob.digest: service_blob,
-            layer.digest: _LazyBlob(registry, origin, layer, Path(scratch)),
+            layer.digest: LazyBlob(registry, origin, layer, Path(scratch)),
         }
         return registry.push(reference, document, MEDIA_TYPE_MANIFEST, blobs, mount_from=mount_from)
 

@@ -22,7 +22,7 @@ from aos_operator.api.client import KubeClient, kopf_connection
 from aos_operator.api.models import AOS_SERVICE_INSTANCE, GROUP, LABEL_SERVICE, VERSION
 from aos_operator.api.naming import label_value
 from aos_operator.api.selectors import equality_selector
-from aos_operator.controller import builder, reconciler
+from aos_operator.controller import builder, layers as aos_layers, reconciler
 from aos_operator.controller.placement import DeviceView, Reservation
 from aos_operator.controller.reconciler import Operator, release_stopped
 from aos_operator.controller.revisions import ROLLOUT_ANNOTATIONS
@@ -33,6 +33,7 @@ log = logging.getLogger("aos_operator.controller")
 SERVICES = (GROUP, VERSION, "aosservices")
 DEVICES = (GROUP, VERSION, "aosdevices")
 INSTANCES = (GROUP, VERSION, "aosserviceinstances")
+LAYERS = (GROUP, VERSION, "aoslayers")
 FINALIZER = f"{GROUP}/operator"
 
 
@@ -62,6 +63,7 @@ def _reserved_elsewhere(index: kopf.Index[tuple[str, str], Mapping[str, Any]], n
 def make_registry(op: Operator) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     generations: dict[tuple[str, str], Any] = {}
+    layer_generations: dict[tuple[str, str], Any] = {}
     deleting: dict[tuple[str, str], Mapping[str, Any]] = {}
     # Per AosService: (generation, identity) so that status-only events parse no config.
     identities: dict[tuple[str, str], tuple[Any, tuple[str, str] | None]] = {}
@@ -109,6 +111,47 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
             return None
         return {identity: reconciler.Claim(str(meta.get("creationTimestamp") or ""), namespace, name)}
 
+    @kopf.index(*LAYERS, registry=registry, id="layers")
+    def layers(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], Any]:
+        return {(namespace, name): aos_layers.LayerView.from_body(body)}
+
+    @kopf.on.event(*LAYERS, registry=registry, id="layer-changed")
+    def layer_changed(namespace: str, name: str, body: kopf.Body, meta: kopf.Meta, type: str | None, **_: Any) -> None:
+        # A new pushed version (or one gone) wakes the services that list its uid: they resolve again.
+        for uid in op.layers.update(namespace, name, None if type == "DELETED" else body):
+            for service in op.layers.users_of(namespace, uid):
+                op.wake(namespace, service)
+        if type != "DELETED":
+            key = (namespace, name)
+            if layer_generations.get(key) != meta.get("generation"):
+                layer_generations[key] = meta.get("generation")
+                op.layers.wakeups.setdefault(key, asyncio.Event()).set()
+        else:
+            layer_generations.pop((namespace, name), None)
+
+    @kopf.daemon(*LAYERS, registry=registry, id="layer", cancellation_timeout=10.0)
+    async def layer_loop(namespace: str, name: str, body: kopf.Body, **_: Any) -> None:
+        key = (namespace, name)
+        wakeup = op.layers.wakeups.setdefault(key, asyncio.Event())
+        try:
+            while True:
+                wakeup.clear()
+                try:
+                    delay = await aos_layers.reconcile_layer(op, body)
+                except reconciler.TRANSIENT_ERRORS as error:
+                    delay = op.backoff(("aoslayer/" + namespace, name))
+                    log.warning("AosLayer %s/%s: %s; retrying in %.0f s", namespace, name, error, delay)
+                except Exception:  # a bug: keep the operator alive and say so loudly
+                    delay = op.backoff(("aoslayer/" + namespace, name))
+                    log.exception("AosLayer %s/%s: reconcile failed; retrying in %.0f s", namespace, name, delay)
+                try:
+                    await asyncio.wait_for(wakeup.wait(), timeout=delay)
+                except TimeoutError:
+                    pass
+        finally:
+            op.layers.wakeups.pop(key, None)
+            op.layers.memos.pop(key, None)
+
     @kopf.on.event(*DEVICES, registry=registry, id="device-changed")
     def device_changed(name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
         if type == "DELETED":
@@ -154,6 +197,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
         devices: kopf.Index[str, DeviceView],
         instances: kopf.Index[tuple[str, str], Mapping[str, Any]],
         identities: kopf.Index[tuple[str, str], reconciler.Claim],
+        layers: kopf.Index[tuple[str, str], Any],
         **_: Any,
     ) -> None:
         key = (namespace, name)
@@ -161,6 +205,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
         try:
             while True:
                 wakeup.clear()
+                op.layers.remember({k: view for k, store in layers.items() for view in store if view is not None})
                 delay = await _guarded_pass(op, body, _devices_of(devices), _instances_of(instances, namespace, name),
                                             _reserved_elsewhere(instances, namespace, name), identities)
                 try:
@@ -172,6 +217,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
             op.memos.pop(key, None)
             op.pending.pop(key, None)
             op.rollouts.pop(key, None)
+            op.layers.use(namespace, name, ())
 
     @kopf.on.delete(*SERVICES, registry=registry, id="release-instances")
     async def service_deleted(

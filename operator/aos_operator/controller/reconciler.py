@@ -32,6 +32,7 @@ from aos_operator.api.models import (
     ImageStatus,
 )
 from aos_operator.controller import builder, revisions, rollout_pass
+from aos_operator.controller.layers import LAYER_NOT_FOUND, LayerBook, LayerNotFound, LayerView, layer_key
 from aos_operator.controller.conditions import (
     CONFIG_VALID,
     IMAGE_PUSHED,
@@ -86,6 +87,7 @@ class PackageMemo:
     source_digest: str
     images: tuple[ImageStatus, ...]
     checked_at: float
+    layers: tuple[str, ...] = ()  # the resolved Aos layers (layer_key) the packages were built with
 
 
 @dataclass
@@ -105,6 +107,7 @@ class Operator:
     # the watch has not refreshed yet.
     rollouts: dict[tuple[str, str], Any] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    layers: LayerBook = field(default_factory=LayerBook)  # pushed AosLayers, and which services use them
     _devices: dict[str, DeviceView] = field(default_factory=dict)
 
     def remember_devices(self, devices: Mapping[str, DeviceView]) -> None:
@@ -225,34 +228,36 @@ def _describe(spec: AosServiceSpec, namespace: str, name: str) -> tuple[ServiceD
 
 
 async def _ensure_packages(
-    op: Operator, body: Any, spec: AosServiceSpec, service: ServiceDescription
+    op: Operator, body: Any, spec: AosServiceSpec, service: ServiceDescription, layers: list[LayerView] | None = None
 ) -> list[ImageStatus]:
-    """The service's packages: reused when config and source are unchanged, else built and pushed."""
+    """The service's packages: reused when config, source and resolved layers are unchanged, else built and pushed."""
     meta, status = body["metadata"], body.get("status") or {}
     namespace, name = meta["namespace"], meta["name"]
     key = (namespace, name)
+    layers = layers or []
+    layers_now = layer_key(layers)
     memo = op.memos.get(key)
-    if memo and memo.generation == meta.get("generation"):
+    if memo and memo.generation == meta.get("generation") and memo.layers == layers_now:
         if time.monotonic() - memo.checked_at < op.settings.source_refresh_seconds:
             return list(memo.images)  # nothing changed since the sources were last read
     repository = builder.repository_for(op.settings, namespace, name)
     source = await op.call(builder.gather_source, spec, namespace, op.kube.config_map, op.registry)
-    digest = builder.source_digest(spec, source, repository, builder.signer_id(op.settings))
+    digest = builder.source_digest(spec, source, repository, builder.signer_id(op.settings), layers)
     # After a restart the status remembers what was built: no rebuild for unchanged inputs.
     recorded = memo.images if memo else tuple(ImageStatus.model_validate(i) for i in status.get("images") or ())
     if recorded and (memo.source_digest if memo else status.get("sourceDigest")) == digest:
-        op.memos[key] = PackageMemo(meta.get("generation"), digest, tuple(recorded), time.monotonic())
+        op.memos[key] = PackageMemo(meta.get("generation"), digest, tuple(recorded), time.monotonic(), layers_now)
         return list(recorded)
     known = revisions.by_source(revisions.of(status), digest)
     if known is not None:  # a spec back to an earlier revision's inputs: its packages, no rebuild
         images = [ImageStatus.model_validate(image) for image in known["images"]]
-        op.memos[key] = PackageMemo(meta.get("generation"), digest, tuple(images), time.monotonic())
+        op.memos[key] = PackageMemo(meta.get("generation"), digest, tuple(images), time.monotonic(), layers_now)
         log.info("AosService %s/%s: inputs of revision %s, reusing %s", namespace, name, known["revision"], known["digest"])
         return images
     await write_status(op, body, [Wanted(RECONCILING, True, "Building", f"building {service.version}")], {})
     log.info("AosService %s/%s: building and pushing %s", namespace, name, service.version)
     async with op.build_slots:
-        images = await op.call(builder.build_and_push, op.settings, op.registry, service, source, repository)
+        images = await op.call(builder.build_and_push, op.settings, op.registry, service, source, repository, layers)
     summary = ", ".join(f"{image.architecture}: {image.ref}" for image in images)
     await write_status(
         op,
@@ -265,7 +270,7 @@ async def _ensure_packages(
             "version": service.version,
         },
     )
-    op.memos[key] = PackageMemo(meta.get("generation"), digest, tuple(images), time.monotonic())
+    op.memos[key] = PackageMemo(meta.get("generation"), digest, tuple(images), time.monotonic(), layers_now)
     return images
 
 
@@ -351,8 +356,16 @@ async def reconcile(
     if taken:
         await write_status(op, body, _invalid("DuplicateServiceId", taken), {})
         return op.settings.resync_seconds
+    op.layers.use(key[0], key[1], (requirement.uid for requirement in service.layers))
     try:
-        images = await _ensure_packages(op, body, spec, service)
+        layers = op.layers.resolve(key[0], service)
+    except LayerNotFound as error:
+        # Nothing is built or dispatched; the instances that run keep their package.
+        log.info("AosService %s/%s: %s", *key, error.message)
+        await write_status(op, body, _layer_not_found(error.message), {})
+        return op.settings.resync_seconds
+    try:
+        images = await _ensure_packages(op, body, spec, service, layers)
     except (SourceError, BuildError, InputError, PackageError, ConfigError) as error:
         delay = op.backoff(key)
         log.warning("AosService %s/%s: build failed, retrying in %.0f s: %s", *key, delay, error)
@@ -411,6 +424,14 @@ def _invalid(reason: str, message: str) -> list[Wanted]:
         Wanted(READY, False, reason, message),
         Wanted(RECONCILING, False, reason, message),
         Wanted(STALLED, True, reason, message),
+    ]
+
+
+def _layer_not_found(message: str) -> list[Wanted]:
+    return [
+        Wanted(READY, False, LAYER_NOT_FOUND, message),
+        Wanted(RECONCILING, False, LAYER_NOT_FOUND, "waiting for an AosLayer in range: " + message),
+        Wanted(STALLED, True, LAYER_NOT_FOUND, message),
     ]
 
 

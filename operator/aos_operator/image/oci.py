@@ -20,6 +20,11 @@ MEDIA_TYPE_INDEX = "application/vnd.oci.image.index.v1+json"
 MEDIA_TYPE_IMAGE_CONFIG = "application/vnd.oci.image.config.v1+json"
 MEDIA_TYPE_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
 MEDIA_TYPE_AOS_SERVICE_CONFIG = "application/vnd.aos.service.config.v1+json"
+# An Aos layer in a service manifest's layers[1..] (AosEdge's layer packages use this type).
+MEDIA_TYPE_AOS_LAYER = "application/vnd.aos.image.layer.v1.tar+gzip"
+ANNOTATION_LAYER_UID = "io.aosedge.layer.uid"
+ANNOTATION_LAYER_VERSION = "io.aosedge.layer.version"
+ANNOTATION_LAYER_UNCOMPRESSED_SIZE = "io.aosedge.layer.uncompressed-size"
 ANNOTATION_REF_NAME = "org.opencontainers.image.ref.name"
 OCI_LAYOUT_FILE = "oci-layout"
 OCI_LAYOUT_CONTENT = canonical_json({"imageLayoutVersion": "1.0.0"})
@@ -33,9 +38,16 @@ class Descriptor:
     media_type: str
     digest: str
     size: int
+    annotations: tuple[tuple[str, str], ...] = ()  # sorted (key, value) pairs; hashable, unlike a dict
 
     def to_json(self) -> dict[str, Any]:
-        return {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        document: dict[str, Any] = {"mediaType": self.media_type, "digest": self.digest, "size": self.size}
+        if self.annotations:
+            document["annotations"] = dict(self.annotations)
+        return document
+
+    def annotation(self, key: str) -> str | None:
+        return dict(self.annotations).get(key)
 
     @classmethod
     def from_json(cls, value: Any, where: str) -> Descriptor:
@@ -48,7 +60,14 @@ class Descriptor:
             raise PackageError(f"{where}.digest: {digest!r} is not a sha256:<hex> digest")
         if not isinstance(size, int) or isinstance(size, bool) or size < 0:
             raise PackageError(f"{where}.size: {size!r} is not a byte count")
-        return cls(media_type, digest, size)
+        annotations = value.get("annotations")
+        if annotations is None:
+            return cls(media_type, digest, size)
+        if not isinstance(annotations, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in annotations.items()
+        ):
+            raise PackageError(f"{where}.annotations: expected an object of strings")
+        return cls(media_type, digest, size, tuple(sorted(annotations.items())))
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,7 @@ import errno
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any, BinaryIO
 from aos_operator.digests import canonical_json, sha256_digest
 from aos_operator.errors import BuildError, InputError
 from aos_operator.image import oci, tarformat
+from aos_operator.image.aos_layer import AosLayer
 from aos_operator.image.atomic import atomic_directory, atomic_file
 from aos_operator.image.cache import BuildCache
 from aos_operator.image.deflate import DEFAULT_LEVEL, Compression
@@ -49,6 +51,7 @@ class BuildResult:
     warnings: tuple[str, ...]
     archive: Path | None
     oci_layout: Path | None
+    aos_layers: tuple[oci.Descriptor, ...] = ()  # layers[1..] of the manifest
 
 
 def source_date_epoch_from(value: int | None) -> int:
@@ -81,8 +84,12 @@ def build_package(
     cache_dir: Path | None = None,
     progress: ProgressCallback | None = None,
     compression_level: int = DEFAULT_LEVEL,
+    layers: Sequence[AosLayer] = (),
 ) -> BuildResult:
     """Build the package of `source_dir`; write it to `archive` and/or `oci_layout`.
+
+    `layers` are built Aos layers (aos_layer.py), listed after the service layer in
+    `layers[1..]` in the order given, their diff_ids after the service layer's.
 
     `image_config` is an OCI image config without `rootfs` and `created`, which the build
     fills (diff_ids of the layer; the time from the source date epoch). `source_date_epoch`
@@ -93,6 +100,7 @@ def build_package(
     """
     epoch = source_date_epoch_from(source_date_epoch)
     _check_configs(image_config, service_config)
+    _check_layers(layers)
     _check_output(archive, "archive", must_be_file=True)
     _check_output(oci_layout, "OCI layout", must_be_file=False)
     if tag is not None:
@@ -129,7 +137,7 @@ def build_package(
             {
                 **image_config,
                 "created": _rfc3339(epoch),
-                "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]},
+                "rootfs": {"type": "layers", "diff_ids": [layer.diff_id, *(aos.diff_id for aos in layers)]},
             }
         )
         blobs = [
@@ -143,7 +151,8 @@ def build_package(
                 (oci.MEDIA_TYPE_IMAGE_CONFIG, oci.MEDIA_TYPE_AOS_SERVICE_CONFIG, oci.MEDIA_TYPE_LAYER_GZIP), blobs, strict=True
             )
         )
-        manifest = oci.manifest_json(config, [layer_descriptor], service)
+        blobs.extend(aos.blob for aos in layers)
+        manifest = oci.manifest_json(config, [layer_descriptor, *(aos.descriptor for aos in layers)], service)
 
         reporter.start("write", sum(blob.size for blob in blobs) * ((archive is not None) + (oci_layout is not None)))
         for output, write in (
@@ -170,6 +179,7 @@ def build_package(
         warnings=tuple(tree.warnings),
         archive=Path(archive) if archive is not None else None,
         oci_layout=Path(oci_layout) if oci_layout is not None else None,
+        aos_layers=tuple(aos.descriptor for aos in layers),
     )
 
 
@@ -247,6 +257,14 @@ def _check_configs(image_config: Any, service_config: Any) -> None:
             canonical_json(value)
         except (TypeError, ValueError) as error:
             raise InputError(f"{name} cannot be written as JSON: {error}") from None
+
+
+def _check_layers(layers: Sequence[AosLayer]) -> None:
+    seen: set[str] = set()
+    for layer in layers:
+        if layer.uid in seen:
+            raise InputError(f"Aos layer {layer.uid!r} is given twice; a package carries each layer once")
+        seen.add(layer.uid)
 
 
 def _check_output(path: Path | None, what: str, *, must_be_file: bool) -> None:
