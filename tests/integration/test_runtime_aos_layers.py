@@ -20,6 +20,7 @@ import pytest
 from registry_support import RegistryServer
 from runtime_helpers import assert_nothing_left, wait_for_log, wait_for_status
 from test_runtime_hostile import gnu_sparse_header
+from tests.conftest import EXAMPLES
 from tests.runtime_test_packages import AOS_LAYER_MEDIA_TYPE, add_aos_layers, build_aos_layer_blob, gzip_tar
 
 from aos_operator.agent.core import Desired, DeviceAgent
@@ -393,9 +394,9 @@ def _archive(package_dir: Path, archive: Path) -> Path:
     return archive
 
 
-def _aosctl_run(tmp_path: Path, target: Path) -> subprocess.CompletedProcess[str]:
+def _aosctl_run(tmp_path: Path, target: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "aos_operator.cli", "run", str(target), "--timeout", "3", "--no-network",
+        [sys.executable, "-m", "aos_operator.cli", "run", str(target), *extra, "--timeout", "3", "--no-network",
          "--state-dir", str(tmp_path / "cli-state"), "--run-dir", str(tmp_path / "cli-run"),
          "--cache-dir", str(tmp_path / "cli-cache"), "--cgroup-parent", f"/aos-test-{tmp_path.name[-12:]}"],
         capture_output=True, text=True, timeout=120, check=False)
@@ -436,3 +437,15 @@ def test_the_agent_refuses_a_layer_blob_too_large_for_the_device_before_pulling_
         assert f"layers[1] ({layer_digest}): a blob of" in outcome.message
         assert "device's maximum unpacked layer size (1048576 bytes)" in outcome.message
         assert client.stats.snapshot()["blobs_downloaded"] == 0 and not runtime.packages.has(digest)
+
+
+def test_the_greeter_example_runs_with_its_layer_and_fails_to_import_without_it(tmp_path: Path) -> None:
+    """The whole local loop: `aosctl run DIR --layer DIR` builds the package with layers[1..] and the
+    runtime stacks the layer under the service layer (examples/greeter, examples/pylibs-layer)."""
+    with_layer = _aosctl_run(tmp_path, EXAMPLES / "greeter", "--layer", str(EXAMPLES / "pylibs-layer"))
+    assert with_layer.returncode == 0, with_layer.stderr
+    assert "Hello, edge, from the pylibs layer" in with_layer.stdout
+    without = _aosctl_run(tmp_path, EXAMPLES / "greeter")
+    assert "No module named 'aos_greeting'" in without.stdout + without.stderr
+    assert "Hello, edge" not in without.stdout
+    assert str(tmp_path) not in Path("/proc/mounts").read_text()
