@@ -101,7 +101,8 @@ def aos_service(selector: dict[str, str], document: dict[str, Any]) -> dict[str,
 def ready(fleet: Fleet) -> dict[str, Any] | None:
     service = fleet.service(NAMESPACE, NAME)
     condition = fleet.condition(service, "Ready")
-    if condition.get("status") == "True" and service["status"].get("observedGeneration") == service["metadata"]["generation"]:
+    # The condition's own observedGeneration: a push writes the status before the rollout's Ready.
+    if condition.get("status") == "True" and condition.get("observedGeneration") == service["metadata"]["generation"]:
         return service
     return None
 
@@ -315,7 +316,8 @@ def test_suspend_stops_reconciling_until_resumed(fleet: Fleet) -> None:
     fleet.api.patch(AOS_SERVICE, NAME, {"spec": {"suspend": False}}, NAMESPACE)
     resumed = eventually(lambda: (s := ready(fleet)) and s["status"]["image"]["digest"] != digest and s, 120,
                          lambda: f"resumed and rebuilt\n{fleet.diagnostics()}")
-    assert running_on(fleet, resumed["status"]["image"]["digest"])
+    eventually(lambda: running_on(fleet, resumed["status"]["image"]["digest"]), 60,
+               lambda: f"the new package running\n{fleet.diagnostics()}")
 
 
 def test_operator_restart_neither_rebuilds_nor_touches_instances(fleet: Fleet) -> None:
