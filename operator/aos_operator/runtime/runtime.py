@@ -40,7 +40,7 @@ from typing import Any, Protocol
 from aos_operator.errors import RuntimeFailure
 from aos_operator.runtime import supervisor as node_supervisor
 from aos_operator.runtime.cgroups import InstanceCgroup, detect_cgroups
-from aos_operator.runtime.files import file_lock, write_atomically
+from aos_operator.runtime.files import file_lock, write_if_changed
 from aos_operator.runtime.identity import InstanceIdentity
 from aos_operator.runtime.ids import ID_RANGE, IdPool
 from aos_operator.runtime.layers import DEFAULT_MAX_LAYER_BYTES
@@ -249,7 +249,7 @@ class Runtime:
         spec.setdefault("annotations", {}).update({PACKAGE_ANNOTATION: package.digest, PROVIDER_ANNOTATION: provider})
         for hook in self.hooks:  # once per start request, never per restart of the container
             hook.setup(identity, spec)
-        write_atomically(data_dir / SPEC_FILE, json.dumps(spec, indent=1))
+        write_if_changed(data_dir / SPEC_FILE, json.dumps(spec))  # [warm start] unchanged on a restart of a package
         network = self.network.record(instance_id) if self.config.network.enabled else None  # [network hook]
         # [conformance] the service layer as the instance sees it: owned 0:<service GID>, as AosEdge 1.x
         service_layer = self.packages.layers.owned(package.layer_digest, gid)

@@ -215,25 +215,17 @@ class Instance:
         pid_file.unlink(missing_ok=True)
         try:
             with file_lock(Path(self.plan.cgroup_lock)):
-                self.runc.create(self.instance_id, self.bundle, pid_file, writer, self.bundle / "runc.log")
+                self.runc.run_detached(self.instance_id, self.bundle, pid_file, writer, self.bundle / "runc.log")
         except AosError as error:
             os.close(reader)
             self._start_failed(str(error))
             return
         finally:
             os.close(writer)
+        # The init may have ended already: then it is our zombie (re-parented when runc exited,
+        # reaped only in this loop), so its pidfd and exit status are still there.
         pid = int(pid_file.read_text())
         pidfd = os.pidfd_open(pid)
-        try:
-            self.runc.start(self.instance_id)
-        except AosError as error:
-            os.close(reader)
-            os.close(pidfd)
-            self.runc.delete(self.instance_id, force=True)
-            self.node.reap(pid)
-            self.node.exited.pop(pid, None)
-            self._start_failed(str(error))
-            return
         self._watch(pid, pidfd, reader, our_child=True)
         # runc's exited helpers re-parented here hold a PID of the container's pids cgroup
         # until reaped: reap them now, before the service's first forks count against it.
