@@ -9,13 +9,14 @@ instance in its data directory, the times of its recent starts in `starts.json`.
 it has had no instance for `--linger` seconds; SIGTERM makes it exit at once, leaving the
 containers running for the next supervisor to adopt.
 
-One instance's life: set up the bundle, rootfs and volumes once, then loop `runc create` +
-`runc start`, wait for the container's init, record how it ended, apply the restart policy; tear
-everything down when stopped or given up.
+One instance's life: set up the bundle, rootfs and volumes once, then loop `runc run --detach`
+(create and start in one runc process), wait for the container's init, record how it ended,
+apply the restart policy; tear everything down when stopped or given up.
 
 - Exit codes: the supervisor is a child subreaper, so each container's init is re-parented to it
-  when `runc create` exits and `waitpid` gives its status. Create/start keeps the cgroup until
-  `runc delete`, which is when the OOM-kill counter is read. runc does not stay resident.
+  when `runc run --detach` exits and `waitpid` gives its status. A detached container keeps its
+  cgroup until `runc delete`, which is when the OOM-kill counter is read. runc does not stay
+  resident.
 - Output: stdout and stderr of a container are a FIFO in the bundle (not a pipe), opened
   read-write for the container: when the supervisor is gone the container's writes never get
   EPIPE (they block once the FIFO's 64 KiB are full), and the next supervisor opens the FIFO by
@@ -198,12 +199,20 @@ class Instance:
                         f"start limit reached: {len(recent)} starts within {parameters.start_interval:g} s "
                         f"(startBurst {parameters.start_burst}); not started again; last end: {described}{why}")
             return
-        write_atomically(Path(self.plan.data_dir) / STARTS_FILE, json.dumps(recent + [now]))
-        self.run_once()
+        self.run_once(recent + [now])
 
-    def run_once(self) -> None:
-        starts = self.status.starts + 1
-        self.update(phase=Phase.STARTING, starts=starts, restarts=starts - 1, pid=None, start_time=time.time())
+    def run_once(self, starts_times: list[float]) -> None:
+        """One start: `runc run --detach`, and while runc works (most of a start), this start's
+        bookkeeping: its time in the start limit's record, the Starting status."""
+        recorded = False
+
+        def record_start() -> None:
+            nonlocal recorded
+            recorded = True
+            write_atomically(Path(self.plan.data_dir) / STARTS_FILE, json.dumps(starts_times))
+            starts = self.status.starts + 1
+            self.update(phase=Phase.STARTING, starts=starts, restarts=starts - 1, pid=None, start_time=time.time())
+
         fifo = self.bundle / FIFO_FILE
         fifo.unlink(missing_ok=True)
         os.mkfifo(fifo, 0o600)
@@ -215,9 +224,12 @@ class Instance:
         pid_file.unlink(missing_ok=True)
         try:
             with file_lock(Path(self.plan.cgroup_lock)):
-                self.runc.run_detached(self.instance_id, self.bundle, pid_file, writer, self.bundle / "runc.log")
+                self.runc.run_detached(self.instance_id, self.bundle, pid_file, writer, self.bundle / "runc.log",
+                                       meanwhile=record_start)
         except AosError as error:
             os.close(reader)
+            if not recorded:  # runc did not even start: the attempt counts all the same
+                record_start()
             self._start_failed(str(error))
             return
         finally:
