@@ -223,12 +223,26 @@ class Runtime:
                 return self.status(instance_id)
             self._tidy(instance_id)
             plan = self._prepare(identity, installed, env_overrides, restart, provider)
-            write_status(plan.status_path, InstanceStatus(
+            self._request_start(plan, InstanceStatus(
                 instance_id, identity, installed.digest, generation=(current.generation + 1) if current else 0))
-            self._request({"op": "start", "id": instance_id})
         if wait:
             return self._wait_first_start(instance_id, timeout)
         return self.status(instance_id)
+
+    def _request_start(self, plan: SupervisorPlan, pending: InstanceStatus) -> None:
+        """[warm start] Hand a prepared instance to the node supervisor. A running supervisor gets
+        the Pending status with the request and writes the instance's first status itself, while
+        runc runs, before it answers (one status replace less before the container starts); when
+        none answers, Pending is written here for the supervisor started now to pick up."""
+        try:
+            reply = node_supervisor.request(self.config.run_root, {"op": "start", "id": pending.instance_id,
+                                                                   "status": pending.to_json()})
+        except OSError:  # none listens, or it exited before answering
+            write_status(plan.status_path, pending)
+            self._request({"op": "start", "id": pending.instance_id})
+            return
+        if not reply.get("ok"):
+            raise RuntimeFailure(f"node supervisor: {reply.get('error', 'request refused')}")
 
     def _prepare(self, identity: InstanceIdentity, package: InstalledPackage, env_overrides: Sequence[str],
                  restart: bool, provider: str = DEFAULT_PROVIDER) -> SupervisorPlan:

@@ -50,6 +50,7 @@ import stat
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +151,9 @@ class Instance:
         self.stopping = False
         self.killed = False
         self.done = False
+        # A start request whose status came with it (not written by the runtime) is answered
+        # once this instance's first status of it is on disk (see NodeSupervisor.start).
+        self.answer: Callable[[], None] | None = None
 
     @property
     def instance_id(self) -> str:
@@ -158,6 +162,9 @@ class Instance:
     def update(self, **changes: Any) -> None:
         self.status = self.status.evolve(**changes)
         write_status(self.plan.status_path, self.status)
+        if self.answer is not None:
+            answer, self.answer = self.answer, None
+            answer()
 
     # --- setup, start ------------------------------------------------------------------------
 
@@ -170,7 +177,9 @@ class Instance:
         try:
             if fresh:  # a new start request: the start limit counts from here
                 (Path(self.plan.data_dir) / STARTS_FILE).unlink(missing_ok=True)
-            else:
+                if self.answer is not None and self.plan.volumes:
+                    self.update()  # the volumes' checks run processes: answer before them
+            if not fresh or self.bundle.exists():
                 teardown_instance(self.plan)  # whatever a previous supervisor left half done
             self.setup()
         except AosError as error:
@@ -503,11 +512,11 @@ class NodeSupervisor:
 
     # --- instances -------------------------------------------------------------------------
 
-    def _load(self, instance_id: str) -> Instance | None:
+    def _load(self, instance_id: str, initial: InstanceStatus | None = None) -> Instance | None:
         data_dir = self.state_root / "instances" / instance_id
         if "/" in instance_id or instance_id in ("", ".", "..") or not (data_dir / PLAN_FILE).is_file():
             return None
-        status = read_status(data_dir / "status.json")
+        status = initial if initial is not None else read_status(data_dir / "status.json")
         if status is None:
             return None
         return Instance(self, SupervisorPlan.load(data_dir / PLAN_FILE), status)
@@ -526,14 +535,21 @@ class NodeSupervisor:
             except Exception:  # one broken instance must not keep the others unsupervised
                 traceback.print_exc()
 
-    def start(self, instance_id: str) -> dict[str, Any]:
+    def start(self, instance_id: str, initial: InstanceStatus | None = None) -> dict[str, Any]:
+        """Take an instance on. `initial` is its new Pending status when the runtime sent it
+        instead of writing it: then the instance's first status write of this start (Starting,
+        made while runc runs, or the failure) is also the answer, so the runtime returns only once
+        the start is on disk, and its critical path has one status replace less (on ext4 a
+        rename over a file waits for its data to be written back: about 3 ms here)."""
         if instance_id in self.instances:
             return {"ok": True, "already": True}
-        instance = self._load(instance_id)
+        if initial is not None and initial.instance_id != instance_id:
+            return {"ok": False, "error": f"start {instance_id}: the status sent is {initial.instance_id}'s"}
+        instance = self._load(instance_id, initial)
         if instance is None:
             return {"ok": False, "error": f"no instance {instance_id} to start"}
         self.instances[instance_id] = instance
-        return {"ok": True, "begin": instance}
+        return {"ok": True, "begin": instance, "deferred": initial is not None}
 
     # --- requests --------------------------------------------------------------------------
 
@@ -561,28 +577,38 @@ class NodeSupervisor:
             return
         self.selector.unregister(connection)
         begin: Instance | None = None
+        deferred = False
         try:
             request = json.loads(bytes(buffer).split(b"\n", 1)[0])
             reply = self.handle(request)
             begin = reply.pop("begin", None)
+            deferred = bool(reply.pop("deferred", False))
         except (ValueError, TypeError, KeyError) as error:
             reply = {"ok": False, "error": f"bad request: {error}"}
+        if begin is None or not deferred:
+            _answer(connection, reply)
+            if begin is not None:  # after the reply: the caller waits for the status, not for us
+                begin.begin()
+            return
+        begin.answer = lambda: _answer(connection, reply)
         try:
-            connection.setblocking(True)
-            connection.settimeout(2)
-            connection.sendall(json.dumps(reply).encode() + b"\n")
-        except OSError:
-            pass
-        connection.close()
-        if begin is not None:  # after the reply: the caller waits for the status, not for us
             begin.begin()
+        except BaseException as error:
+            if begin.answer is not None:
+                begin.answer = None
+                _answer(connection, {"ok": False, "error": f"start failed: {error}"})
+            raise
+        if begin.answer is not None:  # nothing written (cannot happen: begin ends in a status)
+            begin.answer = None
+            _answer(connection, reply)
 
     def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request["op"]
         if op == "ping":
             return {"ok": True, "pid": os.getpid(), "instances": sorted(self.instances)}
         if op == "start":
-            return self.start(str(request["id"]))
+            initial = request.get("status")
+            return self.start(str(request["id"]), None if initial is None else InstanceStatus.from_json(initial))
         if op == "stop":
             instance = self.instances.get(str(request["id"]))
             if instance is None:
@@ -640,6 +666,17 @@ class NodeSupervisor:
                 record.unlink()
         except (OSError, ValueError):
             pass
+
+
+def _answer(connection: socket.socket, reply: dict[str, Any]) -> None:
+    """Send one reply and close the connection (a caller that gave up is no error)."""
+    try:
+        connection.setblocking(True)
+        connection.settimeout(2)
+        connection.sendall(json.dumps(reply).encode() + b"\n")
+    except OSError:
+        pass
+    connection.close()
 
 
 def ping(run_root: Path, timeout: float = 2.0) -> dict[str, Any] | None:
