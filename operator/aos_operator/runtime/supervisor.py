@@ -185,6 +185,10 @@ class Instance:
         except AosError as error:
             self.finish(Phase.FAILED, Reason.SETUP_ERROR, str(error))
             return
+        except OSError as error:  # the node's file system refused a step: this instance fails, not the supervisor
+            self.finish(Phase.FAILED, Reason.SETUP_ERROR,
+                        f"setting up the bundle failed: {error.strerror or error}: {error.filename or self.bundle}")
+            return
         self.try_start()
 
     def _recent_starts(self) -> list[float]:
