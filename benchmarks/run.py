@@ -4,8 +4,10 @@ memory a running instance costs beyond its own processes.
 Measured (median of --repeat runs, wall clock, as root):
   aos cold    Runtime.install + Runtime.start on an empty node (no node supervisor yet: install
               starts it in the background), until the first output line
-  aos warm    Runtime.start of an already installed package (after a stop; the node supervisor is
-              resident, as it is while any service runs), until the first line
+  aos warm    Runtime.start of an already installed package by its digest (after a stop; the node
+              supervisor is resident, as it is while any service runs), until the first line;
+              against `runc run` of the bundle this start ran (its spec and assembled rootfs),
+              measured right after it in the same repeat
   baseline    `umoci unpack` of an OCI layout holding the same image (same layer blob and image
               config, no Aos service config: umoci refuses non-tar entries in `layers`), then
               `runc run` of the unpacked bundle with the host's /usr bound in (our runtime
@@ -16,7 +18,9 @@ Measured (median of --repeat runs, wall clock, as root):
               growth while starting them (the agent's share), divided by 20; against conmon's
               VmRSS for one container of the same bundle and a Python interpreter that imports
               the supervisor module (what the former design ran per instance)
-The service is a Python script run by the host's python3 that prints one line and sleeps.
+The service is a Python script run by the host's python3 that prints one line and sleeps. Each
+repeat runs every start once in turn (baseline, ours, ours with the network), so that a change of
+the machine's load falls on the baselines and on ours alike; medians are per measurement.
 Every aos run above is without the instance network (loopback only); the network's cost is then
 measured in the same run: the idle-node cold start and the stop (teardown of everything) with the
 network (named netns, CNI bridge + host-local, the network's dnsmasq, the nftables firewall) as
@@ -40,6 +44,7 @@ import tempfile
 import time
 import uuid
 from contextlib import suppress
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aos_operator
@@ -77,66 +82,83 @@ def wait_for_line(follower: LogFollower, needle: bytes, timeout: float = 30.0) -
         time.sleep(0.001)
 
 
-def aos_runs(work: Path, repeat: int, network: bool = False) -> tuple[list[float], list[float], list[float], list[float]]:
-    """(cold on an idle node, cold beside a running service, warm, stop) per repeat."""
-    idle, resident, warm, stops = [], [], [], []
+@dataclass
+class Samples:
+    """One list of wall times per measurement, a sample of each per repeat."""
+
+    baseline_cold: list[float] = field(default_factory=list)  # umoci unpack + runc run
+    baseline_warm: list[float] = field(default_factory=list)  # runc run of umoci's bundle
+    bare: list[float] = field(default_factory=list)  # runc run of the aos bundle
+    idle: list[float] = field(default_factory=list)
+    resident: list[float] = field(default_factory=list)
+    warm: list[float] = field(default_factory=list)
+    stop: list[float] = field(default_factory=list)
+    net_idle: list[float] = field(default_factory=list)
+    net_stop: list[float] = field(default_factory=list)
+
+
+def aos_once(work: Path, n: int, samples: Samples, network: bool = False) -> None:
+    """One repeat of the aos runs: cold on an idle node, cold beside a running service, warm
+    (start of the installed package after a stop) and stop; without the network, the bare
+    `runc run` of the warm start's own bundle right after it (so both see the same load)."""
     suffix = "net" if network else "lo"
     first, other = InstanceIdentity("bench", "subject", 0), InstanceIdentity("bench-other", "subject", 0)
-    for n in range(repeat):
-        packages = [build(work / f"aos{n}{suffix}-{kind}", f"{n}{suffix}-{kind}") for kind in ("a", "b")]
-        config = RuntimeConfig(state_root=work / f"state{n}{suffix}", run_root=work / f"run{n}{suffix}",
-                               cgroup_parent=f"/aos-bench-{uuid.uuid4().hex[:8]}",
-                               network=NetworkConfig(enabled=network))
-        runtime = Runtime(config)
-        times = []
-        for identity, package in ((first, packages[0]), (other, packages[1])):
-            follower = LogFollower(runtime.log_path(identity.instance_id))
-            began = time.perf_counter()
-            runtime.start(identity, runtime.install(package), wait=False)
-            wait_for_line(follower, b"ready")
-            times.append(time.perf_counter() - began)
-        idle.append(times[0])
-        resident.append(times[1])
-        runtime.stop(first.instance_id)
+    packages = [build(work / f"aos{n}{suffix}-{kind}", f"{n}{suffix}-{kind}") for kind in ("a", "b")]
+    config = RuntimeConfig(state_root=work / f"state{n}{suffix}", run_root=work / f"run{n}{suffix}",
+                           cgroup_parent=f"/aos-bench-{uuid.uuid4().hex[:8]}",
+                           network=NetworkConfig(enabled=network))
+    runtime = Runtime(config)
+    times = []
+    for identity, package in ((first, packages[0]), (other, packages[1])):
+        follower = LogFollower(runtime.log_path(identity.instance_id))
+        began = time.perf_counter()
+        runtime.start(identity, runtime.install(package), wait=False)
+        wait_for_line(follower, b"ready")
+        times.append(time.perf_counter() - began)
+    (samples.net_idle if network else samples.idle).append(times[0])
+    if not network:
+        samples.resident.append(times[1])
+    runtime.stop(first.instance_id)
+    digest = runtime.status(first.instance_id).package  # what the agent holds: the installed digest
+    if not network:
         follower = LogFollower(runtime.log_path(first.instance_id))
         began = time.perf_counter()
-        runtime.start(first, runtime.status(first.instance_id).package, wait=False)
+        runtime.start(first, digest, wait=False)
         wait_for_line(follower, b"ready")
-        warm.append(time.perf_counter() - began)
+        samples.warm.append(time.perf_counter() - began)
         began = time.perf_counter()
         runtime.stop(first.instance_id)
-        stops.append(time.perf_counter() - began)
-        runtime.cleanup()
-        shutil.rmtree(config.state_root)
-        shutil.rmtree(config.run_root)
-    return idle, resident, warm, stops
-
-
-def bare_runc_runs(package: Path, work: Path, repeat: int) -> list[float]:
-    """`runc run` of exactly the bundle an aos start runs (its spec, its assembled rootfs)."""
-    config = RuntimeConfig(state_root=work / "bare-state", run_root=work / "bare-run",
-                           cgroup_parent=f"/aos-bench-{uuid.uuid4().hex[:8]}", network=NetworkConfig(enabled=False))
-    runtime = Runtime(config)
-    installed = runtime.packages.install(package)
-    identity = InstanceIdentity("bench-bare", "subject", 0)
-    times = []
-    for _ in range(repeat):
-        plan = runtime._prepare(identity, installed, (), restart=False)  # what Runtime.start writes
-        prepare_bundle(plan)  # what the supervisor sets up before runc
+        samples.stop.append(time.perf_counter() - began)
+        samples.bare.append(bare_runc_run(runtime, first, digest))
+    else:
+        follower = LogFollower(runtime.log_path(first.instance_id))
+        runtime.start(first, digest, wait=False)
+        wait_for_line(follower, b"ready")
         began = time.perf_counter()
-        process = subprocess.Popen(["runc", "--root", str(runtime.runc.root), "run", "--bundle", plan.run_dir,
-                                    identity.instance_id], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        times.append(time.perf_counter() - began)
-        if b"ready" not in line:
-            raise RuntimeError(f"bare runc run printed {line!r}")
-        runtime.runc.kill(identity.instance_id, "KILL")
-        process.wait()
-        teardown_instance(plan)
-    shutil.rmtree(config.state_root, ignore_errors=True)
-    shutil.rmtree(config.run_root, ignore_errors=True)
-    return times
+        runtime.stop(first.instance_id)
+        samples.net_stop.append(time.perf_counter() - began)
+    runtime.cleanup()
+    shutil.rmtree(config.state_root)
+    shutil.rmtree(config.run_root)
+
+
+def bare_runc_run(runtime: Runtime, identity: InstanceIdentity, digest: str) -> float:
+    """`runc run` of exactly the bundle an aos start of this instance runs (its spec, its
+    assembled rootfs), made as the runtime and the supervisor make it, then torn down."""
+    plan = runtime._prepare(identity, runtime.packages.get(digest), (), restart=False)  # what Runtime.start writes
+    prepare_bundle(plan)  # what the supervisor sets up before runc
+    began = time.perf_counter()
+    process = subprocess.Popen(["runc", "--root", str(runtime.runc.root), "run", "--bundle", plan.run_dir,
+                                identity.instance_id], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    elapsed = time.perf_counter() - began
+    if b"ready" not in line:
+        raise RuntimeError(f"bare runc run printed {line!r}")
+    runtime.runc.kill(identity.instance_id, "KILL")
+    process.wait()
+    teardown_instance(plan)
+    return elapsed
 
 
 def oci_layout_of(package: Path, layout: Path) -> None:
@@ -171,35 +193,30 @@ def prepared_bundle(layout: Path, bundle: Path) -> None:
     config_path.write_text(json.dumps(config))
 
 
-def baseline_runs(package: Path, work: Path, repeat: int) -> tuple[list[float], list[float]]:
-    """(unpack + run, run alone) per repeat."""
-    layout = work / "layout"
-    oci_layout_of(package, layout)
+def baseline_once(layout: Path, work: Path, n: int, samples: Samples) -> None:
+    """One repeat of the baseline: `umoci unpack`, then `runc run` of the unpacked bundle."""
     runc_root = work / "runc-baseline"
-    cold, warm = [], []
-    for n in range(repeat):
-        bundle = work / f"bundle{n}"
-        container = f"bench-baseline-{uuid.uuid4().hex[:8]}"
-        began = time.perf_counter()
-        subprocess.run(["umoci", "unpack", "--image", f"{layout}:bench", str(bundle)], check=True,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        unpacked = time.perf_counter() - began
-        prepared_bundle(layout, bundle)
-        began = time.perf_counter()
-        process = subprocess.Popen(["runc", "--root", str(runc_root), "run", "--bundle", str(bundle), container],
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
-        assert process.stdout is not None
-        line = process.stdout.readline()
-        run = time.perf_counter() - began
-        if b"ready" not in line:
-            raise RuntimeError(f"baseline printed {line!r}")
-        cold.append(unpacked + run)
-        warm.append(run)
-        subprocess.run(["runc", "--root", str(runc_root), "kill", container, "KILL"], check=True)
-        process.wait()
-        subprocess.run(["runc", "--root", str(runc_root), "delete", "--force", container], check=False)
-        shutil.rmtree(bundle)
-    return cold, warm
+    bundle = work / f"bundle{n}"
+    container = f"bench-baseline-{uuid.uuid4().hex[:8]}"
+    began = time.perf_counter()
+    subprocess.run(["umoci", "unpack", "--image", f"{layout}:bench", str(bundle)], check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    unpacked = time.perf_counter() - began
+    prepared_bundle(layout, bundle)
+    began = time.perf_counter()
+    process = subprocess.Popen(["runc", "--root", str(runc_root), "run", "--bundle", str(bundle), container],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    run = time.perf_counter() - began
+    if b"ready" not in line:
+        raise RuntimeError(f"baseline printed {line!r}")
+    samples.baseline_cold.append(unpacked + run)
+    samples.baseline_warm.append(run)
+    subprocess.run(["runc", "--root", str(runc_root), "kill", container, "KILL"], check=True)
+    process.wait()
+    subprocess.run(["runc", "--root", str(runc_root), "delete", "--force", container], check=False)
+    shutil.rmtree(bundle)
 
 
 def rss_kib(pid: int) -> int:
@@ -324,21 +341,30 @@ def main() -> int:
     # Byte-code as `pip install` leaves it: with PYTHONDONTWRITEBYTECODE in the environment, every
     # start of the node supervisor would compile its modules again.
     compileall.compile_dir(Path(aos_operator.__file__).parent, quiet=1)
+    load_before = " ".join(f"{load:.2f}" for load in os.getloadavg())
+    samples = Samples()
     with tempfile.TemporaryDirectory(prefix="aos-bench-") as temporary:
         work = Path(temporary)
         package = build(work)
-        baseline_cold_runs, baseline_warm_runs = baseline_runs(package, work, args.repeat)
-        bare = statistics.median(bare_runc_runs(package, work, args.repeat))
-        idle_runs, resident_runs, warm_runs, stop_runs = aos_runs(work, args.repeat)
-        net_idle_runs, _, _, net_stop_runs = aos_runs(work, args.repeat, network=True)
+        layout = work / "layout"
+        oci_layout_of(package, layout)
+        # Each repeat measures every start once, one after the other, so a change of the machine's
+        # load (2 cores shared with other jobs here) falls on the baselines and on ours alike.
+        for n in range(args.repeat):
+            baseline_once(layout, work, n, samples)
+            aos_once(work, n, samples)
+            aos_once(work, n, samples, network=True)
         setup_runs, teardown_runs = network_runs(package, work, args.repeat)
         per_instance, supervisor, grown = memory_per_instance(package, work, args.instances)
         conmon = conmon_kib(package, work)
         python = python_supervisor_kib()
-    baseline_cold, baseline_warm = statistics.median(baseline_cold_runs), statistics.median(baseline_warm_runs)
-    idle, resident, warm, stop = (statistics.median(runs) for runs in (idle_runs, resident_runs, warm_runs, stop_runs))
-    net_idle, net_stop, setup, teardown = (statistics.median(runs) for runs in (net_idle_runs, net_stop_runs,
-                                                                               setup_runs, teardown_runs))
+    baseline_cold, baseline_warm, bare, idle, resident, warm, stop, net_idle, net_stop = (
+        statistics.median(runs) for runs in (samples.baseline_cold, samples.baseline_warm, samples.bare,
+                                             samples.idle, samples.resident, samples.warm, samples.stop,
+                                             samples.net_idle, samples.net_stop))
+    setup, teardown = statistics.median(setup_runs), statistics.median(teardown_runs)
+    warm_ratios = [w / b for w, b in zip(samples.warm, samples.bare, strict=True)]
+    print(f"load average before the run: {load_before}")
     print(f"package on disk -> first output line, median of {args.repeat} runs")
     print(f"  baseline umoci unpack + runc run       : {baseline_cold * 1000:7.1f} ms  (1.00)")
     print(f"  aos cold beside a running service      : {resident * 1000:7.1f} ms  "
@@ -347,7 +373,8 @@ def main() -> int:
           f"({idle / baseline_cold:.2f} x baseline)  install + start, supervisor started on demand")
     print(f"installed package -> first output line, median of {args.repeat} runs")
     print(f"  baseline runc run of the aos bundle    : {bare * 1000:7.1f} ms  (1.00)  same spec and rootfs")
-    print(f"  aos warm (start, installed)            : {warm * 1000:7.1f} ms  ({warm / bare:.2f} x baseline)")
+    print(f"  aos warm (start, installed)            : {warm * 1000:7.1f} ms  ({warm / bare:.2f} x baseline)  "
+          f"pairwise ratios {min(warm_ratios):.2f}..{max(warm_ratios):.2f}, median {statistics.median(warm_ratios):.2f}")
     print(f"  (runc run of umoci's bundle            : {baseline_warm * 1000:7.1f} ms  no seccomp, no limits)")
     print(f"resident memory per running instance, {args.instances} instances, beyond the containers")
     print(f"  aos (supervisor + agent growth)  : {per_instance / 1024:7.2f} MiB  "
@@ -361,6 +388,7 @@ def main() -> int:
     print(f"  stop (teardown), with network          : {net_stop * 1000:7.1f} ms  ({net_stop / stop:.2f} x without)")
     print(f"  network alone: set up {setup * 1000:.1f} ms, torn down {teardown * 1000:.1f} ms "
           f"(a network's first instance: bridge and dnsmasq included)")
+    print(f"load average after the run: {' '.join(f'{load:.2f}' for load in os.getloadavg())}")
     return 0
 
 

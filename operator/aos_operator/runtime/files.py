@@ -1,4 +1,5 @@
-"""Two file habits of the runtime: replace a file atomically, and hold an exclusive lock file."""
+"""Two file habits of the runtime: replace a file atomically (unless it holds those bytes already),
+and hold an exclusive lock file."""
 
 from __future__ import annotations
 
@@ -22,6 +23,21 @@ def write_atomically(path: Path, data: bytes | str) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def write_if_changed(path: Path, data: bytes | str) -> bool:
+    """write_atomically unless `path` holds exactly `data` already; whether it wrote. A start of an
+    installed package writes the same spec and plan again: the read is cheaper than the replace
+    (ext4 starts writing back the data of a file renamed over another)."""
+    encoded = data.encode() if isinstance(data, str) else data
+    try:
+        with open(path, "rb") as current:
+            if current.read(len(encoded) + 1) == encoded:
+                return False
+    except FileNotFoundError:
+        pass
+    write_atomically(path, encoded)
+    return True
 
 
 @contextmanager

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aos_operator.runtime.files import write_atomically
+from aos_operator.runtime.files import write_if_changed
 from aos_operator.runtime.identity import InstanceIdentity
 from aos_operator.runtime.rootfs import RootfsPlan
 from aos_operator.runtime.service_config import RunParameters
@@ -81,7 +81,7 @@ class SupervisorPlan:
 
     def save(self) -> Path:
         path = Path(self.data_dir) / PLAN_FILE
-        write_atomically(path, json.dumps(self.to_json(), sort_keys=True, indent=1))
+        write_if_changed(path, json.dumps(self.to_json(), sort_keys=True, indent=1))
         return path
 
     @classmethod

@@ -23,6 +23,7 @@ On disk:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -41,7 +42,7 @@ from aos_operator.errors import AosError, RuntimeFailure
 from aos_operator.runtime import supervisor as node_supervisor
 from aos_operator.runtime.cgroups import InstanceCgroup, detect_cgroups
 from aos_operator.runtime.devices import HostGrants, check_shares, hosts_lines, resolve_grants, share_usage
-from aos_operator.runtime.files import file_lock, write_atomically
+from aos_operator.runtime.files import file_lock, write_if_changed
 from aos_operator.runtime.identity import InstanceIdentity
 from aos_operator.runtime.ids import ID_RANGE, IdPool
 from aos_operator.runtime.layers import DEFAULT_MAX_LAYER_BYTES
@@ -252,17 +253,34 @@ class Runtime:
                 return self.status(instance_id)
             self._tidy(instance_id)
             # [devices] the share check and the status that takes the share, under one node lock
-            with file_lock(self.config.run_root / "devices.lock"):
+            # (the supervisor has the first status on disk when it answers the start request)
+            shares = file_lock(self.config.run_root / "devices.lock") if installed.service_config.devices \
+                else contextlib.nullcontext()
+            with shares:
                 if installed.service_config.devices:
                     check_shares(installed.service_config.devices, self.config.node_config,
                                  self._devices_in_use(instance_id), instance_id)
                 plan = self._prepare(identity, installed, env_overrides, restart, provider)
-                write_status(plan.status_path, InstanceStatus(
+                self._request_start(plan, InstanceStatus(
                     instance_id, identity, installed.digest, generation=(current.generation + 1) if current else 0))
-            self._request({"op": "start", "id": instance_id})
         if wait:
             return self._wait_first_start(instance_id, timeout)
         return self.status(instance_id)
+
+    def _request_start(self, plan: SupervisorPlan, pending: InstanceStatus) -> None:
+        """[warm start] Hand a prepared instance to the node supervisor. A running supervisor gets
+        the Pending status with the request and writes the instance's first status itself, while
+        runc runs, before it answers (one status replace less before the container starts); when
+        none answers, Pending is written here for the supervisor started now to pick up."""
+        try:
+            reply = node_supervisor.request(self.config.run_root, {"op": "start", "id": pending.instance_id,
+                                                                   "status": pending.to_json()})
+        except OSError:  # none listens, or it exited before answering
+            write_status(plan.status_path, pending)
+            self._request({"op": "start", "id": pending.instance_id})
+            return
+        if not reply.get("ok"):
+            raise RuntimeFailure(f"node supervisor: {reply.get('error', 'request refused')}")
 
     def _prepare(self, identity: InstanceIdentity, package: InstalledPackage, env_overrides: Sequence[str],
                  restart: bool, provider: str = DEFAULT_PROVIDER) -> SupervisorPlan:
@@ -284,7 +302,7 @@ class Runtime:
         spec.setdefault("annotations", {}).update({PACKAGE_ANNOTATION: package.digest, PROVIDER_ANNOTATION: provider})
         for hook in self.hooks:  # once per start request, never per restart of the container
             hook.setup(identity, spec)
-        write_atomically(data_dir / SPEC_FILE, json.dumps(spec, indent=1))
+        write_if_changed(data_dir / SPEC_FILE, json.dumps(spec))  # [warm start] unchanged on a restart of a package
         network = self.network.record(instance_id) if self.config.network.enabled else None  # [network hook]
         # [conformance] the service layer as the instance sees it: owned 0:<service GID>, as AosEdge 1.x
         service_layer = self.packages.layers.owned(package.layer_digest, gid)

@@ -1,7 +1,8 @@
 """The status of an instance as the runtime reports it, and its file on disk.
 
 The node supervisor is the only writer while it supervises the instance (the runtime writes
-the first Pending status and, with no supervisor, a final one); each write replaces
+the first Pending status when no supervisor answers its start request, and, with no supervisor,
+a final one; a running supervisor gets Pending with the request); each write replaces
 `status.json` atomically and bumps `generation`, so a poller sees each change once.
 """
 
