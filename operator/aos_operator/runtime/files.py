@@ -10,10 +10,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def write_atomically(path: Path, data: bytes | str) -> None:
-    """Write to a temporary name in the same directory, then rename: readers see old or new, never half."""
+def write_atomically(path: Path, data: bytes | str, mode: int | None = None) -> None:
+    """Write to a temporary name in the same directory, then rename: readers see old or new, never half.
+    `mode` (e.g. 0o600 for a file holding a secret) is set before any byte is written."""
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
+        if mode is not None:
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode))
+            os.chmod(temporary, mode)  # whatever the umask
         if isinstance(data, str):
             temporary.write_text(data)
         else:

@@ -15,6 +15,7 @@ from typing import Any
 
 from aos_operator import values
 from aos_operator.errors import PackageError
+from aos_operator.runtime.permissions import parse_permissions
 
 # AosEdge's systemd drop-in defaults (reference §3.9).
 DEFAULT_START_INTERVAL = 5.0
@@ -85,6 +86,7 @@ class ServiceConfig:
     run_parameters: RunParameters = field(default_factory=RunParameters)
     skip_resource_limits: bool = False
     allowed_connections: tuple[str, ...] = ()  # "<serviceID>/<port or range>[/<proto>]"
+    permissions: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # {server: {function: r|w|rw}}
 
 
 def _iso_duration_seconds(text: str) -> float | None:
@@ -270,4 +272,5 @@ def parse_service_config(data: Any, where: str) -> ServiceConfig:
         ),
         skip_resource_limits=top.boolean("skipResourceLimits"),
         allowed_connections=_keys(top, "allowedConnections"),
+        permissions=parse_permissions((top.raw("permissions") or (None, None))[1], top.path("permissions")),
     )
