@@ -107,6 +107,8 @@ class PermissionRegistry:
         return secret
 
     def unregister(self, instance_id: str) -> None:
+        if not self.path.exists():
+            return  # no instance of this runtime has permissions: nothing to take the lock for
         with file_lock(self._lock):
             instances = _read_registry(self.path)
             if instances.pop(instance_id, None) is not None:
