@@ -149,9 +149,9 @@ class PermissionServer:
         self._thread.start()
 
     def close(self) -> None:
+        """Stop accepting and remove the socket; not waiting for the thread (it is a daemon and sees
+        the flag within its accept timeout), so the supervisor's exit is not delayed."""
         self._closed.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
         if self._listener is not None:
             try:
                 if os.stat(self.path).st_ino == self._inode:
