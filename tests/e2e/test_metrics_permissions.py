@@ -133,9 +133,10 @@ def test_an_invalid_config_counts_an_error_by_reason(fleet: Fleet) -> None:
     fleet.plane.create(service(broken))
     eventually(lambda: (value(scrape(port), "aos_operator_errors_total", reason="InvalidConfig") or 0) > before,
                60, lambda: f"InvalidConfig in the operator's metrics\n{fleet.diagnostics()}")
-    samples = scrape(port)
+    # the error is counted while the pass ends, the pass once it has ended
+    samples = eventually(lambda: (s := scrape(port)) and (value(s, "aos_operator_reconcile_passes_total", result="ok")
+                                                          or 0) >= 1 and s, 30, "a finished pass")
     assert (value(samples, "aos_operator_builds_total", result="ok") or 0) == 0  # nothing was built
-    assert (value(samples, "aos_operator_reconcile_passes_total", result="ok") or 0) >= 1
     fleet.api.delete(AOS_SERVICE, NAME, NAMESPACE)
     eventually(lambda: fleet.service(NAMESPACE, NAME) is None, 60, "the invalid service gone")
 
