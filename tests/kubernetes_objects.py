@@ -16,6 +16,39 @@ import yaml
 KUBERNETES_VERSION = "1.30"
 
 
+def _duration() -> dict[str, Any]:
+    return {"type": "string", "pattern": "^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"}
+
+
+# The Prometheus Operator's ServiceMonitor (monitoring.coreos.com/v1), written here for the fields
+# the chart renders, after the prometheus-operator API reference (its own CRD is not vendored):
+# unknown fields in these objects are refused, so a misspelt key fails.
+_STRINGS = {"type": "array", "items": {"type": "string"}}
+SERVICE_MONITOR_CRD: dict[str, Any] = {
+    "spec": {"group": "monitoring.coreos.com", "names": {"kind": "ServiceMonitor"}, "versions": [{"name": "v1", "schema": {
+        "openAPIV3Schema": {"type": "object", "required": ["spec"], "properties": {
+            "apiVersion": {"type": "string"}, "kind": {"type": "string"}, "metadata": {"type": "object"},
+            "spec": {"type": "object", "required": ["selector", "endpoints"], "additionalProperties": False, "properties": {
+                "jobLabel": {"type": "string"},
+                "namespaceSelector": {"type": "object", "additionalProperties": False, "properties": {
+                    "any": {"type": "boolean"}, "matchNames": _STRINGS}},
+                "selector": {"type": "object", "additionalProperties": False, "properties": {
+                    "matchLabels": {"type": "object", "additionalProperties": {"type": "string"}},
+                    "matchExpressions": {"type": "array"}}},
+                "endpoints": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "additionalProperties": False, "properties": {
+                        "port": {"type": "string"}, "path": {"type": "string"}, "scheme": {"enum": ["http", "https"]},
+                        "interval": _duration(), "scrapeTimeout": _duration(),
+                        "relabelings": {"type": "array", "items": {
+                            "type": "object", "additionalProperties": False, "properties": {
+                                "sourceLabels": _STRINGS, "targetLabel": {"type": "string"},
+                                "regex": {"type": "string"}, "replacement": {"type": "string"},
+                                "action": {"type": "string"}}}}}}},
+            }},
+        }}}}]},
+}
+
+
 def load_documents(path: Path) -> list[dict[str, Any]]:
     return [document for document in yaml.safe_load_all(path.read_text()) if document]
 

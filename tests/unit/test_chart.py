@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO
-from tests.kubernetes_objects import CustomResourceSchemas, load_documents, validation_errors
+from tests.kubernetes_objects import SERVICE_MONITOR_CRD, CustomResourceSchemas, load_documents, validation_errors
 from tools import chart_manifests
 from tools.chart_manifests import CHART_DIR, Document, render
 
@@ -91,6 +91,8 @@ SCENARIOS: dict[str, list[tuple[tuple[str, ...], Any]]] = {
     "image-digest": [(("image", "digest"), DIGEST)],
     "no-agent": [(("agent", "enabled"), False)],
     "agent-network": [(("agent", "network", "enabled"), True)],
+    "no-metrics": [(("operator", "metrics", "enabled"), False), (("agent", "metrics", "enabled"), False)],
+    "service-monitor": [(("serviceMonitor", "enabled"), True)],
     "given-service-accounts": [
         (("operator", "serviceAccount", "create"), False),
         (("agent", "serviceAccount", "create"), False),
@@ -142,7 +144,7 @@ def test_lint_reports_a_broken_template(tmp_path: Any) -> None:
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_every_rendered_object_is_valid_for_kubernetes(scenario: str) -> None:
     documents = documents_of(scenario_values(scenario))
-    custom = CustomResourceSchemas(objects(documents, "CustomResourceDefinition"))
+    custom = CustomResourceSchemas([*objects(documents, "CustomResourceDefinition"), SERVICE_MONITOR_CRD])
     peering_crds = documents_of({"operator": {"peering": {"enabled": True}}})
     for crd in objects(peering_crds, "CustomResourceDefinition"):
         custom.add(crd)
@@ -168,6 +170,8 @@ def test_default_render_has_the_expected_objects() -> None:
             ("DaemonSet", "aos-operator-agent"),
             ("Deployment", "aos-operator-registry"),
             ("Service", "aos-operator-registry"),
+            ("Service", "aos-operator-operator-metrics"),
+            ("Service", "aos-operator-agent-metrics"),
             ("PersistentVolumeClaim", "aos-operator-registry"),
         ]
     )
@@ -196,9 +200,12 @@ def test_selectors_match_their_pod_templates_and_omit_the_version() -> None:
         selector = workload["spec"]["selector"]["matchLabels"]
         assert "app.kubernetes.io/version" not in selector
         assert selector.items() <= workload["spec"]["template"]["metadata"]["labels"].items()
-    service = objects(documents, "Service")[0]
-    registry = one(documents, "Deployment", "registry")
-    assert service["spec"]["selector"].items() <= registry["spec"]["template"]["metadata"]["labels"].items()
+    for kind, component in (("Deployment", "registry"), ("Deployment", "operator"), ("DaemonSet", "agent")):
+        service = one(documents, "Service", component)
+        workload = one(documents, kind, component)
+        assert service["spec"]["selector"].items() <= workload["spec"]["template"]["metadata"]["labels"].items()
+        names = {port["name"] for container in pod_spec(workload)["containers"] for port in container.get("ports", ())}
+        assert {port["targetPort"] for port in service["spec"]["ports"]} <= names
 
 
 # --- values.schema.json --------------------------------------------------------------------------

@@ -31,8 +31,9 @@ COMMANDS = sorted(_subcommands(build_parser()))
 
 def test_the_command_set() -> None:
     assert COMMANDS == sorted([
-        "validate", "schema", "build", "build-layer", "push", "pull", "sign", "inspect", "digest", "ls", "login", "logout", "run", "ps",
-        "logs", "stop", "rm", "prune", "init", "operator", "agent", "agent-health", "crds", "rollout", "version", "completion",
+        "validate", "schema", "build", "build-layer", "push", "pull", "sign", "inspect", "digest", "ls", "login", "logout",
+        "run", "ps", "logs", "stop", "rm", "prune", "permissions", "init", "operator", "agent", "agent-health", "crds",
+        "rollout", "version", "completion",
     ])
 
 

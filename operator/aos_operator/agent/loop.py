@@ -27,6 +27,7 @@ from urllib3.exceptions import HTTPError
 
 from aos_operator import __version__
 from aos_operator.agent.core import Desired, DeviceAgent, Outcome
+from aos_operator.agent.metrics import HEARTBEATS
 from aos_operator.api.client import Connection, KubeClient
 from aos_operator.api.models import AOS_DEVICE, AOS_SERVICE_INSTANCE, API_VERSION, LABEL_DEVICE
 from aos_operator.api.naming import label_value
@@ -94,6 +95,7 @@ class AgentLoop:
         self._done: dict[Key, int | None] = {}  # the generation last converged, per instance
         self._retries: dict[Key, int] = {}
         self._traffic_blocked: dict[str, tuple[str, ...]] = {}
+        self.last_heartbeat: float | None = None  # epoch seconds of the last renewal the API took (metrics)
 
     # --- threads ------------------------------------------------------------------------------
 
@@ -202,7 +204,10 @@ class AgentLoop:
                     log.info("registered AosDevice %s", self.settings.device)
                 self._sync_labels(device)
                 self.kube.patch(AOS_DEVICE, self.settings.device, {"status": self._device_status()}, status=True)
+                self.last_heartbeat = time.time()
+                HEARTBEATS.labels(device=self.settings.device, result="ok").inc()
             except API_ERRORS as error:
+                HEARTBEATS.labels(device=self.settings.device, result="failed").inc()
                 log.warning("heartbeat failed (the services keep running): %s", error)
             self.stop.wait(self.settings.heartbeat_seconds)
 
@@ -212,6 +217,11 @@ class AgentLoop:
             self.kube.patch(AOS_DEVICE, self.settings.device, {"status": status}, status=True)
         except API_ERRORS as error:
             log.warning("could not mark the device not Ready: %s", error)
+
+    def instance_names(self) -> dict[str, Key]:
+        """Instance ID -> (namespace, name) of the AosServiceInstances seen (for the metrics)."""
+        with self._lock:
+            return dict(self._keys)
 
     # --- watching instances ----------------------------------------------------------------------
 

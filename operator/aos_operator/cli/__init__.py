@@ -8,6 +8,7 @@ One module per command group, as crane's and ko's `cmd/` have a file per verb:
     scaffold.py   init                          cluster.py    operator, agent, agent-health, crds
     rollout.py    rollout (status, history, undo, pause, resume)
     meta.py       version, completion           trust.py      sign (and push's signing, run's check)
+    permissions.py  permissions (a secret's permissions at a function server)
 
 Shared: common.py (options with one name and one check everywhere), output.py (streams, and the
 text/json/yaml documents), errors.py (exceptions to exit codes), progress.py (terminal progress).
@@ -27,6 +28,7 @@ from aos_operator.cli import (
     instances,
     meta,
     packages,
+    permissions,
     registry,
     rollout,
     run,
@@ -46,7 +48,7 @@ EXIT_CODES = (
     (EXIT_INTERRUPTED, "interrupted (Ctrl-C)"),
 )
 
-GROUPS = (validate, packages, trust, inspect, registry, run, instances, scaffold, cluster, rollout, meta)
+GROUPS = (validate, packages, trust, inspect, registry, run, instances, permissions, scaffold, cluster, rollout, meta)
 
 
 def build_parser() -> argparse.ArgumentParser:

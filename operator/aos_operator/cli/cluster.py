@@ -81,6 +81,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         liveness=args.liveness or None,
         peering=args.peering,
         sign_key=Path(args.sign_key) if args.sign_key else None,
+        metrics_address=args.metrics_address or None,
     )
     asyncio.run(handlers.run(settings))
     return EXIT_OK
@@ -142,8 +143,19 @@ def cmd_agent(args: argparse.Namespace) -> int:
     logging.getLogger("aos_operator.agent").info("device %s: %s", device, policy.describe())
     gc = GcPolicy(keep_previous=args.keep_previous, max_packages=args.max_packages, max_bytes=args.max_package_bytes)
     loop = AgentLoop(settings, kube, DeviceAgent(runtime, client, data_dir / "pulls", policy, gc), node)
-    with stop_on_signals(loop.stop):
-        loop.run()
+    metrics = None
+    if args.metrics_address:
+        from aos_operator.agent.metrics import AgentCollector, make_registry, statuses
+        from aos_operator.metrics_http import serve_metrics
+
+        collector = AgentCollector(device, lambda: statuses(runtime), loop.instance_names, lambda: loop.last_heartbeat)
+        metrics = serve_metrics(args.metrics_address, make_registry(collector))
+    try:
+        with stop_on_signals(loop.stop):
+            loop.run()
+    finally:
+        if metrics is not None:
+            metrics.close()
     return EXIT_OK
 
 
@@ -168,6 +180,23 @@ def cmd_crds(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _metrics_address(text: str) -> str:
+    from aos_operator.metrics_http import parse_address
+
+    if text:
+        try:
+            parse_address(text)
+        except InputError as error:
+            raise argparse.ArgumentTypeError(error.message) from None
+    return text
+
+
+def metrics_option(command: argparse.ArgumentParser, what: str) -> None:
+    command.add_argument("--metrics-address", type=_metrics_address, default="", metavar="HOST:PORT",
+                         help=f"serve Prometheus metrics ({what}) at http://HOST:PORT/metrics; "
+                         "':PORT' on every interface (default: none)")
+
+
 def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     operator = commands.add_parser(
         "operator", help="run the Kubernetes operator (AosService -> packages -> instances)",
@@ -185,6 +214,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     operator.add_argument("--liveness", default="http://0.0.0.0:8080/healthz", metavar="URL",
                           help="kopf probe endpoint, '' for none (default: %(default)s)")
     operator.add_argument("--peering", metavar="NAME", help="kopf peering object; without it: standalone")
+    metrics_option(operator, "reconcile passes, builds, pushes, errors")
     operator.add_argument("--resync", type=seconds(), default=30.0, metavar="SECONDS",
                           help="re-check every service this often (default: %(default)s)")
     operator.add_argument("--stop-timeout", type=seconds(), default=120.0, metavar="SECONDS",
@@ -213,6 +243,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
                        help="host devices and resources the node offers, in AosEdge's unit-config node shape (YAML)")
     agent.add_argument("--heartbeat", type=seconds(), default=10.0, metavar="SECONDS",
                        help="how often the AosDevice is renewed (default: %(default)s)")
+    metrics_option(agent, "instances' CPU, RAM, restarts, phase, alerts; the device's instances and heartbeat")
     network_options(agent)
     max_layer_size_option(agent)
     # Package GC (runtime/package_gc.py): what an assigned instance needs is never deleted.

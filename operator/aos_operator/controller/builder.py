@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 from aos_operator.api import naming
 from aos_operator.api.models import AosServiceSpec, ImageStatus
+from aos_operator.controller import metrics
 from aos_operator.controller.settings import OperatorSettings
 from aos_operator.controller.source import SourceError, SourceFile, content_digest, files_from_config_maps, write_tree
 from aos_operator.bounded import MAX_JSON_BYTES
@@ -131,7 +132,8 @@ def build_and_push(
     for image in service.images:
         reference = f"{repository}:{tag_for(service, image)}"
         if source.image is not None:
-            digest = _push_from_layer(registry, service, image, source, reference, layers)
+            with metrics.timed(metrics.PUSHES, metrics.PUSH_SECONDS):
+                digest = _push_from_layer(registry, service, image, source, reference, layers)
         else:
             digest = _build_and_push_files(settings, registry, service, image, source.files, reference, layers)
         if key is not None:
@@ -153,28 +155,30 @@ def _build_and_push_files(
     settings.work_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=settings.work_dir, prefix="build-") as scratch:
         root = Path(scratch) / "rootfs"
-        write_tree(list(files), root)
-        build_service(
-            service,
-            root,
-            architecture=image.platform.architecture,
-            oci_layout=Path(scratch) / "layout",
-            cache_dir=settings.work_dir / "cache",
-            source_date_epoch=SOURCE_DATE_EPOCH,
-        )
-        package = open_package(Path(scratch) / "layout")
-        if not layers:
-            return push_package(registry, package, reference)
-        # The built package plus the layers: new image config (diff_ids) and manifest, the service's
-        # blobs from the layout, the layers' blobs mounted from their repositories.
-        config = package.image_config()
-        manifest = package.manifest
-        assert manifest.aos_service is not None
-        sources = blob_sources(package)
-        blobs: dict[str, Any] = {manifest.layers[0].digest: sources[manifest.layers[0].digest],
-                                 manifest.aos_service.digest: sources[manifest.aos_service.digest]}
-        return _push_with_layers(registry, reference, config, manifest.layers[0], manifest.aos_service, blobs,
-                                 layers, Path(scratch), ())
+        with metrics.timed(metrics.BUILDS, metrics.BUILD_SECONDS):
+            write_tree(list(files), root)
+            build_service(
+                service,
+                root,
+                architecture=image.platform.architecture,
+                oci_layout=Path(scratch) / "layout",
+                cache_dir=settings.work_dir / "cache",
+                source_date_epoch=SOURCE_DATE_EPOCH,
+            )
+            package = open_package(Path(scratch) / "layout")
+        with metrics.timed(metrics.PUSHES, metrics.PUSH_SECONDS):
+            if not layers:
+                return push_package(registry, package, reference)
+            # The built package plus the layers: new image config (diff_ids) and manifest, the service's
+            # blobs from the layout, the layers' blobs mounted from their repositories.
+            config = package.image_config()
+            manifest = package.manifest
+            assert manifest.aos_service is not None
+            sources = blob_sources(package)
+            blobs: dict[str, Any] = {manifest.layers[0].digest: sources[manifest.layers[0].digest],
+                                     manifest.aos_service.digest: sources[manifest.aos_service.digest]}
+            return _push_with_layers(registry, reference, config, manifest.layers[0], manifest.aos_service, blobs,
+                                     layers, Path(scratch), ())
 
 
 def _push_with_layers(

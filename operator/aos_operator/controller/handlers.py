@@ -13,6 +13,7 @@ import asyncio
 import copy
 import logging
 import threading
+import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -22,11 +23,12 @@ from aos_operator.api.client import KubeClient, kopf_connection
 from aos_operator.api.models import AOS_SERVICE_INSTANCE, GROUP, LABEL_SERVICE, VERSION
 from aos_operator.api.naming import label_value
 from aos_operator.api.selectors import equality_selector
-from aos_operator.controller import builder, layers as aos_layers, reconciler
+from aos_operator.controller import builder, layers as aos_layers, metrics, reconciler
 from aos_operator.controller.placement import DeviceView, Reservation
 from aos_operator.controller.reconciler import Operator, release_stopped
 from aos_operator.controller.revisions import ROLLOUT_ANNOTATIONS
 from aos_operator.controller.settings import OperatorSettings
+from aos_operator.metrics_http import serve_metrics
 from aos_operator.packaging import registry_client
 
 log = logging.getLogger("aos_operator.controller")
@@ -255,16 +257,24 @@ async def _guarded_pass(op: Operator, body: kopf.Body, devices: dict[str, Device
     meta = body.get("metadata", {})
     key = (meta.get("namespace", ""), meta.get("name", ""))
     op.remember_devices(devices)
+    started, result = time.monotonic(), "error"
     try:
-        return await reconciler.reconcile(op, body, devices, instances, reserved_elsewhere, claims)
+        delay = await reconciler.reconcile(op, body, devices, instances, reserved_elsewhere, claims)
+        result = "ok"
+        return delay
     except reconciler.TRANSIENT_ERRORS as error:
+        metrics.count_error("ApiError")
         delay = op.backoff(key)
         log.warning("AosService %s/%s: %s; retrying in %.0f s", *key, error, delay)
         return delay
     except Exception:  # a bug: keep the operator alive and say so loudly
+        metrics.count_error("InternalError")
         delay = op.backoff(key)
         log.exception("AosService %s/%s: reconcile failed; retrying in %.0f s", *key, delay)
         return delay
+    finally:
+        metrics.PASSES.labels(result=result).inc()
+        metrics.PASS_SECONDS.observe(time.monotonic() - started)
 
 
 async def run(settings: OperatorSettings, *, stop_flag: asyncio.Event | threading.Event | None = None,
@@ -300,6 +310,17 @@ async def run(settings: OperatorSettings, *, stop_flag: asyncio.Event | threadin
         def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
             return kopf.login_via_client(**kwargs)
 
+    served = serve_metrics(settings.metrics_address, metrics.REGISTRY) if settings.metrics_address else None
+    try:
+        await _operate(settings, handlers, stop_flag, ready_flag)
+    finally:
+        if served is not None:
+            served.close()
+
+
+async def _operate(settings: OperatorSettings, handlers: kopf.OperatorRegistry,
+                   stop_flag: asyncio.Event | threading.Event | None,
+                   ready_flag: asyncio.Event | threading.Event | None) -> None:
     await kopf.operator(
         registry=handlers,
         standalone=settings.peering is None,

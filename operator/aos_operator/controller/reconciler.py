@@ -31,7 +31,7 @@ from aos_operator.api.models import (
     AosServiceSpec,
     ImageStatus,
 )
-from aos_operator.controller import builder, revisions, rollout_pass
+from aos_operator.controller import builder, metrics, revisions, rollout_pass
 from aos_operator.controller.layers import LAYER_NOT_FOUND, LayerBook, LayerNotFound, LayerView, layer_key
 from aos_operator.controller.conditions import (
     CONFIG_VALID,
@@ -419,6 +419,7 @@ def _replacing(current: Any, wanted: dict[str, Any]) -> dict[str, Any]:
 
 def _invalid(reason: str, message: str) -> list[Wanted]:
     """The config cannot be used: say so, and leave what runs alone."""
+    metrics.count_error(reason)  # each pass that ends so
     return [
         Wanted(CONFIG_VALID, False, reason, message),
         Wanted(READY, False, reason, message),
@@ -436,6 +437,7 @@ def _layer_not_found(message: str) -> list[Wanted]:
 
 
 def _stalled(kind: str, reason: str, message: str) -> list[Wanted]:
+    metrics.count_error(reason)  # each pass that ends so
     return [
         Wanted(kind, False, reason, message),
         Wanted(READY, False, reason, message),

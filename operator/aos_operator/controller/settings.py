@@ -29,6 +29,7 @@ class OperatorSettings:
     liveness: str | None = None
     peering: str | None = None
     sign_key: Path | None = None  # every pushed package is signed with it (trust/)
+    metrics_address: str | None = None  # HOST:PORT of /metrics (controller/metrics.py); None: not served
 
     @property
     def registry_host(self) -> str:

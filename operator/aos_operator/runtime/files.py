@@ -11,10 +11,14 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
-def write_atomically(path: Path, data: bytes | str) -> None:
-    """Write to a temporary name in the same directory, then rename: readers see old or new, never half."""
+def write_atomically(path: Path, data: bytes | str, mode: int | None = None) -> None:
+    """Write to a temporary name in the same directory, then rename: readers see old or new, never half.
+    `mode` (e.g. 0o600 for a file holding a secret) is set before any byte is written."""
     temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
+        if mode is not None:
+            os.close(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode))
+            os.chmod(temporary, mode)  # whatever the umask
         if isinstance(data, str):
             temporary.write_text(data)
         else:
@@ -25,7 +29,7 @@ def write_atomically(path: Path, data: bytes | str) -> None:
         raise
 
 
-def write_if_changed(path: Path, data: bytes | str) -> bool:
+def write_if_changed(path: Path, data: bytes | str, mode: int | None = None) -> bool:
     """write_atomically unless `path` holds exactly `data` already; whether it wrote. A start of an
     installed package writes the same spec and plan again: the read is cheaper than the replace
     (ext4 starts writing back the data of a file renamed over another)."""
@@ -36,7 +40,7 @@ def write_if_changed(path: Path, data: bytes | str) -> bool:
                 return False
     except FileNotFoundError:
         pass
-    write_atomically(path, encoded)
+    write_atomically(path, encoded, mode)
     return True
 
 

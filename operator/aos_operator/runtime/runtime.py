@@ -12,11 +12,13 @@ On disk:
     <state_root>/packages, blobs, layers   installed packages (package.py)
     <state_root>/ids.json                   UID/GID pool (ids.py)
     <state_root>/supervisor.log             the node supervisor's own errors
+    <state_root>/permissions.json           AOS_SECRET of each instance with permissions (0600)
     <state_root>/network/                   instance networks (network/manager.py; the netns in
                                             /run/netns outlives container restarts)
     <state_root>/instances/<id>/            plan.json, config.json, status.json, starts.json,
                                             service.log, storage.img, state.img (kept)
     <run_root>/supervisor.sock, .lock, .json the node supervisor's socket, lock and PID record
+    <run_root>/permissions.sock             the permission socket (permission_server.py)
     <run_root>/instances/<id>/              the runc bundle while it runs (removed at stop)
     <run_root>/runc/                        runc's state (--root): only this runtime's containers
 """
@@ -53,6 +55,7 @@ from aos_operator.runtime.network.model import DEFAULT_PROVIDER, NetworkConfig, 
 from aos_operator.runtime.node import detect_node_facts
 from aos_operator.runtime.node_config import DEV_ROOT, EMPTY as EMPTY_NODE_CONFIG, NodeConfig
 from aos_operator.runtime.package import InstalledPackage, PackageStore, check_package_working_dir
+from aos_operator.runtime.permission_server import PermissionRegistry
 from aos_operator.runtime.plan import PLAN_FILE, SPEC_FILE, SupervisorPlan
 from aos_operator.runtime.rootfs import DEFAULT_BASE_VISIBLE, RootfsPlan, hosts_file
 from aos_operator.runtime.runc import Runc
@@ -123,6 +126,7 @@ class Runtime:
         self.ids = IdPool(self.config.state_root / "ids.json", self.config.passwd_file, self.config.group_file,
                           self.config.id_range)
         self.runc = Runc(self.config.run_root / "runc", self.config.runc_binary)
+        self.permissions = PermissionRegistry(self.config.state_root, self.config.run_root)  # AOS_SECRET
         self._cgroups = detect_cgroups()
         self._spawned: list[subprocess.Popen[bytes]] = []
         self._cpu_samples: dict[str, tuple[float, int, float]] = {}
@@ -180,7 +184,8 @@ class Runtime:
 
     def spec_for(self, identity: InstanceIdentity, package: InstalledPackage, uid: int, gid: int, *,
                  volumes: Sequence[Volume] = (), env_overrides: Sequence[str] = (),
-                 network_namespace: str | None = None, grants: HostGrants | None = None) -> dict[str, Any]:
+                 network_namespace: str | None = None, grants: HostGrants | None = None,
+                 secret: str | None = None) -> dict[str, Any]:
         """The OCI runtime spec an instance gets (the pure builder, fed with this node's choices)."""
         if grants is None:
             grants = self.grants(package)
@@ -192,7 +197,7 @@ class Runtime:
             storage_source=by_kind.get(STORAGE), state_source=by_kind.get(STATE),
             host_binds=tuple(path for path in self.config.host_binds if os.path.exists(path)),
             env_overrides=tuple(env_overrides), seccomp=self.config.seccomp,
-            network_namespace=network_namespace, grants=grants,
+            network_namespace=network_namespace, grants=grants, secret=secret,
         )
         return build_runtime_spec(package.image_config, package.service_config, setup, self.node)
 
@@ -297,12 +302,16 @@ class Runtime:
         volumes = self._volumes(package, instance_id, uid, gid)
         for volume in volumes:
             prepare_image(Path(volume.image), volume.kind, volume.quota)
-        spec = self.spec_for(identity, package, uid, gid, volumes=volumes, env_overrides=env_overrides, grants=grants)
+        # [permissions] the same secret while the instance is registered; none without permissions
+        secret = self.permissions.register(identity, package.service_config.permissions)
+        spec = self.spec_for(identity, package, uid, gid, volumes=volumes, env_overrides=env_overrides, grants=grants,
+                             secret=secret)
         # [network hook] what the network hook needs beside the identity
         spec.setdefault("annotations", {}).update({PACKAGE_ANNOTATION: package.digest, PROVIDER_ANNOTATION: provider})
         for hook in self.hooks:  # once per start request, never per restart of the container
             hook.setup(identity, spec)
-        write_if_changed(data_dir / SPEC_FILE, json.dumps(spec))  # [warm start] unchanged on a restart of a package
+        # [warm start] unchanged on a restart of a package; 0600: it may hold AOS_SECRET
+        write_if_changed(data_dir / SPEC_FILE, json.dumps(spec), mode=0o600)
         network = self.network.record(instance_id) if self.config.network.enabled else None  # [network hook]
         # [conformance] the service layer as the instance sees it: owned 0:<service GID>, as AosEdge 1.x
         service_layer = self.packages.layers.owned(package.layer_digest, gid)
@@ -468,6 +477,7 @@ class Runtime:
             for hook in self.hooks:
                 hook.teardown(instance_id)
             shutil.rmtree(self.data_dir(instance_id))
+            self.permissions.unregister(instance_id)  # [permissions] its secret vouches for nobody now
             self.ids.release_instance(instance_id)
             if not any(s.identity.service_id == status.identity.service_id for s in self.list()):
                 self.ids.release_service(status.identity.service_id)

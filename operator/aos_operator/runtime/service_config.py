@@ -15,6 +15,7 @@ from typing import Any
 
 from aos_operator import values
 from aos_operator.errors import PackageError
+from aos_operator.runtime.permissions import parse_permissions
 
 # AosEdge's systemd drop-in defaults (reference §3.9).
 DEFAULT_START_INTERVAL = 5.0
@@ -95,6 +96,7 @@ class ServiceConfig:
     allowed_connections: tuple[str, ...] = ()  # "<serviceID>/<port or range>[/<proto>]"
     devices: tuple[ServiceDevice, ...] = ()  # host devices by node-config alias, with cgroup access letters
     resources: tuple[str, ...] = ()  # node-config resource aliases
+    permissions: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # {server: {function: r|w|rw}}
 
 
 def _iso_duration_seconds(text: str) -> float | None:
@@ -309,4 +311,5 @@ def parse_service_config(data: Any, where: str) -> ServiceConfig:
         allowed_connections=_keys(top, "allowedConnections"),
         devices=_devices(top),
         resources=_resources(top),
+        permissions=parse_permissions((top.raw("permissions") or (None, None))[1], top.path("permissions")),
     )

@@ -74,6 +74,7 @@ class InstanceSetup:
     seccomp: bool = True
     network_namespace: str | None = None  # the instance's named netns; None: a new one, loopback only
     grants: HostGrants = NO_GRANTS  # host devices and resources from the node config (runtime/devices.py)
+    secret: str | None = None  # AOS_SECRET: the instance's permission secret (permission_server.py)
 
 
 def runc_example_spec() -> dict[str, Any]:
@@ -244,6 +245,8 @@ def build_runtime_spec(image: ImageConfig, service: ServiceConfig, setup: Instan
         _add_mount(spec, {"destination": "/storage", "type": "bind", "source": setup.storage_source,
                           "options": ["bind", "rw", "nosuid", "nodev"]})
     env = merge_env(process["env"], aos_env(setup.identity))
+    if setup.secret:  # AosEdge's SM adds it beside the identity when the service has permissions
+        env = merge_env(env, [f"AOS_SECRET={setup.secret}"])
 
     # image config (§3.3)
     process["args"] = list(image.args)

@@ -60,6 +60,7 @@ from aos_operator.runtime import volumes
 from aos_operator.runtime.cgroups import InstanceCgroup, detect_cgroups
 from aos_operator.runtime.files import file_lock, write_atomically
 from aos_operator.runtime.logs import CappedLog
+from aos_operator.runtime.permission_server import PermissionServer
 from aos_operator.runtime.plan import PLAN_FILE, SPEC_FILE, SupervisorPlan
 from aos_operator.runtime.runc import Runc
 from aos_operator.runtime.status import InstanceStatus, Phase, Reason, Termination, read_status, write_status
@@ -125,7 +126,7 @@ def prepare_bundle(plan: SupervisorPlan) -> None:
     bundle = Path(plan.run_dir)
     bundle.mkdir(parents=True, exist_ok=True)
     spec_text = (Path(plan.data_dir) / SPEC_FILE).read_text()
-    write_atomically(bundle / SPEC_FILE, spec_text)
+    write_atomically(bundle / SPEC_FILE, spec_text, mode=0o600)  # it may hold AOS_SECRET
     for volume in plan.volumes:
         volumes.mount_volume(volume)
     rootfs_module.assemble(plan.rootfs, json.loads(spec_text))
@@ -716,8 +717,14 @@ def main(argv: list[str]) -> int:
     if not node.acquire():
         return 0
     node.listen()
-    node.adopt_all()
-    node.run()
+    # The permission socket lives here: as long as the instances, across agent restarts.
+    permissions = PermissionServer(args.state_root, args.run_root)
+    permissions.start()
+    try:
+        node.adopt_all()
+        node.run()
+    finally:
+        permissions.close()
     return 0
 
 
