@@ -208,28 +208,34 @@ def main() -> None:
         steady_requests, _, steady_kinds = operator_requests(plane, audit_mark, watches=False)
         passes = args.services * args.steady_seconds / 10.0  # every service is re-checked every 10 s
         rss = peak_rss(operator.pid)
+        # Printed before the teardown: a slow operator stop must not lose the figures.
+        print(f"services {args.services}, devices {args.devices}; created in {created:.1f} s")
+        print(f"all Ready after {ready_at:.1f} s" if ready_at else "NOT all Ready within 30 min")
+        print(f"operator peak RSS {rss / 2**20:.0f} MiB")
+        print(f"operator API requests until all Ready: {until_ready} ({until_ready / args.services:.1f} per service)")
+        print(f"steady state: {steady_requests} operator requests (watches excluded) in {args.steady_seconds:.0f} s over "
+              f"~{passes:.0f} reconcile passes = {steady_requests / passes:.3f} per pass"
+              + (f" ({', '.join(f'{kind} {count}' for kind, count in steady_kinds.most_common(4))})" if steady_kinds else ""))
+        print("CPU seconds until all Ready: " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in cpu_ready.items()))
+        for label, devices in (("busy", range(heavy)), ("quiet", range(heavy, args.devices))):
+            traffic = [received[n] for n in devices]
+            own = [sum(1 for i in range(args.services) if device_of(i) == n) for n in devices]
+            print(f"{label} agents: {sum(own) / len(own):.0f} own instances each; received {sum(traffic) / len(traffic) / 1024:.0f} "
+                  f"KiB each from the API ({sum(traffic) / sum(own) / 1024:.1f} KiB per own instance, TLS included); "
+                  f"the fleet has {args.services} instances")
+        print(f"load average at the end: {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
         for loop in loops:
             loop.stop.set()
         operator.terminate()
-        operator.wait(timeout=30)
+        try:
+            operator.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            print("the operator did not stop within 60 s of SIGTERM; killed", flush=True)
+            operator.kill()
+            operator.wait()
         for proxy in proxies:
             proxy.close()
     registry.stop()
-
-    print(f"services {args.services}, devices {args.devices}; created in {created:.1f} s")
-    print(f"all Ready after {ready_at:.1f} s" if ready_at else "NOT all Ready within 30 min")
-    print(f"operator peak RSS {rss / 2**20:.0f} MiB")
-    print(f"operator API requests until all Ready: {until_ready} ({until_ready / args.services:.1f} per service)")
-    print(f"steady state: {steady_requests} operator requests (watches excluded) in {args.steady_seconds:.0f} s over "
-          f"~{passes:.0f} reconcile passes = {steady_requests / passes:.3f} per pass"
-          + (f" ({', '.join(f'{kind} {count}' for kind, count in steady_kinds.most_common(4))})" if steady_kinds else ""))
-    print("CPU seconds until all Ready: " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in cpu_ready.items()))
-    for label, devices in (("busy", range(heavy)), ("quiet", range(heavy, args.devices))):
-        traffic = [received[n] for n in devices]
-        own = [sum(1 for i in range(args.services) if device_of(i) == n) for n in devices]
-        print(f"{label} agents: {sum(own) / len(own):.0f} own instances each; received {sum(traffic) / len(traffic) / 1024:.0f} "
-              f"KiB each from the API ({sum(traffic) / sum(own) / 1024:.1f} KiB per own instance, TLS included); "
-              f"the fleet has {args.services} instances")
 
 
 if __name__ == "__main__":
