@@ -149,6 +149,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         run_dir=run_dir,
         connection=connection,
         heartbeat_seconds=args.heartbeat,
+        alert_poll_seconds=args.alert_poll,
         resources=resources,
         host_devices=host_devices,
     )
@@ -229,6 +230,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     agent.add_argument("--node-config", metavar="FILE", help="YAML with the resources and devices the node offers")
     agent.add_argument("--heartbeat", type=seconds(), default=10.0, metavar="SECONDS",
                        help="how often the AosDevice is renewed (default: %(default)s)")
+    agent.add_argument("--alert-poll", type=seconds(), default=10.0, metavar="SECONDS",
+                       help="how often the services' alertRules are checked (default: %(default)s, AosEdge's)")
     network_options(agent)
     max_layer_size_option(agent)
     # Package GC (runtime/package_gc.py): what an assigned instance needs is never deleted.
