@@ -311,8 +311,10 @@ class AgentLoop:
             self._report(key, {"phase": "Stopped", "reason": "Deleted", "message": "stopped and removed"})
             self._done[key] = generation
             return
-        if stays_failed(body, self.agent.status(spec.get("instanceId", ""))):
+        current = self.agent.status(spec.get("instanceId", ""))
+        if current is not None and stays_failed(body, current):
             self._done[key] = generation  # offlineTTL: only a new desired state starts it again
+            self._runtime_changed(current)  # stopped while this agent could not say so (perhaps before a restart)
             return
         image = spec.get("image") or {}
         if image.get("architecture") and image["architecture"] != self.node.architecture:
