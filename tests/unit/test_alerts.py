@@ -133,3 +133,20 @@ def test_an_offline_timeout_stays_failed_until_the_spec_changes() -> None:
     assert not stays_failed(newer, failed), "a new desired state starts it again"
     crashed = InstanceStatus("id", failed.identity, failed.package, phase=Phase.FAILED, reason=Reason.CRASH_LOOP)
     assert not stays_failed(same, crashed)
+
+
+def test_a_rollout_does_not_count_the_previous_packages_offline_timeout_against_the_new_one() -> None:
+    from datetime import UTC, datetime
+
+    from aos_operator.controller.rollout import COMPLETE, DeviceState, InstanceState, RolloutState, Strategy, plan_rollout
+
+    old, new = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+    previous = RolloutState(revision=1, stable=1, phase=COMPLETE, step=0, available=0)
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def plan(running_digest: str) -> str:
+        device = DeviceState("edge", 2, (InstanceState(new, "Failed", running_digest, reason="OfflineTimeout"),))
+        return plan_rollout(2, Strategy(), [device], previous, now).state.phase
+
+    assert plan(old) != "RolledBack", "the agent has not taken the new package yet: not its failure"
+    assert plan(new) == "RolledBack", "an offline timeout of the new package still counts"
