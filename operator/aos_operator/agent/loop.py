@@ -459,6 +459,8 @@ class AgentLoop:
         if previous is None or previous[0] != raised:
             previous = self._alert_since[change.instance_id] = (raised, now())
         self._report(key, {"conditions": [condition_fields(change, previous[1])]})
+        if not change.events and not change.raised:  # the instance ended: forget it
+            self._alert_since.pop(change.instance_id, None)
 
     def _post_instance_event(self, key: Key, event_type: str, reason: str, message: str) -> None:
         try:
