@@ -436,7 +436,6 @@ class AgentLoop:
                     self._reports[key] = {**update, **self._reports.get(key, {})}
             delay = min(delay * 2, 10.0) if failed else 0.2
 
-
     # --- alerts ---------------------------------------------------------------------------------------
 
     def _alerts_forever(self) -> None:
