@@ -36,7 +36,6 @@ from aos_operator.api.models import AOS_DEVICE, AOS_SERVICE_INSTANCE, API_VERSIO
 from aos_operator.api.naming import label_value
 from aos_operator.api.selectors import equality_selector
 from aos_operator.runtime import InstanceStatus, NodeFacts, Reason
-from aos_operator.runtime.offline import online_record_path
 
 log = logging.getLogger("aos_operator.agent")
 API_ERRORS = (ApiException, HTTPError, OSError)
@@ -55,7 +54,8 @@ class AgentSettings:
     connection: Connection = field(default_factory=Connection)
     heartbeat_seconds: float = 10.0
     usage_seconds: float = 15.0  # how often CPU and RAM use are refreshed in instance status
-    alert_poll_seconds: float = 10.0  # how often alert rules are checked (AosEdge's pollPeriod)
+    alert_poll_seconds: float = 0.0  # how often alert rules are checked (AosEdge: 10 s); 0: never
+    online_record: Path | None = None  # the last-contact record for offlineTTL (runtime/offline.py); None: none
     resources: tuple[str, ...] = ()
     host_devices: tuple[str, ...] = ()
     runners: tuple[str, ...] = ("runc",)
@@ -95,7 +95,7 @@ class AgentLoop:
         self._done: dict[Key, int | None] = {}  # the generation last converged, per instance
         self._retries: dict[Key, int] = {}
         self._traffic_blocked: dict[str, tuple[str, ...]] = {}
-        self._contact = ContactRecord(online_record_path(agent.runtime.config.state_root))
+        self._contact = ContactRecord(settings.online_record)
         self.alerts = InstanceAlerts(agent.runtime)
         self._alert_since: dict[str, tuple[bool, str]] = {}  # instance ID -> (raised, since)
 
@@ -439,6 +439,8 @@ class AgentLoop:
     # --- alerts ---------------------------------------------------------------------------------------
 
     def _alerts_forever(self) -> None:
+        if self.settings.alert_poll_seconds <= 0:
+            return
         while not self.stop.wait(self.settings.alert_poll_seconds):
             for change in self.alerts.poll():
                 self._publish_alerts(change)

@@ -24,15 +24,18 @@ log = logging.getLogger("aos_operator.agent")
 
 
 class ContactRecord:
-    """Writes the last-contact record after successful API calls, at most once per `min_interval`."""
+    """Writes the last-contact record after successful API calls, at most once per `min_interval`
+    (no record without a path)."""
 
-    def __init__(self, path: Path, min_interval: float = 1.0) -> None:
+    def __init__(self, path: Path | None, min_interval: float = 1.0) -> None:
         self.path = path
         self.min_interval = min_interval
         self._written = -float("inf")
         self._lock = threading.Lock()
 
     def succeeded(self) -> None:
+        if self.path is None:
+            return
         now = time.monotonic()
         with self._lock:
             if now - self._written < self.min_interval:

@@ -120,6 +120,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from aos_operator.api.client import KubeClient
     from aos_operator.runtime import Runtime, RuntimeConfig, detect_node_facts, stop_on_signals
     from aos_operator.runtime.package_gc import GcPolicy
+    from aos_operator.runtime.offline import online_record_path
 
     device = args.device or os.environ.get("NODE_NAME")
     if not device:
@@ -150,6 +151,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         connection=connection,
         heartbeat_seconds=args.heartbeat,
         alert_poll_seconds=args.alert_poll,
+        online_record=online_record_path(data_dir),  # where the node supervisor looks (offlineTTL)
         resources=resources,
         host_devices=host_devices,
     )
