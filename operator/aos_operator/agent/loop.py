@@ -3,7 +3,9 @@ watch this device's AosServiceInstances, hand them to the core, and report their
 
 Threads, each with one job: the heartbeat, the watch (list, then watch from the list's
 resourceVersion, with the device label selector on the server and checked again here), a
-worker that converges instances one at a time, and a reporter that writes status patches.
+worker that converges instances one at a time, a reporter that writes status patches, and the
+alert job (instance_alerts.py). Each successful API call is noted on disk for offlineTTL
+(offline.py).
 Reports wait in a latest-wins table, so when the API server is away the services keep running
 and their status catches up when it is back.
 """
@@ -28,6 +30,8 @@ from urllib3.exceptions import HTTPError
 from aos_operator import __version__
 from aos_operator.agent.core import Desired, DeviceAgent, Outcome
 from aos_operator.agent.metrics import HEARTBEATS
+from aos_operator.agent.instance_alerts import FALLEN_REASON, RAISED_REASON, AlertChange, InstanceAlerts, condition_fields
+from aos_operator.agent.offline import ContactRecord, stays_failed
 from aos_operator.api.client import Connection, KubeClient
 from aos_operator.api.models import AOS_DEVICE, AOS_SERVICE_INSTANCE, API_VERSION, LABEL_DEVICE
 from aos_operator.api.naming import label_value
@@ -55,6 +59,8 @@ class AgentSettings:
     connection: Connection = field(default_factory=Connection)
     heartbeat_seconds: float = 10.0
     usage_seconds: float = 15.0  # how often CPU and RAM use are refreshed in instance status
+    alert_poll_seconds: float = 0.0  # how often alert rules are checked (AosEdge: 10 s); 0: never
+    online_record: Path | None = None  # the last-contact record for offlineTTL (runtime/offline.py); None: none
     resources: tuple[str, ...] = ()
     host_devices: tuple[str, ...] = ()
     runners: tuple[str, ...] = ("runc",)
@@ -96,6 +102,9 @@ class AgentLoop:
         self._retries: dict[Key, int] = {}
         self._traffic_blocked: dict[str, tuple[str, ...]] = {}
         self.last_heartbeat: float | None = None  # epoch seconds of the last renewal the API took (metrics)
+        self._contact = ContactRecord(settings.online_record)
+        self.alerts = InstanceAlerts(agent.runtime)
+        self._alert_since: dict[str, tuple[bool, str]] = {}  # instance ID -> (raised, since)
 
     # --- threads ------------------------------------------------------------------------------
 
@@ -109,6 +118,7 @@ class AgentLoop:
             threading.Thread(target=self._guard, args=(self._watch,), name="watch", daemon=True),
             threading.Thread(target=self._guard, args=(self._converge_forever,), name="worker", daemon=True),
             threading.Thread(target=self._guard, args=(self._report_forever,), name="reporter", daemon=True),
+            threading.Thread(target=self._guard, args=(self._alerts_forever,), name="alerts", daemon=True),
         ]
         for thread in threads:
             thread.start()
@@ -206,6 +216,7 @@ class AgentLoop:
                 self.kube.patch(AOS_DEVICE, self.settings.device, {"status": self._device_status()}, status=True)
                 self.last_heartbeat = time.time()
                 HEARTBEATS.labels(device=self.settings.device, result="ok").inc()
+                self._contact.succeeded()
             except API_ERRORS as error:
                 HEARTBEATS.labels(device=self.settings.device, result="failed").inc()
                 log.warning("heartbeat failed (the services keep running): %s", error)
@@ -289,11 +300,13 @@ class AgentLoop:
         while not self.stop.is_set():
             try:
                 items, version = self.kube.list(AOS_SERVICE_INSTANCE, None, self.selector)
+                self._contact.succeeded()  # before converging: a start checks the record
                 self._resync([item for item in items if self._mine(item)])
                 delay = 1.0
                 while not self.stop.is_set():
                     for event in self.kube.watch(AOS_SERVICE_INSTANCE, None, self.selector, version, timeout_seconds=60):
                         kind, body = event["type"], event["object"]
+                        self._contact.succeeded()
                         if kind == "ERROR":
                             raise ApiException(status=(body or {}).get("code", 500), reason=str(body))
                         version = body.get("metadata", {}).get("resourceVersion") or version
@@ -340,6 +353,11 @@ class AgentLoop:
             self._report(key, {"phase": "Stopped", "reason": "Deleted", "message": "stopped and removed"})
             self._done[key] = generation
             return
+        current = self.agent.status(spec.get("instanceId", ""))
+        if current is not None and stays_failed(body, current):
+            self._done[key] = generation  # offlineTTL: only a new desired state starts it again
+            self._runtime_changed(current)  # stopped while this agent could not say so (perhaps before a restart)
+            return
         image = spec.get("image") or {}
         if image.get("architecture") and image["architecture"] != self.node.architecture:
             self._report(key, {"phase": "Failed", "reason": "ArchitectureMismatch",
@@ -373,8 +391,10 @@ class AgentLoop:
     # --- reporting -----------------------------------------------------------------------------------
 
     def _report_outcome(self, key: Key, outcome: Outcome, generation: int | None) -> None:
-        if outcome.phase == "Running":
-            return  # the runtime's own report says more (start time, restarts)
+        if outcome.phase == "Running":  # the runtime's own report says more (start time, restarts)
+            if generation is not None:
+                self._report(key, {"observedGeneration": generation})
+            return
         update: dict[str, Any] = {"phase": outcome.phase, "reason": outcome.reason, "message": outcome.message or None}
         if generation is not None:
             update["observedGeneration"] = generation
@@ -447,6 +467,7 @@ class AgentLoop:
             for key, update in batch.items():
                 try:
                     self.kube.patch(AOS_SERVICE_INSTANCE, key[1], {"status": update}, key[0], status=True)
+                    self._contact.succeeded()
                 except ApiException as error:
                     if error.status != 404:  # a deleted object needs no report
                         failed[key] = update
@@ -456,6 +477,45 @@ class AgentLoop:
                 for key, update in failed.items():  # newer reports win over the failed ones
                     self._reports[key] = {**update, **self._reports.get(key, {})}
             delay = min(delay * 2, 10.0) if failed else 0.2
+
+    # --- alerts ---------------------------------------------------------------------------------------
+
+    def _alerts_forever(self) -> None:
+        if self.settings.alert_poll_seconds <= 0:
+            return
+        while not self.stop.wait(self.settings.alert_poll_seconds):
+            for change in self.alerts.poll():
+                self._publish_alerts(change)
+
+    def _publish_alerts(self, change: AlertChange) -> None:
+        """Events for raise, continue (Warning) and fall (Normal); the QuotaAlert condition."""
+        with self._lock:
+            key = self._keys.get(change.instance_id)
+        if key is None:
+            return
+        for event in change.events:
+            warning = event.status != "fall"
+            self._post_instance_event(key, "Warning" if warning else "Normal",
+                                      RAISED_REASON if warning else FALLEN_REASON, event.message)
+        raised = bool(change.raised)
+        previous = self._alert_since.get(change.instance_id)
+        if previous is None or previous[0] != raised:
+            previous = self._alert_since[change.instance_id] = (raised, now())
+        self._report(key, {"conditions": [condition_fields(change, previous[1])]})
+        if not change.events and not change.raised:  # the instance ended: forget it
+            self._alert_since.pop(change.instance_id, None)
+
+    def _post_instance_event(self, key: Key, event_type: str, reason: str, message: str) -> None:
+        try:
+            self.kube.post_event(key[0], {"apiVersion": API_VERSION, "kind": AOS_SERVICE_INSTANCE.kind,
+                                          "name": key[1], "namespace": key[0]},
+                                 event_type, reason, message, f"aos-agent/{self.settings.device}")
+        except API_ERRORS as error:
+            log.warning("instance %s/%s: event %s not posted: %s", key[0], key[1], reason, error)
+
+    def alert_counts(self) -> dict[tuple[str, str], int]:
+        """Alerts raised since the agent started, per (instance ID, parameter): for metrics."""
+        return self.alerts.monitor.raised_counts()
 
 
 def agent_alive(run_dir: Path) -> tuple[bool, str]:

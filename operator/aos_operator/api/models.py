@@ -320,6 +320,8 @@ class AosServiceInstanceStatus(_Schema):
     cpuMillicores: int | None = Field(None, description="CPU use, thousandths of a core")
     ramBytes: int | None = Field(None, description="Memory use in bytes")
     ip: str | None = Field(None, description="The instance's address on its provider network (none without a network)")
+    conditions: list[Condition] | None = Field(
+        None, description="QuotaAlert: True while an alert rule of the service is over its threshold")
     observedGeneration: int | None = None
     lastUpdate: datetime | None = None
 

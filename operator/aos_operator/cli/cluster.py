@@ -95,6 +95,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from aos_operator.runtime.node_config import EMPTY as EMPTY_NODE_CONFIG
     from aos_operator.runtime.node_config import load_node_config
     from aos_operator.runtime.package_gc import GcPolicy
+    from aos_operator.runtime.offline import online_record_path
 
     device = args.device or os.environ.get("NODE_NAME")
     if not device:
@@ -132,6 +133,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         run_dir=run_dir,
         connection=connection,
         heartbeat_seconds=args.heartbeat,
+        alert_poll_seconds=args.alert_poll,
+        online_record=online_record_path(data_dir),  # where the node supervisor looks (offlineTTL)
         resources=tuple(resource.name for resource in node_config.resources),
         host_devices=tuple(device.name for device in node_config.devices),
         node_config=node_config,
@@ -244,6 +247,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     agent.add_argument("--heartbeat", type=seconds(), default=10.0, metavar="SECONDS",
                        help="how often the AosDevice is renewed (default: %(default)s)")
     metrics_option(agent, "instances' CPU, RAM, restarts, phase, alerts; the device's instances and heartbeat")
+    agent.add_argument("--alert-poll", type=seconds(), default=10.0, metavar="SECONDS",
+                       help="how often the services' alertRules are checked (default: %(default)s, AosEdge's)")
     network_options(agent)
     max_layer_size_option(agent)
     # Package GC (runtime/package_gc.py): what an assigned instance needs is never deleted.

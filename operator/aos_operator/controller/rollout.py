@@ -195,7 +195,11 @@ def _available(instance: InstanceState, min_ready: float, now: datetime) -> tupl
 
 
 def _failed(instance: InstanceState) -> bool:
-    return instance.phase == "Failed" and instance.reason in FAILURE_REASONS
+    if instance.phase != "Failed" or instance.reason not in FAILURE_REASONS:
+        return False
+    # An OfflineTimeout of the previous package, reported before the agent took the new one (which
+    # is what starts it again), says nothing of the new package.
+    return not (instance.reason == "OfflineTimeout" and instance.running_digest not in (None, instance.digest))
 
 
 def _soonest(*values: float | None) -> float | None:

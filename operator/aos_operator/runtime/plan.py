@@ -37,6 +37,9 @@ class SupervisorPlan:
     restart: bool
     log_max_bytes: int
     stop_signal: int = signal.SIGTERM  # sent first on a stop; SIGKILL follows after the grace period
+    offline_ttl: float = 0.0  # seconds the instance may run without contact; 0: forever (offline.py)
+    online_record: str = ""  # the node's last-contact record; empty: offlineTTL is not enforced
+    stop_grace: float = 10.0  # SIGKILL this long after the stop signal, for stops the supervisor decides
 
     @property
     def instance_id(self) -> str:
@@ -64,6 +67,7 @@ class SupervisorPlan:
                                "start_burst": self.run_parameters.start_burst,
                                "restart_interval": self.run_parameters.restart_interval},
             "restart": self.restart, "log_max_bytes": self.log_max_bytes, "stop_signal": int(self.stop_signal),
+            "offline_ttl": self.offline_ttl, "online_record": self.online_record, "stop_grace": self.stop_grace,
         }
 
     @classmethod
@@ -77,6 +81,8 @@ class SupervisorPlan:
             run_parameters=RunParameters(**data["run_parameters"]),
             restart=data["restart"], log_max_bytes=data["log_max_bytes"],
             stop_signal=int(data.get("stop_signal", signal.SIGTERM)),
+            offline_ttl=float(data.get("offline_ttl", 0.0)), online_record=str(data.get("online_record", "")),
+            stop_grace=float(data.get("stop_grace", 10.0)),
         )
 
     def save(self) -> Path:

@@ -54,6 +54,7 @@ from aos_operator.runtime.network.manager import NetworkManager
 from aos_operator.runtime.network.model import DEFAULT_PROVIDER, NetworkConfig, short_hash
 from aos_operator.runtime.node import detect_node_facts
 from aos_operator.runtime.node_config import DEV_ROOT, EMPTY as EMPTY_NODE_CONFIG, NodeConfig
+from aos_operator.runtime.offline import online_record_path
 from aos_operator.runtime.package import InstalledPackage, PackageStore, check_package_working_dir
 from aos_operator.runtime.permission_server import PermissionRegistry
 from aos_operator.runtime.plan import PLAN_FILE, SPEC_FILE, SupervisorPlan
@@ -326,6 +327,8 @@ class Runtime:
                               aos_layers=tuple(str(path) for path in package.aos_layer_paths)),  # [aos layers]
             volumes=tuple(volumes), run_parameters=package.service_config.run_parameters, restart=restart,
             log_max_bytes=self.config.log_max_bytes,
+            offline_ttl=package.service_config.offline_ttl, stop_grace=self.config.stop_timeout,
+            online_record=str(online_record_path(self.config.state_root)),
         )
         plan.save()
         return plan

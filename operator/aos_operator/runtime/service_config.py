@@ -85,6 +85,18 @@ class ServiceDevice:
 
 
 @dataclass(frozen=True)
+class AlertRule:
+    """One rule of `alertRules`: cpu, ram and partitions in percent of the node's total, download
+    and upload in points (bytes this traffic period), as AosEdge reads them."""
+
+    parameter: str  # cpu, ram, download, upload, or a partition name (storage, state)
+    min_timeout: float  # seconds
+    min_threshold: float
+    max_threshold: float
+    percent: bool
+
+
+@dataclass(frozen=True)
 class ServiceConfig:
     """The parts of the Aos service config that decide how an instance runs on a node."""
 
@@ -97,6 +109,8 @@ class ServiceConfig:
     devices: tuple[ServiceDevice, ...] = ()  # host devices by node-config alias, with cgroup access letters
     resources: tuple[str, ...] = ()  # node-config resource aliases
     permissions: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # {server: {function: r|w|rw}}
+    offline_ttl: float = 0.0  # seconds; 0: may run offline forever
+    alert_rules: tuple[AlertRule, ...] = ()
 
 
 def _iso_duration_seconds(text: str) -> float | None:
@@ -235,6 +249,58 @@ def _resources(fields: _Fields) -> tuple[str, ...]:
     return names
 
 
+_MAX_THRESHOLD = float(2**63)
+_PERCENT_RULES = ("cpu", "ram")
+_POINT_RULES = ("download", "upload")
+
+
+def _threshold(rule: _Fields, key: str) -> float:
+    found = rule.raw(key)
+    if found is None:
+        return 0.0
+    value = found[1]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= _MAX_THRESHOLD:
+        raise PackageError(f"{rule.path(key)}: expected a number >= 0, got {value!r:.100}")
+    return float(value)
+
+
+def _alert_rule(rule: _Fields, parameter: str, percent: bool) -> AlertRule:
+    timeout = rule.raw("minTimeout")
+    return AlertRule(
+        parameter=parameter,
+        min_timeout=0.0 if timeout is None else parse_duration(timeout[1], rule.path("minTimeout")),
+        min_threshold=_threshold(rule, "minThreshold"),
+        max_threshold=_threshold(rule, "maxThreshold"),
+        percent=percent,
+    )
+
+
+def parse_alert_rules(fields: _Fields) -> tuple[AlertRule, ...]:
+    """`alertRules`: {cpu, ram, download, upload: rule, partitions: [rule with name]} (aos_common's shape)."""
+    rules = fields.object("alertRules")
+    if rules is None:
+        return ()
+    found = []
+    for parameter in _PERCENT_RULES + _POINT_RULES:
+        rule = rules.object(parameter)
+        if rule is not None:
+            found.append(_alert_rule(rule, parameter, parameter in _PERCENT_RULES))
+    partitions = rules.raw("partitions")
+    if partitions is not None:
+        if not isinstance(partitions[1], list) or len(partitions[1]) > 16:
+            raise PackageError(f"{rules.path('partitions')}: expected a list of at most 16 rules")
+        seen = {rule.parameter for rule in found}
+        for number, item in enumerate(partitions[1]):
+            rule = _Fields(item, f"{rules.path('partitions')}[{number}]")
+            name = rule.string("name")
+            if not name or len(name) > 64 or name in seen:
+                raise PackageError(f"{rule.path('name')}: expected a partition name (storage, state) used once, "
+                                   f"got {name!r:.80}")
+            seen.add(name)
+            found.append(_alert_rule(rule, name, True))
+    return tuple(found)
+
+
 def parse_image_config(data: Any, where: str) -> ImageConfig:
     """The image config as AosEdge reads it; `os` must be linux."""
     top = _Fields(data, where)
@@ -312,4 +378,6 @@ def parse_service_config(data: Any, where: str) -> ServiceConfig:
         devices=_devices(top),
         resources=_resources(top),
         permissions=parse_permissions((top.raw("permissions") or (None, None))[1], top.path("permissions")),
+        offline_ttl=0.0 if (ttl := top.raw("offlineTTL")) is None else parse_duration(ttl[1], top.path("offlineTTL")),
+        alert_rules=parse_alert_rules(top),
     )

@@ -43,6 +43,7 @@ class Reason:
     SUPERVISOR_LOST = "SupervisorLost"  # no node supervisor runs; recover() starts one, which adopts it
     STOPPED = "Stopped"  # stopped on request; as a last exit: ended after the stop's SIGTERM
     TRAFFIC_LIMIT = "TrafficLimitReached"  # running, but uploadLimit/downloadLimit is used up this period
+    OFFLINE_TIMEOUT = "OfflineTimeout"  # offline for longer than the service's offlineTTL: stopped, not started
 
 
 @dataclass(frozen=True)

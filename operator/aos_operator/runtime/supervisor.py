@@ -32,6 +32,10 @@ apply the restart policy; tear everything down when stopped or given up.
 - Stop: SIGTERM to the init (AosEdge, like the OCI image config's StopSignal, is not consulted:
   AosEdge ignores StopSignal and kills at once), SIGKILL after the grace period. A PID-namespace init that has no handler for the signal never receives
   it (pid_namespaces(7)), so then SIGKILL follows at once instead of after a useless wait.
+- offlineTTL (offline.py): a running instance is stopped, as a stop request would, once the node's
+  last-contact record is older than the TTL, and is then Failed with reason OfflineTimeout; a
+  start or restart is not made while it is expired. Here rather than in the agent, so it holds
+  while the agent is down too.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from aos_operator.runtime.cgroups import InstanceCgroup, detect_cgroups
 from aos_operator.runtime.files import file_lock, write_atomically
 from aos_operator.runtime.logs import CappedLog
 from aos_operator.runtime.permission_server import PermissionServer
+from aos_operator.runtime.offline import offline_deadline, timeout_message
 from aos_operator.runtime.plan import PLAN_FILE, SPEC_FILE, SupervisorPlan
 from aos_operator.runtime.runc import Runc
 from aos_operator.runtime.status import InstanceStatus, Phase, Reason, Termination, read_status, write_status
@@ -155,6 +160,8 @@ class Instance:
         # A start request whose status came with it (not written by the runtime) is answered
         # once this instance's first status of it is on disk (see NodeSupervisor.start).
         self.answer: Callable[[], None] | None = None
+        self.offline_at: float | None = None  # monotonic: when to look at the last-contact record again
+        self.offline_stop = False
 
     @property
     def instance_id(self) -> str:
@@ -198,9 +205,36 @@ class Instance:
         except (FileNotFoundError, ValueError, TypeError):
             return []
 
+    def _offline_deadline(self) -> float | None:
+        return offline_deadline(self.plan.online_record, self.plan.offline_ttl) if self.plan.online_record else None
+
+    def _offline_expired(self) -> bool:
+        deadline = self._offline_deadline()
+        return deadline is not None and time.time() >= deadline
+
+    def _schedule_offline_check(self) -> None:
+        deadline = self._offline_deadline()
+        self.offline_at = None if deadline is None else time.monotonic() + max(0.0, deadline - time.time())
+
+    def check_offline(self) -> None:
+        """The offline deadline came: stop the instance unless a contact was recorded meanwhile."""
+        self.offline_at = None
+        if self.done or self.stopping:
+            return
+        if self._offline_expired():
+            self.offline_stop = True
+            self.request_stop(self.plan.stop_grace)
+        else:
+            self._schedule_offline_check()
+
     def try_start(self) -> None:
-        """A start, unless it would break the start limit (then Failed, CrashLoop)."""
+        """A start, unless it would break the start limit (then Failed, CrashLoop) or the
+        offlineTTL has run out (then Failed, OfflineTimeout)."""
         self.restart_at = None
+        if self._offline_expired():
+            self.finish(Phase.FAILED, Reason.OFFLINE_TIMEOUT,
+                        timeout_message(self.plan.online_record, self.plan.offline_ttl))
+            return
         parameters = self.plan.run_parameters
         now = time.time()
         recent = [t for t in self._recent_starts() if 0 <= now - t < parameters.start_interval]
@@ -263,6 +297,7 @@ class Instance:
         self.node.selector.register(pidfd, selectors.EVENT_READ, (self.on_exit, None))
         if output is not None:
             self.node.selector.register(output, selectors.EVENT_READ, (self.on_output, None))
+        self._schedule_offline_check()
 
     def _start_failed(self, message: str) -> None:
         self.runc.delete(self.instance_id, force=True)  # a half-created container would block the next try
@@ -322,7 +357,10 @@ class Instance:
         self.output = None
 
     def after_end(self, termination: Termination) -> None:
-        if self.stopping:
+        if self.stopping and self.offline_stop:
+            self.finish(Phase.FAILED, Reason.OFFLINE_TIMEOUT,
+                        timeout_message(self.plan.online_record, self.plan.offline_ttl))
+        elif self.stopping:
             self.finish(Phase.STOPPED, Reason.STOPPED, "")
         elif not self.plan.restart:
             phase = Phase.STOPPED if termination.exit_code == 0 else Phase.FAILED
@@ -363,7 +401,7 @@ class Instance:
 
     def finish(self, phase: Phase, reason: str, message: str) -> None:
         """Tear down everything the instance put on the node and write its final status."""
-        self.restart_at = self.kill_at = None
+        self.restart_at = self.kill_at = self.offline_at = None
         try:
             teardown_instance(self.plan)
         except AosError as error:
@@ -375,12 +413,14 @@ class Instance:
 
     def due(self, now: float) -> float | None:
         """The next moment this instance has something to do (monotonic), if any."""
-        moments = [t for t in (self.restart_at, self.kill_at) if t is not None]
+        moments = [t for t in (self.restart_at, self.kill_at, self.offline_at) if t is not None]
         return min(moments) if moments else None
 
     def run_timers(self, now: float) -> None:
         if self.kill_at is not None and now >= self.kill_at:
             self.kill()
+        if self.offline_at is not None and now >= self.offline_at:
+            self.check_offline()
         if self.restart_at is not None and now >= self.restart_at:
             self.try_start()
 
