@@ -29,7 +29,7 @@ from urllib3.exceptions import HTTPError
 
 from aos_operator import __version__
 from aos_operator.agent.core import Desired, DeviceAgent, Outcome
-from aos_operator.agent.metrics import HEARTBEATS
+from aos_operator.agent.metrics import HEARTBEATS, count_alert
 from aos_operator.agent.instance_alerts import FALLEN_REASON, RAISED_REASON, AlertChange, InstanceAlerts, condition_fields
 from aos_operator.agent.offline import ContactRecord, stays_failed
 from aos_operator.api.client import Connection, KubeClient
@@ -494,6 +494,9 @@ class AgentLoop:
         if key is None:
             return
         for event in change.events:
+            if event.status == "raise":
+                service_id = ((self._desired.get(key) or {}).get("spec") or {}).get("serviceId", "")
+                count_alert(change.instance_id, service_id, event.parameter)
             warning = event.status != "fall"
             self._post_instance_event(key, "Warning" if warning else "Normal",
                                       RAISED_REASON if warning else FALLEN_REASON, event.message)
@@ -512,10 +515,6 @@ class AgentLoop:
                                  event_type, reason, message, f"aos-agent/{self.settings.device}")
         except API_ERRORS as error:
             log.warning("instance %s/%s: event %s not posted: %s", key[0], key[1], reason, error)
-
-    def alert_counts(self) -> dict[tuple[str, str], int]:
-        """Alerts raised since the agent started, per (instance ID, parameter): for metrics."""
-        return self.alerts.monitor.raised_counts()
 
 
 def agent_alive(run_dir: Path) -> tuple[bool, str]:
