@@ -20,9 +20,10 @@ from aos_operator.api.models import AOS_SERVICE
 from tests.cluster.install import install
 from tests.e2e.fleet import Fleet, eventually
 from tests.e2e.test_operator_agents import CHART_VALUES, config, config_map
+from tests.e2e.test_metrics_permissions import scrape, value
 from tests.e2e.test_rollouts_real import storage_ready
 from tests.integration.registry_support import start_registry
-from tools.cluster import ControlPlane
+from tools.cluster import ControlPlane, free_port
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 NAMESPACE = "demo"
@@ -47,8 +48,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
         storage_ready(fleet)
         fleet.plane.create(config_map())
         fleet.start_operator()
+        fleet.metrics_port = free_port()  # type: ignore[attr-defined]
         fleet.start_agent(DEVICE, {"alerts": "e2e", "kubernetes.io/arch": "amd64"}, "--alert-poll", "0.5",
-                          "--no-network")
+                          "--no-network", "--metrics-address", f"127.0.0.1:{fleet.metrics_port}")  # type: ignore[attr-defined]
         try:
             yield fleet
         finally:
@@ -103,6 +105,10 @@ def test_a_cpu_burner_raises_an_alert_event_and_condition_which_fall_when_it_cal
     assert raised[0]["message"].startswith("cpu ") and "maxThreshold" in raised[0]["message"]
     assert "% of the node's" in raised[0]["message"]
     assert raised[0]["source"]["component"] == f"aos-agent/{DEVICE}"
+    instance_id = instance["spec"]["instanceId"]
+    counted = value(scrape(fleet.metrics_port), "aos_instance_alerts_total",  # type: ignore[attr-defined]
+                    instance_id=instance_id, parameter="cpu")
+    assert counted is not None and counted >= 1, "the raise counts in the agent's metrics"
     condition = eventually(lambda: fleet.condition(instance_of(fleet, BURNER), "QuotaAlert").get("status") == "True"
                            and fleet.condition(instance_of(fleet, BURNER), "QuotaAlert"), 30, "QuotaAlert=True")
     assert condition["reason"] == "QuotaAlert" and condition["message"].startswith("cpu ")
