@@ -81,7 +81,7 @@ def rolled_out(fleet: Fleet, not_digest: str | None = None) -> dict[str, Any]:
 
 
 def test_a_service_without_its_layer_is_layer_not_found_and_nothing_is_dispatched(fleet: Fleet) -> None:
-    config = hello_config("1.0.0")
+    config = hello_config("1.0.0", NAME)
     config["configuration"]["layers"] = [RANGE]
     fleet.api.create(AOS_SERVICE, {
         "apiVersion": "aosedge.io/v1alpha1", "kind": "AosService", "metadata": {"name": NAME, "namespace": NAMESPACE},
