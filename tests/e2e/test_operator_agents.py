@@ -398,7 +398,10 @@ def test_a_stale_status_write_is_a_conflict_and_leaves_the_agents_report(fleet: 
     """409: the server refuses a status update made from a stale resourceVersion and keeps the
     agent's report. (The operator and the agents write with merge patches that carry no
     resourceVersion: the server applies them to the latest object, so theirs do not conflict.)"""
-    (instance,) = fleet.instances(NAMESPACE, NAME)
+    # Ready may come while the previous test's new package is still being pulled (the old one serves).
+    digest = eventually(lambda: ready(fleet), 60)["status"]["image"]["digest"]
+    (instance,) = eventually(lambda: running_on(fleet, digest), 120,
+                             lambda: f"the current package running\n{fleet.diagnostics()}")
     path = (f"/apis/aosedge.io/v1alpha1/namespaces/{NAMESPACE}/aosserviceinstances/"
             f"{instance['metadata']['name']}/status")
     stale = {**instance, "metadata": {**instance["metadata"], "resourceVersion": "1"},
