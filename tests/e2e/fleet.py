@@ -11,20 +11,23 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 from kubernetes.client.exceptions import ApiException
 
 from aos_operator.api.client import Connection, KubeClient
 from aos_operator.api.models import AOS_DEVICE, AOS_SERVICE, AOS_SERVICE_INSTANCE
 from aos_operator.cli.common import network_config
 from aos_operator.runtime import Runtime, RuntimeConfig
-from tests.cluster.install import Installation
+from tests.cluster.install import Installation, install
 from tests.cluster.proxy import ProxyThread
 from tests.conftest import REPO
+from tests.integration.registry_support import start_registry
 from tools.cluster import ControlPlane, dying_with_parent
 
 T = TypeVar("T")
@@ -223,3 +226,38 @@ class Fleet:
         for agent in self.agents.values():
             parts.append(f"--- agent {agent.device} ---\n{agent.process.tail()}")
         return "\n".join(parts)
+
+
+def storage_ready(fleet: Fleet, namespace: str) -> None:
+    """A CRD just established answers 429 "storage is (re)initializing" for a moment on a busy machine."""
+    for kind in (AOS_SERVICE, AOS_SERVICE_INSTANCE):
+        for _ in range(240):
+            try:
+                fleet.api.list(kind, namespace)
+                break
+            except ApiException as error:
+                if error.status != 429:
+                    raise
+                time.sleep(0.25)
+
+
+@contextmanager
+def fleet_on_control_plane(root: Path, chart_values: Mapping[str, Any], namespace: str) -> Iterator[Fleet]:
+    """A real control plane with the chart's identities, a real registry and the namespace; the
+    caller starts the operator and agents. Afterwards nothing of it stays on the machine, also
+    when a test failed."""
+    if os.geteuid() != 0:
+        pytest.fail("the end-to-end tests run services under runc: they need root (CI runs as root)")
+    registry = start_registry(root / "registry")
+    with ControlPlane() as plane:
+        print(f"control plane ready in {plane.startup_seconds:.1f} s")
+        fleet = Fleet(root, install(plane, chart_values), registry.host)
+        fleet.registry = registry  # type: ignore[attr-defined]
+        plane.ensure_namespace(namespace)
+        storage_ready(fleet, namespace)
+        try:
+            yield fleet
+        finally:
+            fleet.stop()
+            registry.stop()
+            fleet.clean_node()

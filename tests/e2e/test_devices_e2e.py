@@ -5,7 +5,6 @@ device, and the instance sees the device and the resource under real runc."""
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -14,12 +13,9 @@ import pytest
 import yaml
 
 from aos_operator.api.models import AOS_SERVICE
-from tests.cluster.install import install
 from tests.conftest import EXAMPLES
-from tests.e2e.fleet import Fleet, eventually
+from tests.e2e.fleet import Fleet, eventually, fleet_on_control_plane
 from tests.e2e.test_operator_agents import CHART_VALUES
-from tests.integration.registry_support import start_registry
-from tools.cluster import ControlPlane
 
 pytestmark = pytest.mark.root
 NAMESPACE = "devices"
@@ -44,26 +40,16 @@ time.sleep(3600)
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    if os.geteuid() != 0:
-        pytest.fail("the end-to-end tests run services under runc: they need root (CI runs as root)")
     root = tmp_path_factory.mktemp("devices-fleet")
     (root / "node-config.yaml").write_text(NODE_CONFIG)
-    registry = start_registry(root / "registry")
-    with ControlPlane() as plane:
-        fleet = Fleet(root, install(plane, CHART_VALUES), registry.host)
-        plane.ensure_namespace(NAMESPACE)
+    with fleet_on_control_plane(root, CHART_VALUES, NAMESPACE) as fleet:
         fleet.plane.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "probe", "namespace": NAMESPACE},
                             "data": {"probe.py": PROBE}})
         fleet.start_operator()
         fleet.start_agent("edge-cam", {"zone": "a", "kubernetes.io/arch": "amd64"},
                           "--node-config", str(root / "node-config.yaml"))
         fleet.start_agent("edge-plain", {"zone": "a", "kubernetes.io/arch": "amd64"})
-        try:
-            yield fleet
-        finally:
-            fleet.stop()
-            registry.stop()
-            fleet.clean_node()
+        yield fleet
 
 
 def service(name: str, devices: list[dict[str, str]], resources: list[str]) -> dict[str, Any]:

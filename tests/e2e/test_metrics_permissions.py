@@ -10,7 +10,6 @@ permissions, its deletion.
 
 from __future__ import annotations
 
-import os
 import re
 import urllib.error
 import urllib.request
@@ -24,11 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from aos_operator.api.models import AOS_SERVICE
 from aos_operator.runtime.permission_server import query_permissions
-from tests.cluster.install import install
 from tests.conftest import EXAMPLES
-from tests.e2e.fleet import Fleet, eventually
-from tests.integration.registry_support import start_registry
-from tools.cluster import ControlPlane, free_port
+from tests.e2e.fleet import Fleet, eventually, fleet_on_control_plane
+from tools.cluster import free_port
 
 pytestmark = pytest.mark.root
 NAMESPACE = "metrics"
@@ -43,24 +40,12 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    if os.geteuid() != 0:
-        pytest.fail("the end-to-end tests run services under runc: they need root (CI runs as root)")
-    root = tmp_path_factory.mktemp("metrics-fleet")
-    registry = start_registry(root / "registry")
-    with ControlPlane() as plane:
-        installation = install(plane, {})
-        fleet = Fleet(root, installation, registry.host)
-        plane.ensure_namespace(NAMESPACE)
+    with fleet_on_control_plane(tmp_path_factory.mktemp("metrics-fleet"), {}, NAMESPACE) as fleet:
         fleet.operator_port, fleet.agent_port = free_port(), free_port()  # type: ignore[attr-defined]
         fleet.start_operator("--metrics-address", f"127.0.0.1:{fleet.operator_port}")  # type: ignore[attr-defined]
         fleet.start_agent(DEVICE, {"kubernetes.io/arch": "amd64"}, "--no-network",
                           "--metrics-address", f"127.0.0.1:{fleet.agent_port}")  # type: ignore[attr-defined]
-        try:
-            yield fleet
-        finally:
-            fleet.stop()
-            registry.stop()
-            fleet.clean_node()
+        yield fleet
 
 
 def scrape(port: int) -> Samples:

@@ -9,7 +9,6 @@ agent restart and the return of the contact, and started again by a new desired 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,13 +16,10 @@ from typing import Any
 import pytest
 
 from aos_operator.api.models import AOS_SERVICE
-from tests.cluster.install import install
-from tests.e2e.fleet import Fleet, eventually
+from tests.e2e.fleet import Fleet, eventually, fleet_on_control_plane
 from tests.e2e.test_operator_agents import CHART_VALUES, config, config_map
 from tests.e2e.test_metrics_permissions import scrape, value
-from tests.e2e.test_rollouts_real import storage_ready
-from tests.integration.registry_support import start_registry
-from tools.cluster import ControlPlane, free_port
+from tools.cluster import free_port
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 NAMESPACE = "demo"
@@ -37,26 +33,13 @@ SLEEP = "python3 -u -c \"import time; print('up'); time.sleep(10 ** 6)\""
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    if os.geteuid() != 0:
-        pytest.fail("the end-to-end tests run services under runc: they need root (CI runs as root)")
-    root = tmp_path_factory.mktemp("offline-alerts")
-    registry = start_registry(root / "registry")
-    with ControlPlane() as plane:
-        installation = install(plane, CHART_VALUES)
-        fleet = Fleet(root, installation, registry.host)
-        plane.ensure_namespace(NAMESPACE)
-        storage_ready(fleet)
+    with fleet_on_control_plane(tmp_path_factory.mktemp("offline-alerts"), CHART_VALUES, NAMESPACE) as fleet:
         fleet.plane.create(config_map())
         fleet.start_operator()
         fleet.metrics_port = free_port()  # type: ignore[attr-defined]
         fleet.start_agent(DEVICE, {"alerts": "e2e", "kubernetes.io/arch": "amd64"}, "--alert-poll", "0.5",
                           "--no-network", "--metrics-address", f"127.0.0.1:{fleet.metrics_port}")  # type: ignore[attr-defined]
-        try:
-            yield fleet
-        finally:
-            fleet.stop()
-            registry.stop()
-            fleet.clean_node()  # nothing of a failed test may stay on the machine
+        yield fleet
 
 
 def service(name: str, command: str, **configuration: Any) -> dict[str, Any]:

@@ -24,10 +24,9 @@ import yaml
 
 from aos_operator.api.models import AOS_DEVICE, AOS_SERVICE, FINALIZER_OPERATOR
 from tests.conftest import EXAMPLES
-from tests.cluster.install import install
-from tests.e2e.fleet import Fleet, eventually
-from tests.integration.registry_support import RegistryServer, start_registry
-from tools.cluster import ApiError, ControlPlane
+from tests.e2e.fleet import Fleet, eventually, fleet_on_control_plane
+from tests.integration.registry_support import RegistryServer
+from tools.cluster import ApiError
 
 pytestmark = pytest.mark.root
 NAMESPACE = "demo"
@@ -40,25 +39,11 @@ CHART_VALUES = {"agent": {"admissionPolicy": {"enabled": True}}}
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    if os.geteuid() != 0:
-        pytest.fail("the end-to-end tests run services under runc: they need root (CI runs as root)")
-    root = tmp_path_factory.mktemp("fleet")
-    registry = start_registry(root / "registry")
-    with ControlPlane() as plane:
-        print(f"control plane ready in {plane.startup_seconds:.1f} s")
-        installation = install(plane, CHART_VALUES)
-        fleet = Fleet(root, installation, registry.host)
-        fleet.registry = registry  # type: ignore[attr-defined]
-        plane.ensure_namespace(NAMESPACE)
+    with fleet_on_control_plane(tmp_path_factory.mktemp("fleet"), CHART_VALUES, NAMESPACE) as fleet:
         fleet.start_operator()
         fleet.start_agent("edge-a", {"zone": "a", "kubernetes.io/arch": "amd64"})
         fleet.start_agent("edge-b", {"zone": "b", "kubernetes.io/arch": "amd64"})
-        try:
-            yield fleet
-        finally:
-            fleet.stop()
-            registry.stop()
-            fleet.clean_node()  # nothing of a failed test may stay on the machine
+        yield fleet
 
 
 def pages(limit: int) -> int:

@@ -11,22 +11,17 @@ from __future__ import annotations
 
 
 import json
-import os
 import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kubernetes.client.exceptions import ApiException
 
 from aos_operator.api.client import Connection, KubeClient
 from aos_operator.api.models import AOS_SERVICE, AOS_SERVICE_INSTANCE
-from tests.cluster.install import install
-from tests.e2e.fleet import Fleet, eventually
+from tests.e2e.fleet import Fleet, eventually, fleet_on_control_plane
 from tests.e2e.test_operator_agents import CHART_VALUES, NAME, NAMESPACE, aos_service, config, config_map
-from tests.integration.registry_support import start_registry
-from tools.cluster import ControlPlane
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 DEVICES = ("edge-a", "edge-b")
@@ -36,37 +31,11 @@ CRASH_OUTPUT = "crashing on purpose"
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    if os.geteuid() != 0:
-        pytest.fail("the end-to-end tests run services under runc: they need root (CI runs as root)")
-    root = tmp_path_factory.mktemp("rollouts-real")
-    registry = start_registry(root / "registry")
-    with ControlPlane() as plane:
-        installation = install(plane, CHART_VALUES)
-        fleet = Fleet(root, installation, registry.host)
-        plane.ensure_namespace(NAMESPACE)
-        storage_ready(fleet)
+    with fleet_on_control_plane(tmp_path_factory.mktemp("rollouts-real"), CHART_VALUES, NAMESPACE) as fleet:
         fleet.start_operator()
         for device in DEVICES:  # the agents' package GC keeps its default: --keep-previous 1
             fleet.start_agent(device, {"rollout": "real", "kubernetes.io/arch": "amd64"})
-        try:
-            yield fleet
-        finally:
-            fleet.stop()
-            registry.stop()
-            fleet.clean_node()  # nothing of a failed test may stay on the machine
-
-
-def storage_ready(fleet: Fleet) -> None:
-    """A CRD just established answers 429 "storage is (re)initializing" for a moment on a busy machine."""
-    for kind in (AOS_SERVICE, AOS_SERVICE_INSTANCE):
-        for _ in range(240):
-            try:
-                fleet.api.list(kind, NAMESPACE)
-                break
-            except ApiException as error:
-                if error.status != 429:
-                    raise
-                time.sleep(0.25)
+        yield fleet
 
 
 def version_config(version: str, *, crash: bool = False) -> dict[str, Any]:

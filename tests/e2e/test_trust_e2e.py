@@ -5,7 +5,6 @@ real runc)."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,11 +12,8 @@ import pytest
 
 from aos_operator.api.models import AOS_SERVICE
 from aos_operator.trust.keys import generate_signing_key, plain_pem
-from tests.cluster.install import install
-from tests.e2e.fleet import Fleet, eventually
+from tests.e2e.fleet import Fleet, eventually, fleet_on_control_plane
 from tests.e2e.test_operator_agents import CHART_VALUES, aos_service, config, config_map
-from tests.integration.registry_support import start_registry
-from tools.cluster import ControlPlane
 
 pytestmark = pytest.mark.root
 NAMESPACE = "demo"
@@ -25,28 +21,18 @@ NAMESPACE = "demo"
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    if os.geteuid() != 0:
-        pytest.fail("the end-to-end tests run services under runc: they need root (CI runs as root)")
     root = tmp_path_factory.mktemp("trust-fleet")
     signer, stranger = generate_signing_key(), generate_signing_key()
     (root / "operator.key").write_bytes(plain_pem(signer))
     (root / "trusted.pub").write_bytes(signer.public.pem())
     (root / "stranger.pub").write_bytes(stranger.public.pem())
-    registry = start_registry(root / "registry")
-    with ControlPlane() as plane:
-        fleet = Fleet(root, install(plane, CHART_VALUES), registry.host)
-        plane.ensure_namespace(NAMESPACE)
+    with fleet_on_control_plane(root, CHART_VALUES, NAMESPACE) as fleet:
         fleet.start_operator("--sign-key", str(root / "operator.key"))
         fleet.start_agent("edge-trusting", {"trust": "e2e", "kubernetes.io/arch": "amd64"},
                           "--verify-key", str(root / "trusted.pub"))
         fleet.start_agent("edge-strict", {"trust": "e2e", "kubernetes.io/arch": "amd64"},
                           "--signature-policy", "required", "--verify-key", str(root / "stranger.pub"))
-        try:
-            yield fleet
-        finally:
-            fleet.stop()
-            registry.stop()
-            fleet.clean_node()  # nothing of a failed test may stay on the machine
+        yield fleet
 
 
 def test_signed_by_the_operator_runs_only_where_its_key_is_trusted(fleet: Fleet) -> None:
