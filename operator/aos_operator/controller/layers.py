@@ -32,7 +32,7 @@ from aos_operator.image import MEDIA_TYPE_MANIFEST
 from aos_operator.image.aos_layer import build_aos_layer, layer_descriptor
 from aos_operator.image.oci import MEDIA_TYPE_IMAGE_CONFIG, MEDIA_TYPE_LAYER_GZIP, Descriptor, parse_manifest
 from aos_operator.image.store import BlobStore
-from aos_operator.registry import BytesBlob, RegistryClient
+from aos_operator.registry import BytesBlob, FileBlob, RegistryClient
 from aos_operator.registry.reference import Reference
 from aos_operator.service.description import ServiceDescription
 from aos_operator.service.layers import check_uid, check_version, describe_range, newest_in_range
@@ -171,8 +171,9 @@ def build_and_push(settings: OperatorSettings, registry: RegistryClient, spec: A
         config = BytesBlob(_layer_config(layer.diff_id))
         manifest = _manifest(config, layer.descriptor)
         digest = registry.push(reference, manifest, MEDIA_TYPE_MANIFEST,
-                               {config.digest: config, layer.descriptor.digest: _FileBlob(layer.blob.path,
-                                                                                          layer.descriptor)})
+                               {config.digest: config,
+                                layer.descriptor.digest: FileBlob(layer.blob.path, layer.descriptor.digest,
+                                                                  layer.descriptor.size)})
     return _status(uid, version, f"{reference}@{digest}", layer.descriptor.digest, layer.diff_id,
                    layer.descriptor.size, layer.descriptor.annotation("io.aosedge.layer.uncompressed-size"))
 
@@ -186,21 +187,6 @@ def _manifest(config: BytesBlob, layer: Descriptor) -> bytes:
     })
 
 
-@dataclass(frozen=True)
-class _FileBlob:
-    path: Path
-    descriptor: Descriptor
-
-    @property
-    def digest(self) -> str:
-        return self.descriptor.digest
-
-    @property
-    def size(self) -> int:
-        return self.descriptor.size
-
-    def open(self) -> Any:
-        return self.path.open("rb")
 
 
 def _push_from_image(registry: RegistryClient, spec: AosLayerSpec, uid: str, version: str, reference: str) -> dict[str, Any]:
