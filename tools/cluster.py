@@ -272,7 +272,7 @@ class ControlPlane:
         return self.root / "logs" / "audit.log"
 
     def _audit_arguments(self) -> list[str]:
-        """Every request's user, user agent, verb and resource, one JSON line each (for benchmarks)."""
+        """Every request's user, user agent, verb and resource, one JSON line each (benchmarks, tests)."""
         policy = self.root / "audit-policy.yaml"
         policy.write_text(yaml.safe_dump({"apiVersion": "audit.k8s.io/v1", "kind": "Policy",
                                           "omitStages": ["RequestReceived"], "rules": [{"level": "Metadata"}]}))

@@ -242,14 +242,15 @@ def storage_ready(fleet: Fleet, namespace: str) -> None:
 
 
 @contextmanager
-def fleet_on_control_plane(root: Path, chart_values: Mapping[str, Any], namespace: str) -> Iterator[Fleet]:
+def fleet_on_control_plane(root: Path, chart_values: Mapping[str, Any], namespace: str, *,
+                           audit: bool = False) -> Iterator[Fleet]:
     """A real control plane with the chart's identities, a real registry and the namespace; the
     caller starts the operator and agents. Afterwards nothing of it stays on the machine, also
-    when a test failed."""
+    when a test failed. `audit`: the apiserver logs every request (ControlPlane.audit_events)."""
     if os.geteuid() != 0:
         pytest.fail("the end-to-end tests run services under runc: they need root (CI runs as root)")
     registry = start_registry(root / "registry")
-    with ControlPlane() as plane:
+    with ControlPlane(audit=audit) as plane:
         print(f"control plane ready in {plane.startup_seconds:.1f} s")
         fleet = Fleet(root, install(plane, chart_values), registry.host)
         fleet.registry = registry  # type: ignore[attr-defined]

@@ -1,7 +1,7 @@
 """Aos layers on a real control plane: an AosService whose config lists a layer is LayerNotFound
 (nothing dispatched) until an AosLayer in range exists, then Ready with the layer's blob in its
-manifest's layers[1..]; a new layer version in range rebuilds the service and rolls it out; an
-out-of-range version changes nothing; with its layers gone the service is LayerNotFound again
+manifest's layers[1..]; a new layer version in range, or an edit of a layer's ConfigMap, rebuilds
+the service and rolls it out; an out-of-range version changes nothing; with its layers gone the service is LayerNotFound again
 and its instances stay. The operator (real kopf, builds, pushes to Debian's docker-registry) and
 the agents' real Kubernetes loop, the devices' runtime simulated (tests/e2e/rollout_fleet.py)."""
 
@@ -138,6 +138,18 @@ def test_a_new_layer_version_in_range_rebuilds_and_rolls_out(fleet: Fleet) -> No
     assert aos["digest"] == layer["digest"] and aos["annotations"]["io.aosedge.layer.version"] == "1.1.0"
     assert {i["spec"]["image"]["digest"] for i in fleet.instances(NAME)} == {after["digest"]}
     assert len(body["status"]["revisions"]) >= 2
+
+
+def test_an_edit_of_a_layers_config_map_pushes_it_again_and_rolls_out(fleet: Fleet) -> None:
+    before = fleet.get(NAME)["status"]["image"]["digest"]
+    old_layer = fleet.api.get(AOS_LAYER, "pylibs-1-1", NAMESPACE)["status"]["digest"]
+    fleet.plane.request("PATCH", f"/api/v1/namespaces/{NAMESPACE}/configmaps/pylibs-1-1",
+                        {"data": {"module.py": "VERSION = '1.1 fixed'\n"}}, content_type="application/merge-patch+json")
+    layer = eventually(lambda: (d := fleet.api.get(AOS_LAYER, "pylibs-1-1", NAMESPACE)["status"].get("digest")) != old_layer
+                       and d, 60, "the layer pushed again from its edited ConfigMap")
+    body = rolled_out(fleet, not_digest=before)
+    (aos,) = manifest(fleet, body["status"]["image"]["ref"])["layers"][1:]
+    assert aos["digest"] == layer
 
 
 def test_an_out_of_range_version_changes_nothing(fleet: Fleet) -> None:

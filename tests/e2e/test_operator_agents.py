@@ -39,8 +39,9 @@ CHART_VALUES = {"agent": {"admissionPolicy": {"enabled": True}}}
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    with fleet_on_control_plane(tmp_path_factory.mktemp("fleet"), CHART_VALUES, NAMESPACE) as fleet:
-        fleet.start_operator()
+    with fleet_on_control_plane(tmp_path_factory.mktemp("fleet"), CHART_VALUES, NAMESPACE, audit=True) as fleet:
+        # image sources by tag re-read every second: ConfigMap sources must not follow that clock
+        fleet.start_operator("--source-refresh", "1")
         fleet.start_agent("edge-a", {"zone": "a", "kubernetes.io/arch": "amd64"})
         fleet.start_agent("edge-b", {"zone": "b", "kubernetes.io/arch": "amd64"})
         yield fleet
@@ -188,6 +189,31 @@ def test_update_replaces_the_instance_and_applies_the_new_limit(fleet: Fleet) ->
     assert fleet.agents["edge-a"].memory_limit(instance["spec"]["instanceId"]) == pages(96_000_000)
     eventually(lambda: "run 2)" in fleet.agents["edge-a"].log_of(instance["spec"]["instanceId"]), 30,
                "the replaced container to find its storage (run 2)")
+
+
+def operator_reads_of_config_maps(fleet: Fleet, since: int) -> list[dict[str, Any]]:
+    return [event for event in fleet.plane.audit_events()[since:]
+            if event.get("userAgent", "").startswith(("kopf/", "aos-operator"))
+            and event.get("verb") == "get" and (event.get("objectRef") or {}).get("resource") == "configmaps"]
+
+
+def test_a_config_map_is_read_again_only_when_it_changes_and_an_edit_rolls_out(fleet: Fleet) -> None:
+    service = eventually(lambda: ready(fleet), 60, lambda: f"Ready\n{fleet.diagnostics()}")
+    old_digest = service["status"]["image"]["digest"]
+    mark = len(fleet.plane.audit_events())
+    time.sleep(6)  # about three passes at --resync 2, six source refreshes at --source-refresh 1
+    assert operator_reads_of_config_maps(fleet, mark) == [], "an unchanged ConfigMap is not read again"
+    cfg = (HELLO / "src/etc/hello.cfg").read_text().replace("Hello from an AosEdge service", "Hello after an edit")
+    fleet.plane.request("PATCH", f"/api/v1/namespaces/{NAMESPACE}/configmaps/hello-files",
+                        {"data": {"hello.cfg": cfg}}, content_type="application/merge-patch+json")
+    service = eventually(lambda: (s := fleet.service(NAMESPACE, NAME))["status"]["image"]["digest"] != old_digest
+                         and s, 30, lambda: f"a new package from the edited ConfigMap\n{fleet.diagnostics()}")
+    assert len(operator_reads_of_config_maps(fleet, mark)) >= 1
+    digest = service["status"]["image"]["digest"]
+    (instance,) = eventually(lambda: running_on(fleet, digest), 60, "the instance Running the new package")
+    eventually(lambda: "Hello after an edit" in fleet.agents["edge-a"].log_of(instance["spec"]["instanceId"]), 30,
+               "the edited file's message")
+    eventually(lambda: ready(fleet), 60, lambda: f"Ready again\n{fleet.diagnostics()}")
 
 
 def test_instances_follow_the_selector_when_devices_are_relabelled(fleet: Fleet) -> None:

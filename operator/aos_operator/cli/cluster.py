@@ -77,6 +77,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         registry_limits=registry_limits(args.request_timeout, args.min_blob_rate),
         registry_insecure_hosts=tuple(args.insecure_registry or ()),
         resync_seconds=args.resync,
+        source_refresh_seconds=args.source_refresh,
         instance_stop_timeout=args.stop_timeout,
         liveness=args.liveness or None,
         peering=args.peering,
@@ -220,6 +221,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     metrics_option(operator, "reconcile passes, builds, pushes, errors")
     operator.add_argument("--resync", type=seconds(), default=30.0, metavar="SECONDS",
                           help="re-check every service this often (default: %(default)s)")
+    operator.add_argument("--source-refresh", type=seconds(), default=60.0, metavar="SECONDS",
+                          help="re-read image sources given by tag this often; ConfigMap sources are "
+                          "read again when the watch sees them change (default: %(default)s)")
     operator.add_argument("--stop-timeout", type=seconds(), default=120.0, metavar="SECONDS",
                           help="how long a removed instance waits for its agent to report it stopped "
                           "(default: %(default)s)")

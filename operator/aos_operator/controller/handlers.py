@@ -36,6 +36,7 @@ SERVICES = (GROUP, VERSION, "aosservices")
 DEVICES = (GROUP, VERSION, "aosdevices")
 INSTANCES = (GROUP, VERSION, "aosserviceinstances")
 LAYERS = (GROUP, VERSION, "aoslayers")
+CONFIG_MAPS = ("", "v1", "configmaps")
 FINALIZER = f"{GROUP}/operator"
 
 
@@ -153,6 +154,17 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
         finally:
             op.layers.wakeups.pop(key, None)
             op.layers.memos.pop(key, None)
+            op.config_maps.forget(("AosLayer", namespace, name))
+
+    @kopf.on.event(*CONFIG_MAPS, registry=registry, id="configmap-changed")
+    def config_map_changed(namespace: str, name: str, meta: kopf.Meta, type: str | None, **_: Any) -> None:
+        # Only the version is kept: a changed ConfigMap wakes whoever read it, and they read it again.
+        for kind, reader_namespace, reader in op.config_maps.seen(
+                namespace, name, None if type == "DELETED" else str(meta.get("resourceVersion") or "")):
+            if kind == "AosService":
+                op.wake(reader_namespace, reader)
+            else:
+                op.layers.wakeups.setdefault((reader_namespace, reader), asyncio.Event()).set()
 
     @kopf.on.event(*DEVICES, registry=registry, id="device-changed")
     def device_changed(name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
@@ -220,6 +232,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
             op.pending.pop(key, None)
             op.rollouts.pop(key, None)
             op.layers.use(namespace, name, ())
+            op.config_maps.forget(("AosService", namespace, name))
 
     @kopf.on.delete(*SERVICES, registry=registry, id="release-instances")
     async def service_deleted(

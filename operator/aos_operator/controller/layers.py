@@ -25,7 +25,13 @@ from aos_operator.api import naming
 from aos_operator.api.models import AOS_LAYER, AosLayerSpec
 from aos_operator.controller.conditions import IMAGE_PUSHED, READY, RECONCILING, STALLED, Wanted, merge_conditions
 from aos_operator.controller.settings import OperatorSettings
-from aos_operator.controller.source import SourceError, content_digest, files_from_config_maps, write_tree
+from aos_operator.controller.source import (
+    SourceError,
+    content_digest,
+    files_from_config_maps,
+    source_unchanged,
+    write_tree,
+)
 from aos_operator.digests import canonical_json
 from aos_operator.errors import AosError, BuildError, InputError, PackageError, RegistryError
 from aos_operator.image import MEDIA_TYPE_MANIFEST
@@ -90,7 +96,7 @@ class LayerBook:
     seen: dict[tuple[str, str], LayerView] = field(default_factory=dict)  # the same, as the events told it
     users: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # (namespace, uid) -> services
     wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)  # layer loops
-    memos: dict[tuple[str, str], tuple[int | None, str, float]] = field(default_factory=dict)
+    memos: dict[tuple[str, str], tuple[int | None, str, float, tuple[tuple[str, str], ...]]] = field(default_factory=dict)
 
     def update(self, namespace: str, name: str, body: Mapping[str, Any] | None) -> set[str]:
         """Record an AosLayer event; return the uids whose pushed versions changed."""
@@ -255,10 +261,12 @@ async def reconcile_layer(op: Any, body: Mapping[str, Any]) -> float:
         await _write(op, body, _failed("InvalidSpec", error.message), {})
         return op.settings.resync_seconds
     memo = op.layers.memos.get(key)
-    if memo and memo[0] == meta.get("generation") and time.monotonic() - memo[2] < op.settings.source_refresh_seconds:
+    if memo and memo[0] == meta.get("generation") and _source_unchanged(op, spec, namespace, memo):
         return op.settings.resync_seconds
+    fetch, read = op.config_maps.recording(op.kube.config_map)
+    op.config_maps.reads(("AosLayer", namespace, name), [ref.name for ref in spec.source.configMaps or []])
     try:
-        digest = await op.call(source_digest, spec, namespace, op.kube.config_map, op.registry, op.settings)
+        digest = await op.call(source_digest, spec, namespace, fetch, op.registry, op.settings)
         if digest != status.get("sourceDigest") or not status.get("digest"):
             await _write(op, body, [Wanted(RECONCILING, True, "Building", f"building {spec.uid} {spec.version}")], {})
             async with op.build_slots:
@@ -278,8 +286,14 @@ async def reconcile_layer(op: Any, body: Mapping[str, Any]) -> float:
         await _write(op, body, _failed("RegistryUnavailable", str(error), retrying=True), {})
         return delay
     op.failures.pop(("aoslayer/" + namespace, name), None)
-    op.layers.memos[key] = (meta.get("generation"), digest, time.monotonic())
+    op.layers.memos[key] = (meta.get("generation"), digest, time.monotonic(), tuple(sorted(read.items())))
     return op.settings.resync_seconds
+
+
+def _source_unchanged(op: Any, spec: AosLayerSpec, namespace: str, memo: tuple[Any, ...]) -> bool:
+    image = spec.source.image.reference if spec.source.image is not None else None
+    return source_unchanged(op.config_maps, namespace, image, dict(memo[3]), memo[2], op.settings.source_refresh_seconds)
+
 
 
 def _pushed(ref: str) -> list[Wanted]:

@@ -51,7 +51,7 @@ from aos_operator.controller.placement import (
     reservation,
 )
 from aos_operator.controller.settings import OperatorSettings
-from aos_operator.controller.source import SourceError
+from aos_operator.controller.source import ConfigMapBook, SourceError, source_unchanged
 from aos_operator.errors import (
     AosError,
     BuildError,
@@ -88,6 +88,7 @@ class PackageMemo:
     images: tuple[ImageStatus, ...]
     checked_at: float
     layers: tuple[str, ...] = ()  # the resolved Aos layers (layer_key) the packages were built with
+    config_maps: tuple[tuple[str, str], ...] = ()  # (name, resourceVersion) of the ConfigMaps read
 
 
 @dataclass
@@ -108,6 +109,7 @@ class Operator:
     rollouts: dict[tuple[str, str], Any] = field(default_factory=dict)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     layers: LayerBook = field(default_factory=LayerBook)  # pushed AosLayers, and which services use them
+    config_maps: ConfigMapBook = field(default_factory=ConfigMapBook)  # ConfigMap versions the watch saw
     _devices: dict[str, DeviceView] = field(default_factory=dict)
 
     def remember_devices(self, devices: Mapping[str, DeviceView]) -> None:
@@ -237,21 +239,29 @@ async def _ensure_packages(
     layers = layers or []
     layers_now = layer_key(layers)
     memo = op.memos.get(key)
-    if memo and memo.generation == meta.get("generation") and memo.layers == layers_now:
-        if time.monotonic() - memo.checked_at < op.settings.source_refresh_seconds:
-            return list(memo.images)  # nothing changed since the sources were last read
+    if memo and memo.generation == meta.get("generation") and memo.layers == layers_now \
+            and _sources_unchanged(op, spec, namespace, memo):
+        return list(memo.images)  # nothing changed since the sources were last read
     repository = builder.repository_for(op.settings, namespace, name)
-    source = await op.call(builder.gather_source, spec, namespace, op.kube.config_map, op.registry)
+    fetch, read = op.config_maps.recording(op.kube.config_map)
+    op.config_maps.reads(("AosService", namespace, name), [ref.name for ref in spec.source.configMaps or []]
+                         if spec.source is not None else [])
+    source = await op.call(builder.gather_source, spec, namespace, fetch, op.registry)
     digest = builder.source_digest(spec, source, repository, builder.signer_id(op.settings), layers)
+
+    def remember(images: Iterable[ImageStatus]) -> None:
+        op.memos[key] = PackageMemo(meta.get("generation"), digest, tuple(images), time.monotonic(), layers_now,
+                                    tuple(sorted(read.items())))
+
     # After a restart the status remembers what was built: no rebuild for unchanged inputs.
     recorded = memo.images if memo else tuple(ImageStatus.model_validate(i) for i in status.get("images") or ())
     if recorded and (memo.source_digest if memo else status.get("sourceDigest")) == digest:
-        op.memos[key] = PackageMemo(meta.get("generation"), digest, tuple(recorded), time.monotonic(), layers_now)
+        remember(recorded)
         return list(recorded)
     known = revisions.by_source(revisions.of(status), digest)
     if known is not None:  # a spec back to an earlier revision's inputs: its packages, no rebuild
         images = [ImageStatus.model_validate(image) for image in known["images"]]
-        op.memos[key] = PackageMemo(meta.get("generation"), digest, tuple(images), time.monotonic(), layers_now)
+        remember(images)
         log.info("AosService %s/%s: inputs of revision %s, reusing %s", namespace, name, known["revision"], known["digest"])
         return images
     await write_status(op, body, [Wanted(RECONCILING, True, "Building", f"building {service.version}")], {})
@@ -270,8 +280,14 @@ async def _ensure_packages(
             "version": service.version,
         },
     )
-    op.memos[key] = PackageMemo(meta.get("generation"), digest, tuple(images), time.monotonic(), layers_now)
+    remember(images)
     return images
+
+
+def _sources_unchanged(op: Operator, spec: AosServiceSpec, namespace: str, memo: PackageMemo) -> bool:
+    image = spec.source.image.reference if spec.source is not None and spec.source.image is not None else None
+    return source_unchanged(op.config_maps, namespace, image, dict(memo.config_maps), memo.checked_at,
+                            op.settings.source_refresh_seconds)
 
 
 def _service_view(body: Any, spec: AosServiceSpec, service: ServiceDescription, images: list[ImageStatus]) -> ServiceView:

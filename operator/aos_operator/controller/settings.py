@@ -21,7 +21,7 @@ class OperatorSettings:
     registry_limits: RegistryLimits = field(default_factory=RegistryLimits)
     registry_insecure_hosts: tuple[str, ...] = ()  # may receive credentials over plain HTTP
     resync_seconds: float = 30.0  # a service is re-checked at least this often, events or not
-    source_refresh_seconds: float = 60.0  # ConfigMap and image sources are re-read this often
+    source_refresh_seconds: float = 60.0  # image sources by tag are re-read this often (ConfigMaps: on change)
     instance_stop_timeout: float = 120.0  # how long a removed instance waits for its agent to stop it
     build_concurrency: int = 2  # builds at once; each uses a CPU core or more
     retry_min_seconds: float = 2.0
