@@ -3,11 +3,14 @@ getNodesByResources and sharedCount, with the NoDeviceFits reasons."""
 
 from __future__ import annotations
 
+import random
+
 from aos_operator.controller.placement import (
     DeviceView,
     InstanceView,
     PackageRef,
     Reservation,
+    ReservationBook,
     ServiceView,
     describe_misfits,
     no_device_fits,
@@ -99,3 +102,44 @@ def test_services_without_devices_are_not_reported() -> None:
     assert no_device_fits(service(), [device("a")], []) == {}
     # a device that is not Ready is no candidate, so it is no misfit either
     assert no_device_fits(service(devices=("x",)), [device("a", ready=False)], []) == {}
+
+
+def _walked(instances: dict[tuple[str, str], dict], namespace: str, service: str) -> dict[str, tuple]:
+    """What every other service reserves per device, summed by walking every instance."""
+    totals: dict[str, Reservation] = {}
+    for body in instances.values():
+        spec = body["spec"]
+        if (body["metadata"]["namespace"], spec["service"]) == (namespace, service):
+            continue
+        if body["metadata"].get("deletionTimestamp") or not spec.get("device"):
+            continue
+        totals[spec["device"]] = totals.get(spec["device"], Reservation()) + Reservation.from_spec(spec.get("reserved"))
+    return {device: (r.cpu_dmips, r.ram, sorted(r.devices)) for device, r in totals.items()}
+
+
+def test_the_reservation_book_from_events_equals_a_walk_over_every_instance() -> None:
+    generator = random.Random(7)
+    book, instances = ReservationBook(), {}
+    services = [("ns-a", "alpha"), ("ns-a", "beta"), ("ns-b", "alpha")]
+    for _ in range(3000):
+        namespace, service = generator.choice(services)
+        name = f"{service}-{generator.randrange(6)}"
+        if generator.random() < 0.2:  # deleted (or never there)
+            instances.pop((namespace, name), None)
+            book.update(namespace, name, None)
+        else:
+            body = {"metadata": {"namespace": namespace, "name": name}, "spec": {
+                "service": service, "device": generator.choice(["d1", "d2", "d3", ""]),
+                "reserved": {"cpuDmips": generator.randrange(500), "ramBytes": generator.randrange(1 << 20),
+                             "devices": generator.sample(["gpu", "camera", "uart"], generator.randrange(3))}}}
+            if generator.random() < 0.1:
+                body["metadata"]["deletionTimestamp"] = "2026-12-01T00:00:00Z"
+            instances[(namespace, name)] = body
+            book.update(namespace, name, body)
+        for who in services:
+            found = {device: (r.cpu_dmips, r.ram, sorted(r.devices)) for device, r in book.elsewhere(*who).items()}
+            assert found == _walked(instances, *who)
+    for key in list(instances):  # everything gone: nothing left in the book
+        book.update(*key, None)
+    assert all(book.elsewhere(*who) == {} for who in services)
+    assert book._devices == {} and book._services == {}

@@ -48,21 +48,6 @@ def _instances_of(index: kopf.Index[tuple[str, str], Mapping[str, Any]], namespa
     return list(index.get((namespace, name), ()))
 
 
-def _reserved_elsewhere(index: kopf.Index[tuple[str, str], Mapping[str, Any]], namespace: str,
-                        name: str) -> dict[str, Reservation]:
-    """Per device, what the instances of every other service reserve there."""
-    totals: dict[str, Reservation] = {}
-    for key, store in index.items():
-        if key == (namespace, name):
-            continue
-        for body in store:
-            spec = body.get("spec") or {}
-            if body.get("metadata", {}).get("deletionTimestamp") or not spec.get("device"):
-                continue
-            totals[spec["device"]] = totals.get(spec["device"], Reservation()) + Reservation.from_spec(spec.get("reserved"))
-    return totals
-
-
 def make_registry(op: Operator) -> kopf.OperatorRegistry:
     registry = kopf.OperatorRegistry()
     generations: dict[tuple[str, str], Any] = {}
@@ -180,6 +165,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
     @kopf.on.event(*INSTANCES, registry=registry, id="instance-changed")
     def instance_changed(namespace: str, name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
         service = body.get("spec", {}).get("service")
+        op.reservations.update(namespace, name, None if type == "DELETED" else body)
         if service:
             op.wake(namespace, service)
         if type == "DELETED" or not body.get("metadata", {}).get("deletionTimestamp"):
@@ -221,7 +207,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
                 wakeup.clear()
                 op.layers.remember({k: view for k, store in layers.items() for view in store if view is not None})
                 delay = await _guarded_pass(op, body, _devices_of(devices), _instances_of(instances, namespace, name),
-                                            _reserved_elsewhere(instances, namespace, name), identities)
+                                            op.reservations.elsewhere(namespace, name), identities)
                 try:
                     await asyncio.wait_for(wakeup.wait(), timeout=delay)
                 except TimeoutError:
@@ -229,6 +215,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
         finally:
             op.wakeups.pop(key, None)
             op.memos.pop(key, None)
+            op.parsed.pop(key, None)
             op.pending.pop(key, None)
             op.rollouts.pop(key, None)
             op.layers.use(namespace, name, ())

@@ -10,6 +10,9 @@ host device (AosEdge's sharedCount, counted over the instances of all services o
 a device that offers none of them is reported as `NoDeviceFits`). A device that
 stops being Ready keeps its instances (it may be offline for a while: edge autonomy); a device
 that leaves the selector or is deleted loses them.
+
+`ReservationBook` is the one piece with state: per device, what the instances of every service
+reserve, kept up to date from instance events so that a pass does not walk the whole fleet.
 """
 
 from __future__ import annotations
@@ -58,6 +61,65 @@ class Reservation:
         devices = data.get("devices") or ()
         return cls(int(data.get("cpuDmips") or 0), int(data.get("ramBytes") or 0),
                    tuple(str(name) for name in devices if isinstance(name, str)) if isinstance(devices, list) else ())
+
+
+@dataclass
+class _Sum:
+    instances: int = 0
+    cpu_dmips: int = 0
+    ram: int = 0
+    shares: Counter[str] = field(default_factory=Counter)
+
+    def add(self, part: Reservation, sign: int) -> None:
+        self.instances += sign
+        self.cpu_dmips += sign * part.cpu_dmips
+        self.ram += sign * part.ram
+        self.shares.update({name: sign * count for name, count in Counter(part.devices).items()})
+
+
+@dataclass
+class ReservationBook:
+    """What the instances of each service reserve on each device, from instance events: an
+    instance counts while it has a device and no deletionTimestamp."""
+
+    _instances: dict[tuple[str, str], tuple[tuple[str, str], str, Reservation]] = field(default_factory=dict)
+    _devices: dict[str, _Sum] = field(default_factory=dict)
+    _services: dict[tuple[str, str], dict[str, _Sum]] = field(default_factory=dict)
+
+    def update(self, namespace: str, name: str, body: Mapping[str, Any] | None) -> None:
+        """An AosServiceInstance event (body None: deleted)."""
+        key = (namespace, name)
+        old = self._instances.pop(key, None)
+        if old is not None:
+            self._count(*old, -1)
+        spec = (body or {}).get("spec") or {}
+        if body is None or (body.get("metadata") or {}).get("deletionTimestamp") or not spec.get("device"):
+            return
+        new = ((namespace, str(spec.get("service") or "")), str(spec["device"]), Reservation.from_spec(spec.get("reserved")))
+        self._instances[key] = new
+        self._count(*new, 1)
+
+    def _count(self, service: tuple[str, str], device: str, part: Reservation, sign: int) -> None:
+        for sums, owner in ((self._devices, None), (self._services.setdefault(service, {}), service)):
+            total = sums.setdefault(device, _Sum())
+            total.add(part, sign)
+            if total.instances == 0:
+                del sums[device]
+                if owner is not None and not sums:
+                    del self._services[owner]
+
+    def elsewhere(self, namespace: str, service: str) -> dict[str, Reservation]:
+        """Per device, what the instances of every other service reserve there."""
+        own = self._services.get((namespace, service), {})
+        result = {}
+        for device, total in self._devices.items():
+            mine = own.get(device, _Sum())
+            if total.instances - mine.instances <= 0:
+                continue
+            shares = total.shares - mine.shares  # Counter subtraction keeps the positive counts
+            result[device] = Reservation(total.cpu_dmips - mine.cpu_dmips, total.ram - mine.ram,
+                                         tuple(sorted(shares.elements())))
+        return result
 
 
 def reservation(quota_cpu: int | None, quota_ram: int | None, requested_cpu: int | None, requested_ram: int | None,

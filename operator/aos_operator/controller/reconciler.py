@@ -47,6 +47,7 @@ from aos_operator.controller.placement import (
     InstanceView,
     PackageRef,
     Reservation,
+    ReservationBook,
     ServiceView,
     reservation,
 )
@@ -103,6 +104,7 @@ class Operator:
     device_fingerprints: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     failures: dict[tuple[str, str], int] = field(default_factory=dict)
     memos: dict[tuple[str, str], PackageMemo] = field(default_factory=dict)
+    parsed: dict[tuple[str, str], tuple[Any, Any, Any, str]] = field(default_factory=dict)  # generation, spec, description, problem
     pending: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # instance -> digest patched
     # The rollout status each service's last pass wrote (rollout_pass.Written), newer than a body
     # the watch has not refreshed yet.
@@ -110,6 +112,7 @@ class Operator:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     layers: LayerBook = field(default_factory=LayerBook)  # pushed AosLayers, and which services use them
     config_maps: ConfigMapBook = field(default_factory=ConfigMapBook)  # ConfigMap versions the watch saw
+    reservations: ReservationBook = field(default_factory=ReservationBook)  # per device, from instance events
     _devices: dict[str, DeviceView] = field(default_factory=dict)
 
     def remember_devices(self, devices: Mapping[str, DeviceView]) -> None:
@@ -355,16 +358,22 @@ async def reconcile(
     """One pass over one AosService; returns when to look again (seconds)."""
     meta = body["metadata"]
     key = (meta["namespace"], meta["name"])
-    try:
-        spec = AosServiceSpec.model_validate(dict(body.get("spec") or {}))
-    except ValidationError as error:
-        message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-        await write_status(op, body, _invalid("InvalidSpec", message), {})
-        return op.settings.resync_seconds
+    generation = meta.get("generation")
+    parsed = op.parsed.get(key)
+    if parsed is not None and generation is not None and parsed[0] == generation:
+        _, spec, service, problem = parsed  # the spec and config of this generation, parsed once
+    else:
+        try:
+            spec = AosServiceSpec.model_validate(dict(body.get("spec") or {}))
+        except ValidationError as error:
+            message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+            await write_status(op, body, _invalid("InvalidSpec", message), {})
+            return op.settings.resync_seconds
+        service, problem = _describe(spec, *key)
+        op.parsed[key] = (generation, spec, service, problem)
     if spec.suspend:
         await write_status(op, body, [Wanted(RECONCILING, False, "Suspended", "spec.suspend is true")], {})
         return op.settings.resync_seconds
-    service, problem = _describe(spec, *key)
     if service is None:
         await write_status(op, body, _invalid("InvalidConfig", problem), {})
         return op.settings.resync_seconds
