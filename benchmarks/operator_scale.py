@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -172,6 +173,7 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=20)
     parser.add_argument("--steady-seconds", type=float, default=30.0)
     parser.add_argument("--settle-seconds", type=float, default=15.0, help="pause between all Ready and the steady-state window")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (operator log, registry)")
     args = parser.parse_args()
     heavy = args.devices // 2
 
@@ -180,6 +182,16 @@ def main() -> None:
         return index % heavy if index < args.services * 4 // 5 else heavy + index % (args.devices - heavy)
 
     root = Path(tempfile.mkdtemp(prefix="aos-bench-"))
+    try:
+        run(args, root, heavy, device_of)
+    finally:
+        if args.keep:
+            print(f"work directory kept: {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, root: Path, heavy: int, device_of: Callable[[int], int]) -> None:
     registry = start_registry(root / "registry")
     config = yaml.safe_load((EXAMPLES / "hello-world" / "meta" / "config.yaml").read_text())
     with ControlPlane(audit=True) as plane:

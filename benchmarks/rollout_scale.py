@@ -45,8 +45,8 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=200)
     parser.add_argument("--max-unavailable", default="10%")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="aos-rollout-bench-"))
-    with rollout_fleet(root, args.devices, resync=10.0, heartbeat=30.0) as fleet:
+    with tempfile.TemporaryDirectory(prefix="aos-rollout-bench-") as work, rollout_fleet(
+            Path(work), args.devices, resync=10.0, heartbeat=30.0) as fleet:
         fleet.service("bench", "1.0.0", {"rollingUpdate": {"maxUnavailable": args.max_unavailable}})
 
         def settled(revision: int) -> bool:

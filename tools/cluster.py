@@ -39,6 +39,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from aos_operator.runtime.supervisor import process_start_ticks
+
 REPO = Path(__file__).resolve().parent.parent
 BUILD_SCRIPT = REPO / "tools" / "control-plane" / "build.sh"
 SERVICE_ACCOUNT_ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -149,13 +151,35 @@ class CertificateAuthority:
 # --- the control plane ------------------------------------------------------------------------
 
 
+ROOT_PREFIX = "aos-control-plane-"
+OWNER_FILE = "owner.json"  # [pid, start ticks] of the process that made the directory
+
+
+def sweep_abandoned_roots() -> None:
+    """Remove the temporary directories of control planes whose owner was killed before its
+    clean stop (its components died with it, see dying_with_parent; the directory did not)."""
+    for candidate in Path(tempfile.gettempdir()).glob(ROOT_PREFIX + "*"):
+        try:
+            pid, ticks = json.loads((candidate / OWNER_FILE).read_text())
+        except (OSError, ValueError, TypeError):
+            continue  # not ours to judge: made by an older version, or being written
+        alive = process_start_ticks(int(pid))
+        if alive is None or (ticks is not None and alive[0] != ticks):
+            shutil.rmtree(candidate, ignore_errors=True)
+
+
 class ControlPlane:
     """etcd + kube-apiserver + kube-controller-manager on loopback; `with ControlPlane() as cp:`."""
 
     def __init__(self, root: Path | None = None, *, bin_dir: Path | None = None, controller_manager: bool = True,
                  apiserver_args: Sequence[str] = (), audit: bool = False, startup_timeout: float = 120.0) -> None:
         self._own_root = root is None
-        self.root = Path(tempfile.mkdtemp(prefix="aos-control-plane-")) if root is None else root
+        if root is None:
+            sweep_abandoned_roots()
+            root = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))
+            owner = process_start_ticks(os.getpid())
+            (root / OWNER_FILE).write_text(json.dumps([os.getpid(), owner[0] if owner else None]))
+        self.root = root
         self.bin_dir = bin_dir
         self.with_controller_manager = controller_manager
         self.apiserver_args = list(apiserver_args)

@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from tools.cluster import ApiError, ControlPlane, ControlPlaneError
+from tools.cluster import OWNER_FILE, ROOT_PREFIX, ApiError, ControlPlane, ControlPlaneError, sweep_abandoned_roots
 
 PIN = Path(__file__).resolve().parents[2] / "tools" / "control-plane" / "go.mod"
 
@@ -146,16 +148,26 @@ def test_a_killed_parent_takes_its_control_plane_with_it(tmp_path: Path) -> None
 
     script = ("import json, sys, time\nfrom tools.cluster import ControlPlane\n"
               "plane = ControlPlane(controller_manager=False).start()\n"
-              "print(json.dumps(plane.pids()), flush=True)\ntime.sleep(600)\n")
+              "print(json.dumps([plane.pids(), str(plane.root)]), flush=True)\ntime.sleep(600)\n")
     repo = Path(__file__).resolve().parents[2]
     parent = subprocess.Popen([sys.executable, "-c", script], cwd=repo, stdout=subprocess.PIPE, text=True,
                               env={**os.environ, "PYTHONPATH": f"{repo}:{repo / 'operator'}"})
     try:
         assert parent.stdout is not None
-        pids = json.loads(parent.stdout.readline())
+        pids, root = json.loads(parent.stdout.readline())
         assert set(pids) == {"etcd", "kube-apiserver"}
         assert all(alive(pid) for pid in pids.values())
     finally:
         parent.kill()
         parent.wait()
     eventually(lambda: not any(alive(pid) for pid in pids.values()), 30, "the components to die with their parent")
+    # Its directory outlives it; the next control plane's start removes it, and only it.
+    assert Path(root).is_dir()
+    living = Path(tempfile.mkdtemp(prefix=ROOT_PREFIX))
+    try:
+        (living / OWNER_FILE).write_text(json.dumps([os.getpid(), None]))
+        sweep_abandoned_roots()
+        assert not Path(root).exists()
+        assert living.is_dir(), "a live owner's directory stays"
+    finally:
+        shutil.rmtree(living, ignore_errors=True)

@@ -83,16 +83,18 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
         await asyncio.to_thread(op.registry.close)
         await asyncio.to_thread(op.kube.close)
 
+    # Index and event handlers are coroutines: kopf runs plain functions in its thread pool, and
+    # these share the operator's state (wake-up events, books) with the event loop.
     @kopf.index(*DEVICES, registry=registry, id="devices")
-    def devices(name: str, body: kopf.Body, **_: Any) -> dict[str, DeviceView]:
+    async def devices(name: str, body: kopf.Body, **_: Any) -> dict[str, DeviceView]:
         return {name: DeviceView.from_body(body)}
 
     @kopf.index(*INSTANCES, registry=registry, id="instances")
-    def instances(namespace: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], Mapping[str, Any]]:
+    async def instances(namespace: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], Mapping[str, Any]]:
         return {(namespace, body.get("spec", {}).get("service", "")): copy.deepcopy(dict(body))}
 
     @kopf.index(*SERVICES, registry=registry, id="identities")
-    def identity_claims(namespace: str, name: str, body: kopf.Body, meta: kopf.Meta,
+    async def identity_claims(namespace: str, name: str, body: kopf.Body, meta: kopf.Meta,
                         **_: Any) -> dict[tuple[str, str], reconciler.Claim] | None:
         identity = identity_of(namespace, name, body)
         if identity is None:
@@ -100,11 +102,11 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
         return {identity: reconciler.Claim(str(meta.get("creationTimestamp") or ""), namespace, name)}
 
     @kopf.index(*LAYERS, registry=registry, id="layers")
-    def layers(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], Any]:
+    async def layers(namespace: str, name: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], Any]:
         return {(namespace, name): aos_layers.LayerView.from_body(body)}
 
     @kopf.on.event(*LAYERS, registry=registry, id="layer-changed")
-    def layer_changed(namespace: str, name: str, body: kopf.Body, meta: kopf.Meta, type: str | None, **_: Any) -> None:
+    async def layer_changed(namespace: str, name: str, body: kopf.Body, meta: kopf.Meta, type: str | None, **_: Any) -> None:
         # A new pushed version (or one gone) wakes the services that list its uid: they resolve again.
         for uid in op.layers.update(namespace, name, None if type == "DELETED" else body):
             for service in op.layers.users_of(namespace, uid):
@@ -142,7 +144,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
             op.config_maps.forget(("AosLayer", namespace, name))
 
     @kopf.on.event(*CONFIG_MAPS, registry=registry, id="configmap-changed")
-    def config_map_changed(namespace: str, name: str, meta: kopf.Meta, type: str | None, **_: Any) -> None:
+    async def config_map_changed(namespace: str, name: str, meta: kopf.Meta, type: str | None, **_: Any) -> None:
         # Only the version is kept: a changed ConfigMap wakes whoever read it, and they read it again.
         for kind, reader_namespace, reader in op.config_maps.seen(
                 namespace, name, None if type == "DELETED" else str(meta.get("resourceVersion") or "")):
@@ -152,7 +154,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
                 op.layers.wakeups.setdefault((reader_namespace, reader), asyncio.Event()).set()
 
     @kopf.on.event(*DEVICES, registry=registry, id="device-changed")
-    def device_changed(name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
+    async def device_changed(name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
         if type == "DELETED":
             op.device_fingerprints.pop(name, None)
             op.wake_all()
@@ -163,7 +165,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
             op.wake_all()
 
     @kopf.on.event(*INSTANCES, registry=registry, id="instance-changed")
-    def instance_changed(namespace: str, name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
+    async def instance_changed(namespace: str, name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
         service = body.get("spec", {}).get("service")
         op.reservations.update(namespace, name, None if type == "DELETED" else body)
         if service:
@@ -174,7 +176,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
             deleting[(namespace, name)] = copy.deepcopy(dict(body))
 
     @kopf.on.event(*SERVICES, registry=registry, id="service-changed")
-    def service_changed(namespace: str, name: str, meta: kopf.Meta, type: str | None, **_: Any) -> None:
+    async def service_changed(namespace: str, name: str, meta: kopf.Meta, type: str | None, **_: Any) -> None:
         if type == "DELETED":
             generations.pop((namespace, name), None)
             _, released = identities.pop((namespace, name), (None, None))
