@@ -164,8 +164,22 @@ def sweep_abandoned_roots() -> None:
         except (OSError, ValueError, TypeError):
             continue  # not ours to judge: made by an older version, or being written
         alive = process_start_ticks(int(pid))
-        if alive is None or (ticks is not None and alive[0] != ticks):
+        if (alive is None or (ticks is not None and alive[0] != ticks)) and not _written_lately(candidate):
             shutil.rmtree(candidate, ignore_errors=True)
+
+
+def _written_lately(root: Path, seconds: float = 900.0) -> bool:
+    """Whether anything under `root` changed lately: an owner in another PID namespace sharing
+    this /tmp is not visible in /proc, but its etcd and logs keep writing."""
+    since = time.time() - seconds
+    for directory, _, files in os.walk(root):
+        for name in files:
+            try:
+                if os.lstat(os.path.join(directory, name)).st_mtime > since:
+                    return True
+            except OSError:
+                continue
+    return False
 
 
 class ControlPlane:

@@ -295,7 +295,6 @@ def _source_unchanged(op: Any, spec: AosLayerSpec, namespace: str, memo: tuple[A
     return source_unchanged(op.config_maps, namespace, image, dict(memo[3]), memo[2], op.settings.source_refresh_seconds)
 
 
-
 def _pushed(ref: str) -> list[Wanted]:
     return [Wanted(IMAGE_PUSHED, True, "Pushed", ref), Wanted(READY, True, "Pushed", ref),
             Wanted(RECONCILING, False, "Pushed", ref), Wanted(STALLED, False, "Pushed", ref)]
