@@ -39,6 +39,7 @@ from aos_operator.api.selectors import equality_selector
 from aos_operator.runtime import InstanceStatus, NodeFacts, Reason
 from aos_operator.runtime.node_config import EMPTY as EMPTY_NODE_CONFIG
 from aos_operator.runtime.node_config import NodeConfig
+from aos_operator.runtime.usage import memory_total
 
 log = logging.getLogger("aos_operator.agent")
 API_ERRORS = (ApiException, HTTPError, OSError)
@@ -69,16 +70,6 @@ class AgentSettings:
 
 def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def memory_bytes() -> int | None:
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
 
 
 class AgentLoop:
@@ -148,7 +139,7 @@ class AgentLoop:
             "kernelVersion": platform.release(),
             "cpuCores": self.node.cores,
             "dmips": self.node.dmips,
-            "memoryBytes": memory_bytes(),
+            "memoryBytes": memory_total(),
             "runners": list(self.settings.runners),
             "resources": list(self.settings.resources),
             "hostDevices": list(self.settings.host_devices),

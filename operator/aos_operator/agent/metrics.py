@@ -21,8 +21,7 @@ from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from aos_operator.errors import RuntimeFailure
-from aos_operator.runtime import InstanceStatus, Phase, Runtime
+from aos_operator.runtime import InstanceStatus, Phase
 
 INSTANCE_LABELS = ["device", "instance_id", "service_id", "namespace", "name"]
 
@@ -83,15 +82,6 @@ class AgentCollector(Collector):
                                     "Seconds since the agent last renewed its AosDevice", labels=["device"])
             age.add_metric([self.device], max(0.0, time.time() - last))
             yield age
-
-
-def statuses(runtime: Runtime) -> Iterator[InstanceStatus]:
-    """Every instance's status now; one removed meanwhile is skipped."""
-    for instance_id in runtime.instance_ids():
-        try:
-            yield runtime.status(instance_id)
-        except RuntimeFailure:
-            continue
 
 
 def make_registry(collector: AgentCollector) -> CollectorRegistry:

@@ -149,10 +149,10 @@ def cmd_agent(args: argparse.Namespace) -> int:
     loop = AgentLoop(settings, kube, DeviceAgent(runtime, client, data_dir / "pulls", policy, gc), node)
     metrics = None
     if args.metrics_address:
-        from aos_operator.agent.metrics import AgentCollector, make_registry, statuses
+        from aos_operator.agent.metrics import AgentCollector, make_registry
         from aos_operator.metrics_http import serve_metrics
 
-        collector = AgentCollector(device, lambda: statuses(runtime), loop.instance_names, lambda: loop.last_heartbeat)
+        collector = AgentCollector(device, runtime.list, loop.instance_names, lambda: loop.last_heartbeat)
         metrics = serve_metrics(args.metrics_address, make_registry(collector))
     try:
         with stop_on_signals(loop.stop):

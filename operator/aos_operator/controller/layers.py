@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import kopf
 from pydantic import ValidationError
@@ -88,6 +88,14 @@ class LayerNotFound(AosError):
     """A service's layers entry has no pushed AosLayer in range in its namespace."""
 
 
+class LayerMemo(NamedTuple):
+    """When an AosLayer's sources were last read, so that passes between changes read nothing."""
+
+    generation: int | None
+    checked_at: float
+    config_maps: tuple[tuple[str, str], ...]  # (name, resourceVersion) of the ConfigMaps read
+
+
 @dataclass
 class LayerBook:
     """What the operator knows of AosLayers: the pushed ones, and which services use which uid."""
@@ -96,7 +104,7 @@ class LayerBook:
     seen: dict[tuple[str, str], LayerView] = field(default_factory=dict)  # the same, as the events told it
     users: dict[tuple[str, str], set[str]] = field(default_factory=dict)  # (namespace, uid) -> services
     wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)  # layer loops
-    memos: dict[tuple[str, str], tuple[int | None, str, float, tuple[tuple[str, str], ...]]] = field(default_factory=dict)
+    memos: dict[tuple[str, str], LayerMemo] = field(default_factory=dict)
 
     def update(self, namespace: str, name: str, body: Mapping[str, Any] | None) -> set[str]:
         """Record an AosLayer event; return the uids whose pushed versions changed."""
@@ -193,8 +201,6 @@ def _manifest(config: BytesBlob, layer: Descriptor) -> bytes:
     })
 
 
-
-
 def _push_from_image(registry: RegistryClient, spec: AosLayerSpec, uid: str, version: str, reference: str) -> dict[str, Any]:
     from aos_operator.controller.builder import LazyBlob, image_diff_ids
 
@@ -261,10 +267,10 @@ async def reconcile_layer(op: Any, body: Mapping[str, Any]) -> float:
         await _write(op, body, _failed("InvalidSpec", error.message), {})
         return op.settings.resync_seconds
     memo = op.layers.memos.get(key)
-    if memo and memo[0] == meta.get("generation") and _source_unchanged(op, spec, namespace, memo):
+    if memo and memo.generation == meta.get("generation") and _source_unchanged(op, spec, namespace, memo):
         return op.settings.resync_seconds
-    fetch, read = op.config_maps.recording(op.kube.config_map)
-    op.config_maps.reads(("AosLayer", namespace, name), [ref.name for ref in spec.source.configMaps or []])
+    fetch, read = op.config_maps.reading(("AosLayer", namespace, name),
+                                         [ref.name for ref in spec.source.configMaps or []], op.kube.config_map)
     try:
         digest = await op.call(source_digest, spec, namespace, fetch, op.registry, op.settings)
         if digest != status.get("sourceDigest") or not status.get("digest"):
@@ -286,13 +292,14 @@ async def reconcile_layer(op: Any, body: Mapping[str, Any]) -> float:
         await _write(op, body, _failed("RegistryUnavailable", str(error), retrying=True), {})
         return delay
     op.failures.pop(("aoslayer/" + namespace, name), None)
-    op.layers.memos[key] = (meta.get("generation"), digest, time.monotonic(), tuple(sorted(read.items())))
+    op.layers.memos[key] = LayerMemo(meta.get("generation"), time.monotonic(), tuple(sorted(read.items())))
     return op.settings.resync_seconds
 
 
-def _source_unchanged(op: Any, spec: AosLayerSpec, namespace: str, memo: tuple[Any, ...]) -> bool:
+def _source_unchanged(op: Any, spec: AosLayerSpec, namespace: str, memo: LayerMemo) -> bool:
     image = spec.source.image.reference if spec.source.image is not None else None
-    return source_unchanged(op.config_maps, namespace, image, dict(memo[3]), memo[2], op.settings.source_refresh_seconds)
+    return source_unchanged(op.config_maps, namespace, image, dict(memo.config_maps), memo.checked_at,
+                            op.settings.source_refresh_seconds)
 
 
 def _pushed(ref: str) -> list[Wanted]:

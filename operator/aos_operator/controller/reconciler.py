@@ -246,9 +246,8 @@ async def _ensure_packages(
             and _sources_unchanged(op, spec, namespace, memo):
         return list(memo.images)  # nothing changed since the sources were last read
     repository = builder.repository_for(op.settings, namespace, name)
-    fetch, read = op.config_maps.recording(op.kube.config_map)
-    op.config_maps.reads(("AosService", namespace, name), [ref.name for ref in spec.source.configMaps or []]
-                         if spec.source is not None else [])
+    names = [ref.name for ref in spec.source.configMaps or []] if spec.source is not None else []
+    fetch, read = op.config_maps.reading(("AosService", namespace, name), names, op.kube.config_map)
     source = await op.call(builder.gather_source, spec, namespace, fetch, op.registry)
     digest = builder.source_digest(spec, source, repository, builder.signer_id(op.settings), layers)
 

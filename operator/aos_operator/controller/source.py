@@ -110,25 +110,16 @@ class ConfigMapBook:
             self.versions[key] = version
         return set(self._readers.get(key, ()))
 
-    def reads(self, reader: Reader, names: Iterable[str]) -> None:
-        """The ConfigMaps (in the reader's namespace) a reader's spec names; empty: it reads none."""
+    def reading(self, reader: Reader, names: Iterable[str], fetch: Fetch) -> tuple[Fetch, dict[str, str]]:
+        """A reader is about to read the ConfigMaps (in its namespace) its spec names: note them, so a
+        change (or the creation of a missing one) wakes it; `fetch` wrapped to keep the
+        resourceVersions of what it returned, by ConfigMap name."""
         self.forget(reader)
         keys = tuple(sorted({(reader[1], name) for name in names}))
         if keys:
             self._reads[reader] = keys
             for key in keys:
                 self._readers.setdefault(key, set()).add(reader)
-
-    def forget(self, reader: Reader) -> None:
-        for key in self._reads.pop(reader, ()):
-            readers = self._readers.get(key)
-            if readers is not None:
-                readers.discard(reader)
-                if not readers:
-                    del self._readers[key]
-
-    def recording(self, fetch: Fetch) -> tuple[Fetch, dict[str, str]]:
-        """`fetch`, and the resourceVersions of what it returned, by ConfigMap name."""
         read: dict[str, str] = {}
 
         def recorded(name: str, namespace: str) -> Mapping[str, Any] | None:
@@ -138,6 +129,14 @@ class ConfigMapBook:
             return config_map
 
         return recorded, read
+
+    def forget(self, reader: Reader) -> None:
+        for key in self._reads.pop(reader, ()):
+            readers = self._readers.get(key)
+            if readers is not None:
+                readers.discard(reader)
+                if not readers:
+                    del self._readers[key]
 
     def unchanged(self, namespace: str, read: Mapping[str, str]) -> bool:
         """Whether the watch still has every ConfigMap at the version that was read (an unknown or

@@ -30,7 +30,7 @@ class SupervisorPlan:
     runc_binary: str
     runc_root: str
     cgroups_path: str
-    cgroup_lock: str  # serialises runc create with the removal of shared cgroup parents
+    cgroup_lock: str  # serialises runc run with the removal of shared cgroup parents
     rootfs: RootfsPlan
     volumes: tuple[Volume, ...]
     run_parameters: RunParameters

@@ -1,5 +1,4 @@
-"""The runc command line, as the runtime uses it: run --detach (or create, start), state, list, kill,
-delete.
+"""The runc command line, as the runtime uses it: run --detach, state, list, kill, delete.
 
 All containers of one runtime live under their own runc state directory (`--root`), so
 `runc list` shows exactly this runtime's containers.
@@ -36,23 +35,14 @@ class Runc:
             raise RuntimeFailure(f"runc {args[0]} failed: {result.stderr.strip() or f'exit {result.returncode}'}")
         return result
 
-    def create(self, container_id: str, bundle: Path, pid_file: Path, stdio_fd: int, log_file: Path) -> None:
-        """`runc create`; the container's stdout and stderr are `stdio_fd` (runc passes them through)."""
-        self._spawn_container("create", container_id, bundle, pid_file, stdio_fd, log_file)
-
     def run_detached(self, container_id: str, bundle: Path, pid_file: Path, stdio_fd: int, log_file: Path,
                      meanwhile: Callable[[], None] | None = None) -> None:
         """`runc run --detach`: create and start in one runc process (a second one, `runc start`,
         costs about as much again as a whole start beyond `runc run`); the container's stdout and
         stderr are `stdio_fd`. When it returns the init runs, re-parented to the calling subreaper.
         `meanwhile` is called while runc works (once runc has been started)."""
-        self._spawn_container("run", container_id, bundle, pid_file, stdio_fd, log_file, "--detach",
-                              meanwhile=meanwhile)
-
-    def _spawn_container(self, action: str, container_id: str, bundle: Path, pid_file: Path, stdio_fd: int,
-                         log_file: Path, *flags: str, meanwhile: Callable[[], None] | None = None) -> None:
-        command = [self.binary, "--root", str(self.root), "--log", str(log_file), "--log-format", "json",
-                   action, *flags, "--bundle", str(bundle), "--pid-file", str(pid_file), container_id]
+        command = self._command("--log", str(log_file), "--log-format", "json", "run", "--detach",
+                                "--bundle", str(bundle), "--pid-file", str(pid_file), container_id)
         try:
             process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=stdio_fd, stderr=stdio_fd)
         except FileNotFoundError:
@@ -63,12 +53,9 @@ class Runc:
         finally:
             returncode = _wait_bounded(process, 60)
         if returncode != 0:
-            # runc's own message often starts with "runc create failed: " already: say it once
-            detail = (last_error(log_file) or f"exit {returncode}").removeprefix(f"runc {action} failed: ")
-            raise RuntimeFailure(f"runc {action} failed: {detail}")
-
-    def start(self, container_id: str) -> None:
-        self._run("start", container_id)
+            # runc's own message often starts with "runc run failed: " already: say it once
+            detail = (last_error(log_file) or f"exit {returncode}").removeprefix("runc run failed: ")
+            raise RuntimeFailure(f"runc run failed: {detail}")
 
     def state(self, container_id: str) -> dict[str, Any] | None:
         """`runc state`, or None when runc does not know the container."""

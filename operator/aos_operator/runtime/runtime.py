@@ -559,7 +559,15 @@ class Runtime:
         return replace(status, cpu_millicores=round(millicores, 1), ram_bytes=ram)
 
     def list(self) -> list[InstanceStatus]:
-        return [self.status(instance_id) for instance_id in self.instance_ids()]
+        """Every instance's status; one removed while the list is read is left out."""
+        found = []
+        for instance_id in self.instance_ids():
+            try:
+                found.append(self.status(instance_id))
+            except RuntimeFailure:
+                if self._read(instance_id) is not None:
+                    raise
+        return found
 
     # --- recovery ----------------------------------------------------------------------------------------
 
