@@ -28,7 +28,7 @@ from runtime_helpers import leftovers, log_text, wait_for_log
 from aos_operator.errors import InputError, PackageError, RuntimeFailure
 from aos_operator.runtime import InstanceIdentity, Phase, Runtime, RuntimeConfig
 from aos_operator.runtime.layers import UNCOMPRESSED_SIZE_ANNOTATION
-from aos_operator.runtime.rootfs import _make_top_layer
+from aos_operator.runtime.rootfs import _make_top_layer, hosts_file, mount_points
 
 pytestmark = pytest.mark.root  # runc, mounts, loop devices, cgroups
 
@@ -230,10 +230,9 @@ def test_top_layer_never_creates_outside_its_root(canary: Path, tmp_path: Path) 
     before = canary_state(canary)
     for destination in (escape_to(canary), "/etc/hosts/x"):
         top = tmp_path / f"top-{uuid.uuid4().hex[:6]}"
-        top.mkdir()
         spec = {"mounts": [{"destination": destination, "type": "tmpfs", "source": "tmpfs"}], "hostname": "h"}
         with pytest.raises(RuntimeFailure):
-            _make_top_layer(top, spec, [])
+            _make_top_layer(top, mount_points(spec, os.path.isdir), hosts_file("h"), "")
     assert canary_state(canary) == before and not (canary / "escaped").exists()
 
 

@@ -53,6 +53,12 @@ def mount_points() -> list[str]:
         return [_unescape(line.split()[4]) for line in info if line.strip()]
 
 
+def mount_table() -> list[str]:
+    """Every line of this mount namespace's mountinfo, unescaped (mount point, source, options)."""
+    with open("/proc/self/mountinfo", encoding="utf-8", errors="surrogateescape") as info:
+        return [_unescape(line) for line in info if line.strip()]
+
+
 def mounts_under(directory: Path) -> list[str]:
     """Mount points at or below `directory`, deepest (last mounted) first."""
     root = os.path.realpath(directory)

@@ -21,6 +21,7 @@ On disk:
     <run_root>/permissions.sock             the permission socket (permission_server.py)
     <run_root>/instances/<id>/              the runc bundle while it runs (removed at stop)
     <run_root>/runc/                        runc's state (--root): only this runtime's containers
+    <run_root>/rootfs-templates/            generated top and whiteouts layers, shared (rootfs.py)
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ from aos_operator.runtime.offline import online_record_path
 from aos_operator.runtime.package import InstalledPackage, PackageStore, check_package_working_dir
 from aos_operator.runtime.permission_server import PermissionRegistry
 from aos_operator.runtime.plan import PLAN_FILE, SPEC_FILE, SupervisorPlan
-from aos_operator.runtime.rootfs import DEFAULT_BASE_VISIBLE, RootfsPlan, hosts_file
+from aos_operator.runtime.rootfs import DEFAULT_BASE_VISIBLE, TEMPLATES_DIR, RootfsPlan, hosts_file
 from aos_operator.runtime.runc import Runc
 from aos_operator.runtime.spec import InstanceSetup, NodeFacts, applied_limits, build_runtime_spec
 from aos_operator.runtime.status import InstanceStatus, Phase, Reason, read_status, write_status
@@ -324,7 +325,8 @@ class Runtime:
                               tuple(self.config.base_visible), tuple(self.config.dns_servers),
                               hosts=self._hosts(spec, network, grants),
                               resolv=self.network.resolv_text(network) if network else None,
-                              aos_layers=tuple(str(path) for path in package.aos_layer_paths)),  # [aos layers]
+                              aos_layers=tuple(str(path) for path in package.aos_layer_paths),  # [aos layers]
+                              templates=str(self.config.run_root / TEMPLATES_DIR)),
             volumes=tuple(volumes), run_parameters=package.service_config.run_parameters, restart=restart,
             log_max_bytes=self.config.log_max_bytes,
             offline_ttl=package.service_config.offline_ttl, stop_grace=self.config.stop_timeout,

@@ -695,6 +695,7 @@ class NodeSupervisor:
                     traceback.print_exc()
                     instance.finish(Phase.FAILED, Reason.SETUP_ERROR, "supervisor error; see supervisor.log")
             if not self.instances and idle_since is not None and now - idle_since >= self.linger:
+                rootfs_module.prune_templates(self.run_root / rootfs_module.TEMPLATES_DIR)
                 break
             if not self._socket_is_ours():
                 break  # the run root was removed, or another supervisor took over
