@@ -185,3 +185,26 @@ def test_layers_are_shared_by_digest_and_install_is_idempotent(runtime: Runtime,
     assert first.layer_path.is_dir()  # still used by the other package
     runtime.uninstall(other_config.digest)
     assert not first.layer_path.exists() and runtime.packages.digests() == []
+
+
+def test_a_package_read_before_is_not_read_again_and_still_checked(runtime: Runtime,
+                                                                   make_package: Callable[..., Path]) -> None:
+    installed = runtime.install(make_package({"app/main.py": "print(1)\n"}, cmd=CMD))
+    store = runtime.packages
+    first = store.get(installed.digest)
+    manifest = store.root / "packages" / f"{installed.digest.split(':')[1]}.json"
+    original = manifest.read_bytes()
+    manifest.write_bytes(b"not json")  # a rewrite the store never makes: a new mtime, so read again
+    with pytest.raises(ValueError):
+        store.get(installed.digest)
+    manifest.write_bytes(original)
+    again = store.get(installed.digest)
+    assert again == first
+    assert store.get(installed.digest) is again  # the same manifest file: the package read before
+    os.rename(installed.layer_path, installed.layer_path.with_name("moved"))
+    with pytest.raises(PackageError, match="its layer .* is missing"):
+        store.get(installed.digest)  # remembered, and its layer is checked all the same
+    os.rename(installed.layer_path.with_name("moved"), installed.layer_path)
+    runtime.uninstall(installed.digest)
+    with pytest.raises(PackageError, match="is not installed"):
+        store.get(installed.digest)

@@ -52,6 +52,7 @@ from aos_operator.runtime.paths import is_dir_in_root
 from aos_operator.runtime.service_config import ImageConfig, ServiceConfig, parse_image_config, parse_service_config
 
 MANIFEST = "manifest.json"
+_PACKAGES_KEPT = 64  # packages PackageStore.get remembers
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,8 @@ class PackageStore:
         self._blobs = root / "blobs" / "sha256"
         self._manifests = root / "packages"
         self._uses = root / "uses"
+        # get() of a package read before: (manifest's inode and mtime, package), newest last
+        self._read: dict[str, tuple[tuple[int, int], InstalledPackage]] = {}
 
     def install(self, package_dir: Path) -> InstalledPackage:
         package = _PackageDir(Path(package_dir))
@@ -295,6 +298,16 @@ class PackageStore:
             raise PackageError(f"{digest!r} is not a sha256:<64 hex> package digest")
         manifest_path = self._manifests / f"{digest_hex(digest)}.json"
         try:
+            manifest_stat = os.stat(manifest_path)
+        except FileNotFoundError:
+            raise PackageError(f"package {digest} is not installed", hint="install it first") from None
+        # Every file of a package is named by its digest and never rewritten: the same manifest file
+        # gives the same package, and only its layers can have gone (checked below all the same).
+        known = self._read.get(digest)
+        if known is not None and known[0] == (manifest_stat.st_ino, manifest_stat.st_mtime_ns):
+            self._check_layers(digest, (known[1].layer_digest, *known[1].aos_layer_digests))
+            return known[1]
+        try:
             manifest = json.loads(manifest_path.read_bytes())
         except FileNotFoundError:
             raise PackageError(f"package {digest} is not installed", hint="install it first") from None
@@ -311,12 +324,21 @@ class PackageStore:
                                                   f"service config {service_digest}")
         aos_layers = [_descriptor(value, f"{manifest_path}: layers[{index}]").digest
                       for index, value in enumerate(manifest["layers"][1:], start=1)]
-        for layer_digest in (layer.digest, *aos_layers):
+        self._check_layers(digest, (layer.digest, *aos_layers))
+        installed = InstalledPackage(digest, image_config, service_config, layer.digest,
+                                     self.layers.path(layer.digest), tuple(aos_layers),
+                                     tuple(self.layers.path(d) for d in aos_layers))
+        self._read.pop(digest, None)
+        self._read[digest] = ((manifest_stat.st_ino, manifest_stat.st_mtime_ns), installed)
+        while len(self._read) > _PACKAGES_KEPT:
+            del self._read[next(iter(self._read))]
+        return installed
+
+    def _check_layers(self, digest: str, layers: Iterable[str]) -> None:
+        for layer_digest in layers:
             if not self.layers.has(layer_digest):
                 raise PackageError(f"package {digest}: its layer {layer_digest} is missing from {self.layers.root}",
                                    hint="install the package again")
-        return InstalledPackage(digest, image_config, service_config, layer.digest, self.layers.path(layer.digest),
-                                tuple(aos_layers), tuple(self.layers.path(d) for d in aos_layers))
 
     def has(self, digest: str) -> bool:
         return is_digest(digest) and (self._manifests / f"{digest_hex(digest)}.json").exists()
@@ -331,6 +353,7 @@ class PackageStore:
         package = self.get(digest)
         manifest = json.loads((self._manifests / f"{digest_hex(digest)}.json").read_bytes())
         (self._manifests / f"{digest_hex(digest)}.json").unlink()
+        self._read.pop(digest, None)
         still_used: set[str] = set()
         for other in self.digests():
             other_manifest = json.loads((self._manifests / f"{digest_hex(other)}.json").read_bytes())

@@ -6,9 +6,11 @@ All containers of one runtime live under their own runc state directory (`--root
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import select
+import shutil
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -17,13 +19,19 @@ from typing import Any
 from aos_operator.errors import RuntimeFailure
 
 
+@functools.lru_cache(maxsize=8)
+def _located(binary: str, search_path: str | None) -> str:
+    # exec of a bare name tries each PATH entry in turn (nine failed execve here before /usr/sbin/runc)
+    return shutil.which(binary, path=search_path) or binary
+
+
 class Runc:
     def __init__(self, root: Path, binary: str = "runc") -> None:
         self.root = root
         self.binary = binary
 
     def _command(self, *args: str) -> list[str]:
-        return [self.binary, "--root", str(self.root), *args]
+        return [_located(self.binary, os.environ.get("PATH")), "--root", str(self.root), *args]
 
     def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         try:
