@@ -53,3 +53,9 @@ def test_corrupt_pool_file_is_reported(pool: IdPool) -> None:
     pool.path.write_text("{not json")
     with pytest.raises(RuntimeFailure, match="ID pool file is corrupt"):
         pool.instance_uid("a")
+
+
+def test_both_ids_of_a_start_come_from_one_read_and_match_the_single_calls(pool: IdPool) -> None:
+    assert pool.instance_ids("instance-a", "svc") == (5001, 5000)
+    assert pool.instance_uid("instance-a") == 5001 and pool.service_gid("svc") == 5000
+    assert pool.instance_ids("instance-b", "svc") == (5002, 5000)  # the service's GID is shared

@@ -75,6 +75,12 @@ class IdPool:
         with self._locked() as state:
             return self._allocate(state["gids"], service_id, lambda: _host_ids(self.group), "GID")
 
+    def instance_ids(self, instance_id: str, service_id: str) -> tuple[int, int]:
+        """The instance's UID and its service's GID, under one lock (once per start)."""
+        with self._locked() as state:
+            return (self._allocate(state["uids"], instance_id, lambda: _host_ids(self.passwd), "UID"),
+                    self._allocate(state["gids"], service_id, lambda: _host_ids(self.group), "GID"))
+
     def release_instance(self, instance_id: str) -> None:
         with self._locked() as state:
             state["uids"].pop(instance_id, None)

@@ -299,8 +299,7 @@ class Runtime:
         grants = self.grants(package)  # [devices] refused before anything of the instance is written
         data_dir = self.data_dir(instance_id)
         data_dir.mkdir(parents=True, exist_ok=True)
-        uid = self.ids.instance_uid(instance_id)
-        gid = self.ids.service_gid(identity.service_id)
+        uid, gid = self.ids.instance_ids(instance_id, identity.service_id)
         volumes = self._volumes(package, instance_id, uid, gid)
         for volume in volumes:
             prepare_image(Path(volume.image), volume.kind, volume.quota)
