@@ -179,6 +179,7 @@ class Fleet:
         agent.process.arguments = [
             "agent", "--device", device, "--kubeconfig", str(kubeconfig), "--data-dir", str(agent.data_dir),
             "--run-dir", str(agent.run_dir), "--cgroup-parent", agent.cgroup_parent, "--heartbeat", "1",
+            "--labels-interval", "3",
             "--registry-insecure", "--log-level", "info", *extra,
         ]
         agent.process.start()

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,19 @@ def test_devices_register_and_heartbeat(fleet: Fleet) -> None:
         status = device["status"]
         assert status["architecture"] == "amd64" and status["cpuCores"] >= 1 and status["dmips"] > 0
         assert status["memoryBytes"] > 0 and status["runners"] == ["runc"]
+
+
+def test_a_heartbeat_is_one_status_patch_and_the_node_is_read_every_labels_interval(fleet: Fleet) -> None:
+    mark = len(fleet.plane.audit_events())
+    time.sleep(7)  # about seven beats at --heartbeat 1, two or three Node reads at --labels-interval 3
+    requests = Counter((event.get("verb"), (event.get("objectRef") or {}).get("resource"),
+                        (event.get("objectRef") or {}).get("subresource"))
+                       for event in fleet.plane.audit_events()[mark:] if event.get("userAgent") == "aos-agent/edge-a")
+    patches = requests.pop(("patch", "aosdevices", "status"), 0)
+    nodes = requests.pop(("get", "nodes", None), 0)
+    assert patches >= 5, f"a status patch per beat: {patches}"
+    assert 1 <= nodes <= 4, f"the Node read every 3 s, not every beat: {nodes} reads, {patches} beats"
+    assert ("get", "aosdevices", None) not in requests, "the AosDevice is not read: each patch returns it"
 
 
 def test_apply_runs_on_the_selected_device_only_with_its_limits(fleet: Fleet) -> None:

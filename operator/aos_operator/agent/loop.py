@@ -59,6 +59,7 @@ class AgentSettings:
     run_dir: Path
     connection: Connection = field(default_factory=Connection)
     heartbeat_seconds: float = 10.0
+    labels_seconds: float = 30.0  # how often the Node's labels are read and mirrored onto the AosDevice
     usage_seconds: float = 15.0  # how often CPU and RAM use are refreshed in instance status
     alert_poll_seconds: float = 0.0  # how often alert rules are checked (AosEdge: 10 s); 0: never
     online_record: Path | None = None  # the last-contact record for offlineTTL (runtime/offline.py); None: none
@@ -188,30 +189,45 @@ class AgentLoop:
             self.kube.patch(AOS_DEVICE, self.settings.device, {"metadata": {"labels": patch}})
 
     def _heartbeat(self) -> None:
+        """One status patch per beat. The AosDevice is read only when the agent has none (at
+        start, after an error), since each patch returns it; the Node's labels every
+        `labels_seconds`. At 200 devices a GET, a Node read and a patch per beat were most of the
+        apiserver's requests (README)."""
         alive = self.settings.run_dir / ALIVE_FILE
+        device: Mapping[str, Any] | None = None  # as the last write returned it
+        labels_read = float("-inf")
         while not self.stop.is_set():
             alive.parent.mkdir(parents=True, exist_ok=True)
             alive.write_text(f"{self.settings.heartbeat_seconds}\n")  # agent-health reads the interval
             try:
-                device = self.kube.get(AOS_DEVICE, self.settings.device)
                 if device is None:
-                    body = {
-                        "apiVersion": "aosedge.io/v1alpha1",
-                        "kind": "AosDevice",
-                        "metadata": {"name": self.settings.device, "labels": {LABEL_DEVICE: label_value(self.settings.device)}},
-                        "spec": {},
-                    }
-                    device = self.kube.create(AOS_DEVICE, body)
-                    log.info("registered AosDevice %s", self.settings.device)
-                self._sync_labels(device)
-                self.kube.patch(AOS_DEVICE, self.settings.device, {"status": self._device_status()}, status=True)
+                    device = self._registered()
+                if time.monotonic() - labels_read >= self.settings.labels_seconds:
+                    self._sync_labels(device)
+                    labels_read = time.monotonic()
+                device = self.kube.patch(AOS_DEVICE, self.settings.device, {"status": self._device_status()}, status=True)
                 self.last_heartbeat = time.time()
                 HEARTBEATS.labels(device=self.settings.device, result="ok").inc()
                 self._contact.succeeded()
             except API_ERRORS as error:
+                device = None  # read it again: it may have been deleted or relabelled meanwhile
                 HEARTBEATS.labels(device=self.settings.device, result="failed").inc()
                 log.warning("heartbeat failed (the services keep running): %s", error)
             self.stop.wait(self.settings.heartbeat_seconds)
+
+    def _registered(self) -> Mapping[str, Any]:
+        """The AosDevice, created when there is none."""
+        device = self.kube.get(AOS_DEVICE, self.settings.device)
+        if device is None:
+            body = {
+                "apiVersion": "aosedge.io/v1alpha1",
+                "kind": "AosDevice",
+                "metadata": {"name": self.settings.device, "labels": {LABEL_DEVICE: label_value(self.settings.device)}},
+                "spec": {},
+            }
+            device = self.kube.create(AOS_DEVICE, body)
+            log.info("registered AosDevice %s", self.settings.device)
+        return device
 
     def _mark_not_ready(self) -> None:
         try:

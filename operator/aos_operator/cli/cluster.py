@@ -134,6 +134,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
         run_dir=run_dir,
         connection=connection,
         heartbeat_seconds=args.heartbeat,
+        labels_seconds=args.labels_interval,
         alert_poll_seconds=args.alert_poll,
         online_record=online_record_path(data_dir),  # where the node supervisor looks (offlineTTL)
         resources=tuple(resource.name for resource in node_config.resources),
@@ -250,6 +251,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
                        help="host devices and resources the node offers, in AosEdge's unit-config node shape (YAML)")
     agent.add_argument("--heartbeat", type=seconds(), default=10.0, metavar="SECONDS",
                        help="how often the AosDevice is renewed (default: %(default)s)")
+    agent.add_argument("--labels-interval", type=seconds(), default=30.0, metavar="SECONDS",
+                       help="how often the Node's labels are read and mirrored onto the AosDevice "
+                            "(default: %(default)s)")
     metrics_option(agent, "instances' CPU, RAM, restarts, phase, alerts; the device's instances and heartbeat")
     agent.add_argument("--alert-poll", type=seconds(), default=10.0, metavar="SECONDS",
                        help="how often the services' alertRules are checked (default: %(default)s, AosEdge's)")
