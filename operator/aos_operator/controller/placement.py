@@ -69,12 +69,20 @@ class _Sum:
     cpu_dmips: int = 0
     ram: int = 0
     shares: Counter[str] = field(default_factory=Counter)
+    _total: Reservation | None = None  # the sum as a Reservation, made when first asked for
 
     def add(self, part: Reservation, sign: int) -> None:
         self.instances += sign
         self.cpu_dmips += sign * part.cpu_dmips
         self.ram += sign * part.ram
-        self.shares.update({name: sign * count for name, count in Counter(part.devices).items()})
+        if part.devices:
+            self.shares.update({name: sign * count for name, count in Counter(part.devices).items()})
+        self._total = None
+
+    def total(self) -> Reservation:
+        if self._total is None:
+            self._total = Reservation(self.cpu_dmips, self.ram, tuple(sorted((+self.shares).elements())))
+        return self._total
 
 
 @dataclass
@@ -113,7 +121,10 @@ class ReservationBook:
         own = self._services.get((namespace, service), {})
         result = {}
         for device, total in self._devices.items():
-            mine = own.get(device, _Sum())
+            mine = own.get(device)
+            if mine is None:  # most devices: the whole sum, made once per change of it
+                result[device] = total.total()
+                continue
             if total.instances - mine.instances <= 0:
                 continue
             shares = total.shares - mine.shares  # Counter subtraction keeps the positive counts
@@ -181,6 +192,8 @@ class DeviceView:
 
     def short_shares(self, used: Reservation) -> list[str]:
         """Devices of `used` this device does not offer, or not that many times."""
+        if not used.devices:
+            return []
         offered = dict(self.devices)
         short = []
         for name, count in sorted(Counter(used.devices).items()):
@@ -302,8 +315,8 @@ def eligible(service: ServiceView, device: DeviceView) -> bool:
         device.ready
         and not device.unschedulable
         and device.architecture in service.packages
-        and runners_compatible(service.runners, device.runners)
         and matches(service.selector, device.labels)
+        and runners_compatible(service.runners, device.runners)
         and not device.missing(service)
     )
 
@@ -362,10 +375,10 @@ def wanted_keys(service: ServiceView, devices: Iterable[DeviceView], instances: 
     reservation still fits (the ones a device keeps count first)."""
     by_device = {device.name: device for device in devices}
     existing = {(instance.device, instance.index): instance for instance in instances}
+    hosting = {key[0] for key in existing}
     wanted: set[tuple[str, int]] = set()
     for device in sorted(by_device.values(), key=lambda device: device.name):
-        has_some = any(key[0] == device.name for key in existing)
-        if not (eligible(service, device) or (has_some and keeps(service, device))):
+        if not (eligible(service, device) or (device.name in hosting and keeps(service, device))):
             continue
         used = (reserved_elsewhere or {}).get(device.name, Reservation())
         for index in range(service.instances_per_device):  # the ones it keeps count first

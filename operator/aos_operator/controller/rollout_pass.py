@@ -18,6 +18,7 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from aos_operator.api.models import AOS_SERVICE_INSTANCE, AosServiceSpec, ImageStatus
+from aos_operator.api.selectors import matches
 from aos_operator.controller import revisions
 from aos_operator.controller.conditions import READY, RECONCILING, STALLED, Counts, Wanted, rollout_conditions
 from aos_operator.controller.placement import (
@@ -182,7 +183,9 @@ async def run(op: Any, body: Any, spec: AosServiceSpec, view: ServiceView, devic
         strategy = replace(strategy, steps=())
     previous = RolloutState.from_status(status.get("rollout"))
     pending = op.pending.setdefault(key, {})
-    device_list = list(devices.values())
+    # Every device a placement step looks at must match the selector (eligible, keeps, no_device_fits):
+    # select once here, not over the whole fleet in each of them.
+    device_list = [device for device in devices.values() if matches(view.selector, device.labels)]
     wanted = wanted_keys(view, device_list, instances, reserved_elsewhere)
     states = _device_states(wanted, instances, revisions.revision_of_digest(history), pending)
     resumed = revisions.parse_resume(annotations.get(revisions.ANNOTATION_RESUME), target)
