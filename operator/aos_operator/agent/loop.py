@@ -492,9 +492,9 @@ class AgentLoop:
                 continue
             self._runtime_changed(status)
         live = {status.instance_id for status in instances}
-        for table in (self._usage_at, self._sent):
-            for instance_id in [known for known in table if known not in live]:
-                del table[instance_id]
+        for table in (self._usage_at, self._sent):  # the runtime watcher's thread adds to them meanwhile
+            for instance_id in [known for known in list(table) if known not in live]:
+                table.pop(instance_id, None)
 
     def _report_forever(self) -> None:
         delay = 0.2
