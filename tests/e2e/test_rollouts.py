@@ -5,14 +5,15 @@ agents' real Kubernetes loop (tests/e2e/rollout_fleet.py)."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from aos_operator.api.models import AOS_SERVICE, AOS_SERVICE_INSTANCE
+from aos_operator.api.models import AOS_DEVICE, AOS_SERVICE, AOS_SERVICE_INSTANCE
 from tests.e2e.fleet import eventually
-from tests.e2e.rollout_fleet import NAMESPACE, Fleet, rollout_fleet, unavailable_devices
+from tests.e2e.rollout_fleet import LABEL, NAMESPACE, Fleet, rollout_fleet, unavailable_devices
 
 pytestmark = pytest.mark.slow
 DEVICES = 10
@@ -232,3 +233,27 @@ def test_an_agent_runs_one_of_two_instances_with_the_same_id_until_it_is_gone(fl
     fleet.api.delete(AOS_SERVICE_INSTANCE, "manual-a", NAMESPACE)
     eventually(lambda: phase("manual-b")[0] == "Running", 60, what=lambda: f"manual-b took over: {phase('manual-b')}")
     fleet.api.delete(AOS_SERVICE_INSTANCE, "manual-b", NAMESPACE)
+
+
+def test_a_deleted_aos_device_is_registered_again_with_the_nodes_labels(fleet: Fleet) -> None:
+    """The heartbeat reads its AosDevice only after a failed beat: a deleted one (404 on the patch)
+    is created again at once with its status and the Node's labels, not 30 s later. Last in this
+    module: the operator removes the instances of a device that is gone."""
+    name = sorted(fleet.devices)[-1]
+    before = fleet.api.get(AOS_DEVICE, name)
+    assert before is not None and fleet.api.delete(AOS_DEVICE, name)
+    again = eventually(lambda: (device := fleet.api.get(AOS_DEVICE, name)) is not None
+                       and device["metadata"]["uid"] != before["metadata"]["uid"]
+                       and (device.get("status") or {}).get("architecture") and device, 60,
+                       what=f"AosDevice {name} registered again with its status")
+    labels = eventually(lambda: (device := fleet.api.get(AOS_DEVICE, name)) is not None
+                        and device["metadata"].get("labels", {}).get(LABEL) == "yes" and device["metadata"]["labels"],
+                        15, what=f"the Node's label {LABEL} on the new AosDevice {name}")
+    assert labels["aosedge.io/device"] == name and again["status"]["architecture"] == "amd64"
+
+    def settled() -> bool:  # the operator places the device's instances again: let their starts end
+        items, _ = fleet.api.list(AOS_SERVICE_INSTANCE, NAMESPACE)
+        return all((item.get("status") or {}).get("phase") == "Running" for item in items if item["spec"]["device"] == name)
+
+    eventually(settled, 60, what=f"the instances on {name} Running again")
+    time.sleep(2)  # a simulated start's timer may still be due (0.5 to 1.5 s); the fleet stops after this

@@ -219,6 +219,7 @@ class AgentLoop:
             try:
                 if device is None:
                     device = self._registered()
+                    labels_read = float("-inf")  # a new or re-read object: its labels now, not in 30 s
                 if time.monotonic() - labels_read >= self.settings.labels_seconds:
                     self._sync_labels(device)
                     labels_read = time.monotonic()
