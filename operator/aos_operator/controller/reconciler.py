@@ -101,7 +101,6 @@ class Operator:
     registry: RegistryClient
     build_slots: asyncio.Semaphore = field(default_factory=lambda: asyncio.Semaphore(2))
     wakeups: dict[tuple[str, str], asyncio.Event] = field(default_factory=dict)
-    device_fingerprints: dict[str, tuple[Any, ...]] = field(default_factory=dict)
     failures: dict[tuple[str, str], int] = field(default_factory=dict)
     memos: dict[tuple[str, str], PackageMemo] = field(default_factory=dict)
     parsed: dict[tuple[str, str], tuple[Any, Any, Any, str]] = field(default_factory=dict)  # generation, spec, description, problem
