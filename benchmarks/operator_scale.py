@@ -127,15 +127,19 @@ def cpu_seconds(pid: int) -> float:
 
 def operator_requests(plane: ControlPlane, since: int, *, watches: bool = True) -> tuple[int, int, Counter[str]]:
     """(requests of the operator in the audit log after the first `since` events, events seen,
-    the requests by verb and resource)."""
+    the requests by verb and resource, and the refused ones by code as 'refused CODE')."""
     events = plane.audit_events()
     kinds: Counter[str] = Counter()
+    refused: Counter[str] = Counter()
     for event in events[since:]:
         if (event.get("userAgent", "").startswith("kopf/") or event.get("userAgent") == "aos-operator") \
                 and (watches or event.get("verb") != "watch"):
             ref = event.get("objectRef") or {}
             kinds[" ".join(filter(None, (event.get("verb"), ref.get("resource"), ref.get("subresource"))))] += 1
-    return sum(kinds.values()), len(events), kinds
+            code = (event.get("responseStatus") or {}).get("code") or 200
+            if code >= 400:
+                refused[f"refused {code}"] += 1
+    return sum(kinds.values()), len(events), kinds + refused
 
 
 class ReadyWatch:
@@ -254,7 +258,10 @@ def run(args: argparse.Namespace, root: Path, heavy: int, device_of: Callable[[i
         print(f"all Ready after {ready_at:.1f} s" if ready_at else "NOT all Ready within 30 min")
         print(f"operator peak RSS {rss / 2**20:.0f} MiB")
         print(f"operator API requests until all Ready: {until_ready} ({until_ready / args.services:.1f} per service: "
-              + ", ".join(f"{kind} {count / args.services:.1f}" for kind, count in ready_kinds.most_common(6)) + ")")
+              + ", ".join(f"{kind} {count / args.services:.1f}" for kind, count in ready_kinds.most_common(6)
+                          if not kind.startswith("refused")) + ")")
+        print("  refused: " + (", ".join(f"{kind.split()[1]}: {count}" for kind, count in sorted(ready_kinds.items())
+                                          if kind.startswith("refused")) or "none"))
         print(f"steady state: {steady_requests} operator requests (watches excluded) in {args.steady_seconds:.0f} s over "
               f"~{passes:.0f} reconcile passes = {steady_requests / passes:.3f} per pass"
               + (f" ({', '.join(f'{kind} {count}' for kind, count in steady_kinds.most_common(4))})" if steady_kinds else ""))

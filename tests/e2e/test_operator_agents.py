@@ -130,6 +130,9 @@ def test_apply_runs_on_the_selected_device_only_with_its_limits(fleet: Fleet) ->
     service = eventually(lambda: ready(fleet), 180, lambda: f"Ready\n{fleet.diagnostics()}")
     status = service["status"]
     assert status["readyRatio"] == "1/1" and (status["desired"], status["ready"], status["updated"]) == (1, 1, 1)
+    # kopf adds its finalizer and nothing else: no copy of the spec in an annotation (handlers._NoDiffBase)
+    assert service["metadata"]["finalizers"] == ["aosedge.io/operator"]
+    assert not any(key.startswith("kopf.zalando.org/") for key in service["metadata"].get("annotations") or {})
     digest = status["image"]["digest"]
     assert status["image"]["ref"].startswith(f"{fleet.registry_host}/aos/{NAMESPACE}/{NAME}:1.0.0@{digest}")
     instances = fleet.instances(NAMESPACE, NAME)

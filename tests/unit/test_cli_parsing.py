@@ -77,6 +77,8 @@ def test_help_names_every_input_and_the_exit_codes(capsys: pytest.CaptureFixture
         (["agent", "--heartbeat", "0"], "--heartbeat"),
         (["operator", "--resync", "-1"], "--resync"),
         (["operator", "--stop-timeout", "inf"], "--stop-timeout"),
+        (["operator", "--namespace", "team-*"], "--namespace"),
+        (["operator", "--namespace", "Fleet"], "--namespace"),
         (["validate", "x", "--output", "xml"], "--output"),
         (["init", "x", "--schema", "3"], "--schema"),
         (["completion", "fish"], "shell"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -185,6 +186,15 @@ def cmd_crds(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _namespace(text: str) -> str:
+    # A name, not one of kopf's patterns: the operator holds one connection per namespace's watches.
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a namespace name (lowercase letters, digits and '-', at most 63); "
+            "repeat --namespace for each namespace to watch")
+    return text
+
+
 def _metrics_address(text: str) -> str:
     from aos_operator.metrics_http import parse_address
 
@@ -208,7 +218,7 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
         description="Reconcile AosServices: validate their config, build and push their packages, place "
         "AosServiceInstances on matching AosDevices, and report status. Runs until SIGTERM.",
     )
-    operator.add_argument("--namespace", action="append", metavar="NS",
+    operator.add_argument("--namespace", action="append", metavar="NS", type=_namespace,
                           help="watch this namespace (repeatable; default: all)")
     operator.add_argument("--registry", default=os.environ.get("AOS_REGISTRY"), metavar="HOST[:PORT][/PREFIX]",
                           help="the registry to push packages to ($AOS_REGISTRY)")

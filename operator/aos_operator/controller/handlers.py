@@ -20,7 +20,7 @@ from typing import Any
 
 import kopf
 
-from aos_operator.api.client import KubeClient, kopf_connection
+from aos_operator.api.client import KubeClient, kopf_connection, kopf_session
 from aos_operator.api.models import AOS_SERVICE_INSTANCE, GROUP, LABEL_SERVICE, VERSION
 from aos_operator.api.naming import label_value
 from aos_operator.api.selectors import equality_selector
@@ -39,6 +39,20 @@ INSTANCES = (GROUP, VERSION, "aosserviceinstances")
 LAYERS = (GROUP, VERSION, "aoslayers")
 CONFIG_MAPS = ("", "v1", "configmaps")
 FINALIZER = f"{GROUP}/operator"
+REQUEST_SLOTS = 16  # kopf's requests at once besides its watches (a burst of creations queues here)
+
+
+class _NoDiffBase(kopf.DiffBaseStorage):
+    """No diff base. kopf keeps the last handled spec in an annotation for on.create/on.update
+    handlers, which this operator does not have (its daemons compare generations): that was one
+    more patch per service and per spec change, and the spec twice in etcd and in every watch
+    event. Every change looks like no change to kopf; deletion is seen by its timestamp."""
+
+    def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
+        return self.build(body=body)
+
+    def store(self, *, body: kopf.Body, patch: kopf.Patch, essence: kopf.BodyEssence) -> None:
+        pass
 
 
 def _devices_of(index: kopf.Index[str, DeviceView]) -> dict[str, DeviceView]:
@@ -74,6 +88,12 @@ class _DeviceSnapshot:
         return self.views
 
 
+def _kept(body: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of an instance to keep, without its managedFields: 40 % of its bytes, read by no pass."""
+    meta = {key: value for key, value in body.get("metadata", {}).items() if key != "managedFields"}
+    return copy.deepcopy({**body, "metadata": meta})
+
+
 def _instances_of(index: kopf.Index[tuple[str, str], Mapping[str, Any]], namespace: str, name: str) -> list[Mapping[str, Any]]:
     return list(index.get((namespace, name), ()))
 
@@ -98,6 +118,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
     @kopf.on.startup(registry=registry, id="configure")
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.finalizer = FINALIZER
+        settings.persistence.diffbase_storage = _NoDiffBase()
         settings.posting.level = logging.WARNING  # our own events say what happened; no log echo
         settings.networking.request_timeout = 60
         settings.watching.server_timeout = 300
@@ -122,7 +143,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
 
     @kopf.index(*INSTANCES, registry=registry, id="instances")
     async def instances(namespace: str, body: kopf.Body, **_: Any) -> dict[tuple[str, str], Mapping[str, Any]]:
-        return {(namespace, body.get("spec", {}).get("service", "")): copy.deepcopy(dict(body))}
+        return {(namespace, body.get("spec", {}).get("service", "")): _kept(body)}
 
     @kopf.index(*SERVICES, registry=registry, id="identities")
     async def identity_claims(namespace: str, name: str, body: kopf.Body, meta: kopf.Meta,
@@ -198,7 +219,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
         if type == "DELETED" or not body.get("metadata", {}).get("deletionTimestamp"):
             deleting.pop((namespace, name), None)
         else:
-            deleting[(namespace, name)] = copy.deepcopy(dict(body))
+            deleting[(namespace, name)] = _kept(body)
 
     @kopf.on.event(*SERVICES, registry=registry, id="service-changed")
     async def service_changed(namespace: str, name: str, meta: kopf.Meta, type: str | None, **_: Any) -> None:
@@ -304,6 +325,27 @@ async def _guarded_pass(op: Operator, body: kopf.Body, devices: dict[str, Device
         metrics.PASS_SECONDS.observe(time.monotonic() - started)
 
 
+def register_login(handlers: kopf.OperatorRegistry, settings: OperatorSettings) -> None:
+    """kopf logs in with the operator's own connection settings, on a bounded session (kopf_session)."""
+    connections, connection = _connections(settings), settings.connection
+
+    @kopf.on.login(registry=handlers, id="login")
+    async def login(**kwargs: Any) -> Any:
+        if connection.server:
+            info = kopf.ConnectionInfo(server=connection.server, insecure=True)
+        elif connection.kubeconfig:  # kopf's own login reads only $KUBECONFIG and ~/.kube/config
+            info = kopf_connection(connection)
+        else:
+            info = await asyncio.to_thread(kopf.login_via_client, **kwargs)
+        return None if info is None else kopf_session(info, connections)
+
+
+def _connections(settings: OperatorSettings) -> int:
+    """kopf's connections: one per watch stream, held for the stream's life (five resources per
+    namespace, and peering's), and REQUEST_SLOTS for its patches and events."""
+    return 6 * max(1, len(settings.namespaces)) + 2 + REQUEST_SLOTS
+
+
 async def run(settings: OperatorSettings, *, stop_flag: asyncio.Event | threading.Event | None = None,
               ready_flag: asyncio.Event | threading.Event | None = None) -> None:
     kube = KubeClient(settings.connection, user_agent="aos-operator")
@@ -317,26 +359,7 @@ async def run(settings: OperatorSettings, *, stop_flag: asyncio.Event | threadin
     )
     op = Operator(settings, kube, registry, build_slots=asyncio.Semaphore(settings.build_concurrency))
     handlers = make_registry(op)
-    if settings.connection.server:
-        server = settings.connection.server
-
-        @kopf.on.login(registry=handlers, id="login")
-        def login(**_: Any) -> kopf.ConnectionInfo:
-            return kopf.ConnectionInfo(server=server, insecure=True)
-
-    elif settings.connection.kubeconfig:
-        connection = settings.connection
-
-        @kopf.on.login(registry=handlers, id="login")
-        def login(**_: Any) -> kopf.ConnectionInfo:
-            return kopf_connection(connection)
-
-    else:
-
-        @kopf.on.login(registry=handlers, id="login")
-        def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-            return kopf.login_via_client(**kwargs)
-
+    register_login(handlers, settings)
     served = serve_metrics(settings.metrics_address, metrics.REGISTRY) if settings.metrics_address else None
     try:
         await _operate(settings, handlers, stop_flag, ready_flag)

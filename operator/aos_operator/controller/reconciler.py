@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple, TypeVar
 
@@ -80,6 +80,13 @@ class Retry(Exception):
         self.delay = delay
 
 
+class Pushed(NamedTuple):
+    """The status a build adds: the IMAGE_PUSHED condition and the packages' references."""
+
+    conditions: list[Wanted]
+    status: dict[str, Any]
+
+
 @dataclass(frozen=True)
 class PackageMemo:
     """When a service's sources were last read, so that passes between changes read nothing."""
@@ -90,6 +97,9 @@ class PackageMemo:
     checked_at: float
     layers: tuple[str, ...] = ()  # the resolved Aos layers (layer_key) the packages were built with
     config_maps: tuple[tuple[str, str], ...] = ()  # (name, resourceVersion) of the ConfigMaps read
+    # What a build pushed, until a pass's status write has carried it: one patch, not a second
+    # one right after the push (each status patch is also a watch event for every watcher).
+    unwritten: Pushed | None = None
 
 
 @dataclass
@@ -250,9 +260,11 @@ async def _ensure_packages(
     source = await op.call(builder.gather_source, spec, namespace, fetch, op.registry)
     digest = builder.source_digest(spec, source, repository, builder.signer_id(op.settings), layers)
 
-    def remember(images: Iterable[ImageStatus]) -> None:
+    def remember(images: Iterable[ImageStatus], unwritten: Pushed | None = None) -> None:
+        if unwritten is None and memo is not None and memo.source_digest == digest:
+            unwritten = memo.unwritten  # the same packages, still to be written
         op.memos[key] = PackageMemo(meta.get("generation"), digest, tuple(images), time.monotonic(), layers_now,
-                                    tuple(sorted(read.items())))
+                                    tuple(sorted(read.items())), unwritten)
 
     # After a restart the status remembers what was built: no rebuild for unchanged inputs.
     recorded = memo.images if memo else tuple(ImageStatus.model_validate(i) for i in status.get("images") or ())
@@ -270,18 +282,12 @@ async def _ensure_packages(
     async with op.build_slots:
         images = await op.call(builder.build_and_push, op.settings, op.registry, service, source, repository, layers)
     summary = ", ".join(f"{image.architecture}: {image.ref}" for image in images)
-    await write_status(
-        op,
-        body,
-        [Wanted(IMAGE_PUSHED, True, "Pushed", summary)],
-        {
-            "sourceDigest": digest,
-            "images": [image.model_dump(exclude_none=True) for image in images],
-            "image": images[0].model_dump(exclude_none=True),
-            "version": service.version,
-        },
-    )
-    remember(images)
+    remember(images, Pushed([Wanted(IMAGE_PUSHED, True, "Pushed", summary)], {
+        "sourceDigest": digest,
+        "images": [image.model_dump(exclude_none=True) for image in images],
+        "image": images[0].model_dump(exclude_none=True),
+        "version": service.version,
+    }))
     return images
 
 
@@ -406,29 +412,40 @@ async def reconcile(
         return delay
     view = _service_view(body, spec, service, images)
     instances = [InstanceView.from_body(instance) for instance in instance_bodies]
+    memo = op.memos[key]
+    pushed = memo.unwritten or Pushed([], {})
     try:
-        step = await rollout_pass.run(op, body, spec, view, devices, instances, images, op.memos[key].source_digest,
+        step = await rollout_pass.run(op, body, spec, view, devices, instances, images, memo.source_digest,
                                       reserved_elsewhere)
     except SpecError as error:
-        await write_status(op, body, _invalid("InvalidSpec", error.message), {})
+        await write_status(op, body, [*pushed.conditions, *_invalid("InvalidSpec", error.message)], pushed.status)
+        _written(op, key, memo)
         return op.settings.resync_seconds
     await release_stopped(op, instance_bodies, devices)
     current = body.get("status") or {}
     await write_status(
         op,
         body,
-        [Wanted(CONFIG_VALID, True, "Valid", f"schema version {service.dialect}"), *step.conditions],
+        [*pushed.conditions, Wanted(CONFIG_VALID, True, "Valid", f"schema version {service.dialect}"), *step.conditions],
         {
+            **pushed.status,
             **step.status,
             "rollout": _replacing(current.get("rollout"), step.status["rollout"]),
             "serviceId": view.service_id,
             "version": service.version,
         },
     )
+    _written(op, key, memo)
     op.failures.pop(key, None)
     if step.wake_in is not None:
         return max(0.5, min(op.settings.resync_seconds, step.wake_in + 0.5))
     return op.settings.resync_seconds
+
+
+def _written(op: Operator, key: tuple[str, str], memo: PackageMemo) -> None:
+    """The pushed packages are in the status now (unless a newer build replaced the memo meanwhile)."""
+    if memo.unwritten is not None and op.memos.get(key) is memo:
+        op.memos[key] = replace(memo, unwritten=None)
 
 
 def _replacing(current: Any, wanted: dict[str, Any]) -> dict[str, Any]:
