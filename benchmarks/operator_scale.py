@@ -113,11 +113,15 @@ def service_body(index: int, device: str, config: dict[str, Any]) -> dict[str, A
     }
 
 
-def peak_rss(pid: int) -> int:
+def peak_rss(pid: int, field: str = "VmHWM") -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(field + ":"):
             return int(line.split()[1]) * 1024
     return 0
+
+
+def current_rss(pid: int) -> int:
+    return peak_rss(pid, "VmRSS")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -229,7 +233,10 @@ def run(args: argparse.Namespace, root: Path, heavy: int, device_of: Callable[[i
         time.sleep(5)  # devices registered and Ready
         pids = plane.pids()
         pids["operator"] = operator.pid
-        cpu_before = {name: cpu_seconds(pids[name]) for name in ("kube-apiserver", "etcd", "operator")}
+        pids["registry"] = registry.process.pid
+        pids["this process (agents, proxies, client)"] = os.getpid()
+        cpu_before = {name: cpu_seconds(pids[name])
+                      for name in ("kube-apiserver", "etcd", "operator", "registry", "this process (agents, proxies, client)")}
         _, audit_mark, _ = operator_requests(plane, 0)
         bytes_before = [proxy.proxy.bytes_to_client for proxy in proxies]
         ready = ReadyWatch(api)  # a watch, not a list per second: the probe must not load the apiserver
@@ -256,7 +263,7 @@ def run(args: argparse.Namespace, root: Path, heavy: int, device_of: Callable[[i
         # Printed before the teardown: a slow operator stop must not lose the figures.
         print(f"services {args.services}, devices {args.devices}; created in {created:.1f} s")
         print(f"all Ready after {ready_at:.1f} s" if ready_at else "NOT all Ready within 30 min")
-        print(f"operator peak RSS {rss / 2**20:.0f} MiB")
+        print(f"operator peak RSS {rss / 2**20:.0f} MiB; {current_rss(operator.pid) / 2**20:.0f} MiB at the end")
         print(f"operator API requests until all Ready: {until_ready} ({until_ready / args.services:.1f} per service: "
               + ", ".join(f"{kind} {count / args.services:.1f}" for kind, count in ready_kinds.most_common(6)
                           if not kind.startswith("refused")) + ")")
