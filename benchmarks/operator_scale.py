@@ -11,10 +11,11 @@ of the devices get 80% of the services, so an agent's API traffic can be compare
 share of the fleet.
 
 Printed, from one run: seconds until every AosService is Ready, the operator's peak resident
-memory, the operator's API requests per service to get there and per reconcile pass in steady
-state (from the apiserver's audit log, by user agent), each agent group's bytes received from the
-API (counted by a loopback proxy per agent) against its instance count, and the CPU seconds of
-kube-apiserver and etcd for the run.
+memory (and at the end), the operator's API requests per service to get there, the refused ones
+by code, and per reconcile pass in steady state (from the apiserver's audit log, by user agent),
+each agent group's bytes received from the API (counted by a loopback proxy per agent) against its
+instance count, and the CPU seconds until Ready of kube-apiserver, etcd, the operator, the
+registry and this process (the agents, their proxies, the client).
 
 Run: .venv/bin/python -m benchmarks.operator_scale [--services 500] [--devices 20]
 """

@@ -200,7 +200,7 @@ def cmd_crds(args: argparse.Namespace) -> int:
 
 
 def _namespace(text: str) -> str:
-    # A name, not one of kopf's patterns: the operator holds one connection per namespace's watches.
+    # A name, not one of kopf's patterns: kopf's connections are counted per namespace's watch streams.
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", text):
         raise argparse.ArgumentTypeError(
             f"{text!r} is not a namespace name (lowercase letters, digits and '-', at most 63); "

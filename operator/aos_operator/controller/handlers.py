@@ -341,8 +341,9 @@ def register_login(handlers: kopf.OperatorRegistry, settings: OperatorSettings) 
 
 
 def _connections(settings: OperatorSettings) -> int:
-    """kopf's connections: one per watch stream, held for the stream's life (five resources per
-    namespace, and peering's), and REQUEST_SLOTS for its patches and events."""
+    """kopf's connections: one per watch stream, held for the stream's life (per namespace four
+    resources and peering, and one spare; AosDevices and cluster peering once), and REQUEST_SLOTS
+    for its patches and events."""
     return 6 * max(1, len(settings.namespaces)) + 2 + REQUEST_SLOTS
 
 
