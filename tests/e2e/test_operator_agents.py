@@ -442,6 +442,29 @@ def test_a_stale_status_write_is_a_conflict_and_leaves_the_agents_report(fleet: 
     assert eventually(lambda: ready(fleet), 30)
 
 
+def test_a_strategy_the_planner_refuses_leaves_the_pushed_package_recorded(fleet: Fleet) -> None:
+    # "150%" passes the schema and is refused by the rollout planner, after the build: the pass's one
+    # status write carries both the pushed package and InvalidSpec (a push writes no status alone).
+    body = aos_service({"zone": "nowhere"}, config())
+    body["metadata"]["name"] = "bad-strategy"
+    body["spec"]["config"]["publish"]["service_uid"] = "5d0c2a41-7f3e-4b8a-9c61-2e8f4a7b9d03"
+    body["spec"]["strategy"] = {"rollingUpdate": {"maxUnavailable": "150%"}}
+    fleet.api.create(AOS_SERVICE, body)
+    try:
+        service = eventually(lambda: fleet.condition(s := fleet.service(NAMESPACE, "bad-strategy"), "Stalled")
+                             .get("reason") == "InvalidSpec" and s, 60, lambda: f"InvalidSpec\n{fleet.diagnostics()}")
+        assert "maxUnavailable" in fleet.condition(service, "Stalled")["message"]
+        pushed = fleet.condition(service, "ImagePushed")
+        assert pushed["status"] == "True", pushed
+        status = service["status"]
+        assert status["image"]["digest"].startswith("sha256:") and status["sourceDigest"]
+        assert [image["digest"] for image in status["images"]] == [status["image"]["digest"]]
+        assert fleet.instances(NAMESPACE, "bad-strategy") == []
+    finally:
+        fleet.api.delete(AOS_SERVICE, "bad-strategy", NAMESPACE)
+        eventually(lambda: fleet.service(NAMESPACE, "bad-strategy") is None, 60, "bad-strategy gone")
+
+
 def test_delete_stops_everything_and_releases_the_finalizer(fleet: Fleet) -> None:
     (instance,) = fleet.instances(NAMESPACE, NAME)
     assert FINALIZER_OPERATOR in instance["metadata"]["finalizers"]
