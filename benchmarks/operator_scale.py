@@ -51,6 +51,7 @@ from tests.integration.registry_support import start_registry
 from tools.cluster import ControlPlane, dying_with_parent
 
 NAMESPACE = "fleet"
+SELF = "this process (agents, proxies, client)"
 
 
 @dataclass
@@ -235,9 +236,8 @@ def run(args: argparse.Namespace, root: Path, heavy: int, device_of: Callable[[i
         pids = plane.pids()
         pids["operator"] = operator.pid
         pids["registry"] = registry.process.pid
-        pids["this process (agents, proxies, client)"] = os.getpid()
-        cpu_before = {name: cpu_seconds(pids[name])
-                      for name in ("kube-apiserver", "etcd", "operator", "registry", "this process (agents, proxies, client)")}
+        pids[SELF] = os.getpid()
+        cpu_before = {name: cpu_seconds(pids[name]) for name in ("kube-apiserver", "etcd", "operator", "registry", SELF)}
         _, audit_mark, _ = operator_requests(plane, 0)
         bytes_before = [proxy.proxy.bytes_to_client for proxy in proxies]
         ready = ReadyWatch(api)  # a watch, not a list per second: the probe must not load the apiserver

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import ctypes
 import logging
 import os
 import re
@@ -63,6 +62,8 @@ def _fewer_malloc_arenas(arenas: int = 2) -> None:
     freed; the operator's API calls and builds run in a thread pool. MALLOC_ARENA_MAX, when set, wins."""
     if os.environ.get("MALLOC_ARENA_MAX"):
         return
+    import ctypes  # only the operator needs it: not at every command's start
+
     try:
         ctypes.CDLL(None).mallopt(-8, arenas)  # M_ARENA_MAX
     except (OSError, AttributeError):  # no glibc: its allocator is not this one

@@ -89,7 +89,7 @@ class _DeviceSnapshot:
 
 
 def _kept(body: Mapping[str, Any]) -> dict[str, Any]:
-    """A copy of an instance to keep, without its managedFields: 40 % of its bytes, read by no pass."""
+    """A copy of an instance to keep, without its managedFields: 43 % of its bytes, read by no pass."""
     meta = {key: value for key, value in body.get("metadata", {}).items() if key != "managedFields"}
     return copy.deepcopy({**body, "metadata": meta})
 
