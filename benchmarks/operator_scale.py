@@ -224,6 +224,7 @@ def run(args: argparse.Namespace, root: Path, heavy: int, device_of: Callable[[i
             proxy = ProxyThread(name, "127.0.0.1", plane.port).start()
             kubeconfig = installation.agent_kubeconfig(name, server=proxy.url)
             settings = AgentSettings(device=name, node=name, run_dir=root / name, heartbeat_seconds=10.0,
+                                     lease_namespace=installation.namespace,  # as the chart runs them
                                      connection=Connection(kubeconfig=str(kubeconfig)))
             node = NodeFacts(cores=4, dmips=40000, architecture="amd64", cgroup_version=1, swap_accounting=True)
             loop = AgentLoop(settings, KubeClient(settings.connection, user_agent=f"aos-agent/{name}"),

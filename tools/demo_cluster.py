@@ -91,7 +91,8 @@ def up(root: Path, keep: bool) -> int:
     agent = Process("agent", [
         "agent", "--device", NODE, "--node", NODE, "--kubeconfig", str(installation.agent_kubeconfig(NODE)),
         "--data-dir", str(root / "agent" / "data"), "--run-dir", str(root / "agent" / "run"),
-        "--cgroup-parent", cgroup_parent, "--heartbeat", "2", "--registry-insecure",
+        "--cgroup-parent", cgroup_parent, "--heartbeat", "2", "--lease-namespace", installation.namespace,
+        "--registry-insecure",
     ], root / "agent.log")
     operator.start()
     agent.start()

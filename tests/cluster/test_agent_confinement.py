@@ -2,7 +2,7 @@
 chart's agent RBAC plus its ValidatingAdmissionPolicy keyed on the node name that a Pod-bound
 service-account token carries. Agent A may create and update only its own AosDevice and write
 only the status of instances whose spec.device is its node; it cannot touch AosServices, other
-devices' objects, instance specs, or Secrets."""
+devices' objects or Leases, instance specs, or Secrets."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
+from aos_operator.api.client import Connection, KubeClient
 from aos_operator.api.models import GROUP, VERSION
 from tests.cluster.install import Installation, install
 from tools.cluster import ControlPlane
@@ -88,6 +89,23 @@ def test_an_agent_writes_the_status_of_its_own_instances_only(
         GROUP, VERSION, "apps", "aosserviceinstances", "svc-edge-b-0", {"status": {"phase": "Running"}}))
     assert error.status == 422
     assert "an agent may write only the status of instances on its own node edge-a" in error.body
+
+
+def test_an_agent_renews_the_lease_of_its_own_node_only(installation: Installation) -> None:
+    """The agent's own call (KubeClient.renew_lease: create, then merge patches) under the chart's Role."""
+    kube = KubeClient(Connection(kubeconfig=str(installation.agent_kubeconfig("edge-a"))), user_agent="aos-agent/edge-a")
+    namespace, labels = installation.namespace, {"aosedge.io/device": "edge-a"}
+    error = refused(lambda: kube.renew_lease("edge-b", namespace, "edge-b", 40, {"aosedge.io/device": "edge-b"}))
+    assert error.status == 422 and "an agent may renew only the Lease of its own node edge-a" in error.body
+    first = kube.renew_lease("edge-a", namespace, "edge-a", 40, labels)
+    second = kube.renew_lease("edge-a", namespace, "edge-a", 40, labels)
+    assert first["metadata"]["uid"] == second["metadata"]["uid"] and second["spec"]["holderIdentity"] == "edge-a"
+    assert second["spec"]["renewTime"] > first["spec"]["renewTime"] and second["metadata"]["labels"] == labels
+    elsewhere = refused(lambda: kube.renew_lease("edge-a", "apps", "edge-a", 40, labels))
+    assert elsewhere.status == 403, "Leases only in the release's namespace"
+    operator = KubeClient(Connection(kubeconfig=str(installation.operator_kubeconfig())), user_agent="aos-operator")
+    items, _ = operator.list_leases("", "aosedge.io/device")
+    assert [item["metadata"]["name"] for item in items] == ["edge-a"], "the operator lists them in every namespace"
 
 
 def test_rbac_keeps_an_agent_off_specs_services_deletes_and_secrets(

@@ -157,7 +157,7 @@ class Fleet:
         self.operator = Process("operator", [
             "operator", "--kubeconfig", str(kubeconfig), "--registry", f"{self.registry_host}/aos",
             "--registry-insecure", "--work-dir", str(self.root / "operator"), "--liveness", "",
-            "--resync", "2", "--stop-timeout", "30", "--log-level", "info", *extra,
+            "--resync", "2", "--stop-timeout", "30", "--device-grace", "10", "--log-level", "info", *extra,
         ], self.root / "operator.log")
         self.operator.start()
         return self.operator
@@ -179,7 +179,7 @@ class Fleet:
         agent.process.arguments = [
             "agent", "--device", device, "--kubeconfig", str(kubeconfig), "--data-dir", str(agent.data_dir),
             "--run-dir", str(agent.run_dir), "--cgroup-parent", agent.cgroup_parent, "--heartbeat", "1",
-            "--labels-interval", "3",
+            "--labels-interval", "3", "--lease-namespace", self.installation.namespace,
             "--registry-insecure", "--log-level", "info", *extra,
         ]
         agent.process.start()

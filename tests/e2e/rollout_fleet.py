@@ -192,7 +192,8 @@ def rollout_fleet(root: Path, devices: int, *, resync: float = 5.0, start_delay:
         operator = Process("operator", [
             "operator", "--kubeconfig", str(plane.admin_kubeconfig), "--registry", f"{registry.host}/aos",
             "--registry-insecure", "--work-dir", str(root / "operator-work"), "--liveness", "",
-            "--resync", str(resync), "--log-level", "info"], root / "operator.log")
+            "--resync", str(resync), "--device-grace", str(4 * heartbeat),  # the agents beat by status, no Lease
+            "--log-level", "info"], root / "operator.log")
         api = KubeClient(Connection(kubeconfig=str(plane.admin_kubeconfig)), user_agent="rollout-tests")
         fleet = Fleet(plane, root, operator, api, registry_host=registry.host)
         previous = os.environ.get("KUBECONFIG")

@@ -111,17 +111,22 @@ def test_devices_register_and_heartbeat(fleet: Fleet) -> None:
         assert status["memoryBytes"] > 0 and status["runners"] == ["runc"]
 
 
-def test_a_heartbeat_is_one_status_patch_and_the_node_is_read_every_labels_interval(fleet: Fleet) -> None:
+def test_a_heartbeat_renews_the_lease_and_the_status_is_written_only_when_it_changes(fleet: Fleet) -> None:
     mark = len(fleet.plane.audit_events())
-    time.sleep(7)  # about seven beats at --heartbeat 1, two or three Node reads at --labels-interval 3
+    time.sleep(7)  # about seven beats at --heartbeat 1, two or three reads at --labels-interval 3
     requests = Counter((event.get("verb"), (event.get("objectRef") or {}).get("resource"),
                         (event.get("objectRef") or {}).get("subresource"))
                        for event in fleet.plane.audit_events()[mark:] if event.get("userAgent") == "aos-agent/edge-a")
-    patches = requests.pop(("patch", "aosdevices", "status"), 0)
+    renewals = requests.pop(("patch", "leases", None), 0)
+    statuses = requests.pop(("patch", "aosdevices", "status"), 0)
     nodes = requests.pop(("get", "nodes", None), 0)
-    assert patches >= 5, f"a status patch per beat: {patches}"
-    assert 1 <= nodes <= 4, f"the Node read every 3 s, not every beat: {nodes} reads, {patches} beats"
-    assert ("get", "aosdevices", None) not in requests, "the AosDevice is not read: each patch returns it"
+    devices = requests.pop(("get", "aosdevices", None), 0)
+    assert renewals >= 5, f"a Lease renewal per beat: {renewals}"
+    assert statuses <= 1, f"an unchanged status is not written every beat: {statuses} writes, {renewals} beats"
+    assert 1 <= nodes <= 4 and 1 <= devices <= 4, f"the Node and the AosDevice read every 3 s: {nodes}, {devices}"
+    lease = fleet.plane.request("GET", f"/apis/coordination.k8s.io/v1/namespaces/{fleet.installation.namespace}/leases/edge-a")
+    assert lease["spec"]["holderIdentity"] == "edge-a" and lease["spec"]["leaseDurationSeconds"] == 4
+    assert lease["metadata"]["labels"]["aosedge.io/device"] == "edge-a"
 
 
 def test_apply_runs_on_the_selected_device_only_with_its_limits(fleet: Fleet) -> None:
@@ -315,6 +320,11 @@ def test_api_outage_for_an_agent_keeps_the_service_running_and_status_catches_up
     (instance,) = fleet.instances(NAMESPACE, NAME)
     instance_id = instance["spec"]["instanceId"]
     agent.proxy.block()
+    # Its Lease is not renewed: after the grace (10 s here) the operator marks the device, which keeps its instance.
+    silent = eventually(lambda: (c := fleet.condition(fleet.device("edge-b"), "Ready")).get("reason") == "AgentSilent"
+                        and c, 40, lambda: f"edge-b marked silent\n{fleet.diagnostics()}")
+    assert silent["status"] == "Unknown" and "no heartbeat from the agent" in silent["message"]
+    assert [i["spec"]["device"] for i in fleet.instances(NAMESPACE, NAME)] == ["edge-b"], "a silent device keeps its instance"
     # While the agent cannot reach the API, its service crashes and the restart policy restarts it.
     pid = int(subprocess.run(["runc", "--root", str(agent.run_dir / "runc"), "state", instance_id],
                              capture_output=True, text=True, check=True).stdout.split('"pid": ')[1].split(",")[0])
@@ -326,6 +336,9 @@ def test_api_outage_for_an_agent_keeps_the_service_running_and_status_catches_up
     caught_up = eventually(lambda: (i := fleet.instances(NAMESPACE, NAME)[0])["status"].get("restarts") == 1
                            and i["status"]["phase"] == "Running" and i, 60, lambda: f"status caught up\n{fleet.diagnostics()}")
     assert caught_up["status"].get("reason") in (None, "Crashed", "Killed")
+    back = eventually(lambda: (c := fleet.condition(fleet.device("edge-b"), "Ready")).get("status") == "True" and c, 30,
+                      "edge-b Ready again: its agent writes the status once it sees the mark")
+    assert back["reason"] == "AgentRunning" and back["lastTransitionTime"] >= silent["lastTransitionTime"]
 
 
 def test_suspend_stops_reconciling_until_resumed(fleet: Fleet) -> None:

@@ -166,6 +166,8 @@ def test_default_render_has_the_expected_objects() -> None:
             ("ClusterRole", "aos-operator-agent"),
             ("ClusterRoleBinding", "aos-operator-operator"),
             ("ClusterRoleBinding", "aos-operator-agent"),
+            ("Role", "aos-operator-agent-lease"),
+            ("RoleBinding", "aos-operator-agent-lease"),
             ("Deployment", "aos-operator-operator"),
             ("DaemonSet", "aos-operator-agent"),
             ("Deployment", "aos-operator-registry"),
@@ -401,6 +403,8 @@ OPERATOR_NAMESPACED = {
 }
 OPERATOR_CLUSTER = {
     ("aosedge.io", "aosdevices"): {"get", "list", "watch"},
+    ("aosedge.io", "aosdevices/status"): {"patch"},  # a silent device is marked Ready=Unknown
+    ("coordination.k8s.io", "leases"): {"list", "watch"},  # the agents' Leases, in whatever namespace
     ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
     ("", "namespaces"): {"list", "watch"},
 }
@@ -412,6 +416,7 @@ AGENT = {
     ("", "nodes"): {"get"},
     ("", "events"): {"create"},  # a used-up traffic limit
 }
+AGENT_LEASE = {("coordination.k8s.io", "leases"): {"create", "patch"}}  # in the release's namespace only
 
 
 def peering(resource: str) -> dict[tuple[str, str], set[str]]:
@@ -444,7 +449,7 @@ def test_default_rbac_is_exactly_what_the_operator_and_agent_use() -> None:
     granted = permissions(documents_of())
     assert granted == {
         ("aos-system", "aos-operator-operator"): {"*": OPERATOR_NAMESPACED | OPERATOR_CLUSTER},
-        ("aos-system", "aos-operator-agent"): {"*": AGENT},
+        ("aos-system", "aos-operator-agent"): {"*": AGENT, "aos-system": AGENT_LEASE},
     }
 
 
@@ -458,7 +463,7 @@ def test_watched_namespaces_get_roles_and_the_cluster_role_keeps_only_cluster_re
     granted = permissions(documents_of(values))
     namespaced = OPERATOR_NAMESPACED | peering("kopfpeerings")
     assert granted[("aos-system", "aos-operator-operator")] == {"*": OPERATOR_CLUSTER, "team-a": namespaced, "team-b": namespaced}
-    assert granted[("aos-system", "aos-operator-agent")] == {"*": AGENT}
+    assert granted[("aos-system", "aos-operator-agent")] == {"*": AGENT, "aos-system": AGENT_LEASE}
 
 
 def test_the_agent_never_writes_services_or_instance_specs() -> None:

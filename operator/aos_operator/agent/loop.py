@@ -59,6 +59,9 @@ class AgentSettings:
     run_dir: Path
     connection: Connection = field(default_factory=Connection)
     heartbeat_seconds: float = 10.0
+    # Where the device's Lease is renewed every beat; None: no Lease, every beat is a status patch.
+    lease_namespace: str | None = None
+    status_report_seconds: float = 300.0  # with a Lease, an unchanged AosDevice status is written again after this long
     labels_seconds: float = 30.0  # how often the Node's labels are read and mirrored onto the AosDevice
     usage_seconds: float = 15.0  # how often CPU and RAM use are looked at for instance status
     usage_report_seconds: float = 300.0  # an unchanged use is reported again after this long
@@ -83,6 +86,11 @@ def usage_moved(reported: Mapping[str, Any], current: Mapping[str, Any]) -> bool
 
     return (moved(reported.get("cpuMillicores"), current.get("cpuMillicores"), 10)
             or moved(reported.get("ramBytes"), current.get("ramBytes"), 1 << 20))
+
+
+def _ready(device: Mapping[str, Any]) -> bool:
+    conditions = (device.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def now() -> str:
@@ -112,6 +120,8 @@ class AgentLoop:
         self._traffic_blocked: dict[str, tuple[str, ...]] = {}
         self.last_heartbeat: float | None = None  # epoch seconds of the last renewal the API took (metrics)
         self._contact = ContactRecord(settings.online_record)
+        self._ready_state: bool | None = None  # the Ready condition last written, and since when
+        self._ready_at = ""
         self.alerts = InstanceAlerts(agent.runtime)
         self._alert_since: dict[str, tuple[bool, str]] = {}  # instance ID -> (raised, since)
 
@@ -189,7 +199,7 @@ class AgentLoop:
         }
 
     def _ready_since(self, ready: bool) -> str:
-        if getattr(self, "_ready_state", None) != ready:
+        if self._ready_state != ready:
             self._ready_state, self._ready_at = ready, now()
         return self._ready_at
 
@@ -205,14 +215,22 @@ class AgentLoop:
         if patch:
             self.kube.patch(AOS_DEVICE, self.settings.device, {"metadata": {"labels": patch}})
 
+    @property
+    def lease_seconds(self) -> int:
+        """The Lease's duration: four beats, as a kubelet's 40 s for its 10 s renewals."""
+        return max(1, round(4 * self.settings.heartbeat_seconds))
+
     def _heartbeat(self) -> None:
-        """One status patch per beat. The AosDevice is read only when the agent has none (at
-        start, after an error), since each patch returns it; the Node's labels every
-        `labels_seconds` and whenever the AosDevice was read. A GET, a Node read and a patch per
-        beat were 60 requests a second at 200 agents."""
+        """Each beat renews the device's Lease, as a kubelet renews its node's (a small write
+        nobody else watches), and writes the AosDevice status only when it changed, when the
+        server's copy is not Ready (the operator marks a silent agent's device), and every
+        `status_report_seconds`. Without a Lease namespace every beat is a status patch. The
+        AosDevice is read when the agent has none (at start, after an error) and, with a Lease,
+        with the Node's labels every `labels_seconds`."""
         alive = self.settings.run_dir / ALIVE_FILE
-        device: Mapping[str, Any] | None = None  # as the last write returned it
+        device: Mapping[str, Any] | None = None  # as the last write or read returned it
         labels_read = float("-inf")
+        reported: tuple[dict[str, Any], float] | None = None  # the status last written (its time left out), when
         while not self.stop.is_set():
             alive.parent.mkdir(parents=True, exist_ok=True)
             alive.write_text(f"{self.settings.heartbeat_seconds}\n")  # agent-health reads the interval
@@ -221,14 +239,27 @@ class AgentLoop:
                     device = self._registered()
                     labels_read = float("-inf")  # a new or re-read object: its labels now, not in 30 s
                 if time.monotonic() - labels_read >= self.settings.labels_seconds:
+                    if self.settings.lease_namespace and labels_read != float("-inf"):
+                        device = self._registered()  # the status patches are rare: see what the server has
                     self._sync_labels(device)
                     labels_read = time.monotonic()
-                device = self.kube.patch(AOS_DEVICE, self.settings.device, {"status": self._device_status()}, status=True)
+                if self.settings.lease_namespace:
+                    self.kube.renew_lease(self.settings.device, self.settings.lease_namespace, self.settings.device,
+                                          self.lease_seconds, {LABEL_DEVICE: label_value(self.settings.device)})
+                marked = not _ready(device)
+                if marked:
+                    self._ready_state = None  # Ready again from now, whoever said otherwise
+                status = self._device_status()
+                unchanged = {key: value for key, value in status.items() if key != "lastHeartbeat"}
+                if (marked or not self.settings.lease_namespace or reported is None or reported[0] != unchanged
+                        or time.monotonic() - reported[1] >= self.settings.status_report_seconds):
+                    device = self.kube.patch(AOS_DEVICE, self.settings.device, {"status": status}, status=True)
+                    reported = (unchanged, time.monotonic())
                 self.last_heartbeat = time.time()
                 HEARTBEATS.labels(device=self.settings.device, result="ok").inc()
                 self._contact.succeeded()
             except API_ERRORS as error:
-                device = None  # read it again: it may have been deleted or relabelled meanwhile
+                device = None  # read it again: it may have been deleted, relabelled or marked meanwhile
                 HEARTBEATS.labels(device=self.settings.device, result="failed").inc()
                 log.warning("heartbeat failed (the services keep running): %s", error)
             self.stop.wait(self.settings.heartbeat_seconds)

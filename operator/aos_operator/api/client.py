@@ -19,6 +19,8 @@ from kubernetes.client.exceptions import ApiException
 from aos_operator.api.models import GROUP, VERSION, Kind
 from aos_operator.errors import InputError
 
+LEASE = ("coordination.k8s.io", "v1", "leases")  # group, version, plural
+
 
 @dataclass(frozen=True)
 class Connection:
@@ -118,13 +120,17 @@ class KubeClient:
     def list(
         self, kind: Kind, namespace: str | None = None, label_selector: str | None = None
     ) -> tuple[list[dict[str, Any]], str | None]:
+        return self._list(GROUP, VERSION, kind.plural, namespace if kind.namespaced else None, label_selector)
+
+    def _list(self, group: str, version: str, plural: str, namespace: str | None,
+              label_selector: str | None) -> tuple[list[dict[str, Any]], str | None]:
         options: dict[str, Any] = {"_request_timeout": self.timeout}
         if label_selector:
             options["label_selector"] = label_selector
-        if kind.namespaced and namespace:
-            result = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, kind.plural, **options)
+        if namespace:
+            result = self.custom.list_namespaced_custom_object(group, version, namespace, plural, **options)
         else:
-            result = self.custom.list_cluster_custom_object(GROUP, VERSION, kind.plural, **options)
+            result = self.custom.list_cluster_custom_object(group, version, plural, **options)
         return list(result.get("items") or []), (result.get("metadata") or {}).get("resourceVersion")
 
     def create(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
@@ -184,22 +190,52 @@ class KubeClient:
         timeout_seconds: int = 300,
     ) -> Iterator[dict[str, Any]]:
         """Events ({type, object}) until the server ends the stream."""
+        return self._watch(GROUP, VERSION, kind.plural, namespace if kind.namespaced else None, label_selector,
+                           resource_version, timeout_seconds)
+
+    def _watch(self, group: str, version: str, plural: str, namespace: str | None, label_selector: str | None,
+               resource_version: str | None, timeout_seconds: int) -> Iterator[dict[str, Any]]:
         watcher = kubernetes.watch.Watch()
         options: dict[str, Any] = {"timeout_seconds": timeout_seconds, "allow_watch_bookmarks": True}
         if label_selector:
             options["label_selector"] = label_selector
         if resource_version:
             options["resource_version"] = resource_version
-        if kind.namespaced and namespace:
-            stream = watcher.stream(
-                self.custom.list_namespaced_custom_object, GROUP, VERSION, namespace, kind.plural, **options
-            )
+        if namespace:
+            stream = watcher.stream(self.custom.list_namespaced_custom_object, group, version, namespace, plural, **options)
         else:
-            stream = watcher.stream(self.custom.list_cluster_custom_object, GROUP, VERSION, kind.plural, **options)
+            stream = watcher.stream(self.custom.list_cluster_custom_object, group, version, plural, **options)
         try:
             yield from stream
         finally:
             watcher.stop()
+
+    # --- Leases: an agent's liveness, as a kubelet's node Lease ----------------------------------
+
+    def renew_lease(self, name: str, namespace: str, holder: str, duration_seconds: int,
+                    labels: dict[str, str]) -> dict[str, Any]:
+        """Set the Lease's renewTime to now (a merge patch); created when there is none."""
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # a MicroTime
+        spec = {"holderIdentity": holder, "leaseDurationSeconds": duration_seconds, "renewTime": stamp}
+        try:
+            return self.custom.patch_namespaced_custom_object(  # type: ignore[no-any-return]
+                LEASE[0], LEASE[1], namespace, LEASE[2], name, {"spec": spec},
+                _content_type="application/merge-patch+json", _request_timeout=self.timeout)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+        body = {"apiVersion": f"{LEASE[0]}/{LEASE[1]}", "kind": "Lease",
+                "metadata": {"name": name, "namespace": namespace, "labels": labels},
+                "spec": {**spec, "acquireTime": stamp}}
+        return self.custom.create_namespaced_custom_object(  # type: ignore[no-any-return]
+            LEASE[0], LEASE[1], namespace, LEASE[2], body, _request_timeout=self.timeout)
+
+    def list_leases(self, namespace: str, label_selector: str) -> tuple[list[dict[str, Any]], str | None]:
+        return self._list(LEASE[0], LEASE[1], LEASE[2], namespace, label_selector)
+
+    def watch_leases(self, namespace: str, label_selector: str, resource_version: str | None,
+                     timeout_seconds: int = 300) -> Iterator[dict[str, Any]]:
+        return self._watch(LEASE[0], LEASE[1], LEASE[2], namespace, label_selector, resource_version, timeout_seconds)
 
     # --- core resources -----------------------------------------------------------------------
 

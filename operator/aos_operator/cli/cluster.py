@@ -93,6 +93,7 @@ def cmd_operator(args: argparse.Namespace) -> int:
         resync_seconds=args.resync,
         source_refresh_seconds=args.source_refresh,
         instance_stop_timeout=args.stop_timeout,
+        device_grace_seconds=args.device_grace,
         liveness=args.liveness or None,
         peering=args.peering,
         sign_key=Path(args.sign_key) if args.sign_key else None,
@@ -149,6 +150,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
         run_dir=run_dir,
         connection=connection,
         heartbeat_seconds=args.heartbeat,
+        lease_namespace=args.lease_namespace,
+        status_report_seconds=args.status_report,
         labels_seconds=args.labels_interval,
         alert_poll_seconds=args.alert_poll,
         online_record=online_record_path(data_dir),  # where the node supervisor looks (offlineTTL)
@@ -204,8 +207,8 @@ def _namespace(text: str) -> str:
     # A name, not one of kopf's patterns: kopf's connections are counted per namespace's watch streams.
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", text):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a namespace name (lowercase letters, digits and '-', at most 63); "
-            "repeat --namespace for each namespace to watch")
+            f"{text!r} is not a namespace name (lowercase letters, digits and '-', at most 63; "
+            "no patterns: repeat --namespace for each namespace to watch)")
     return text
 
 
@@ -252,6 +255,9 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     operator.add_argument("--stop-timeout", type=seconds(), default=120.0, metavar="SECONDS",
                           help="how long a removed instance waits for its agent to report it stopped "
                           "(default: %(default)s)")
+    operator.add_argument("--device-grace", type=seconds(), default=40.0, metavar="SECONDS",
+                          help="mark an AosDevice Ready=Unknown when its agent has renewed neither its Lease nor "
+                          "its status for this long, or its Lease's duration if longer (default: %(default)s)")
     kube_options(operator)
     operator.set_defaults(func=cmd_operator)
 
@@ -274,7 +280,15 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     agent.add_argument("--node-config", metavar="FILE",
                        help="host devices and resources the node offers, in AosEdge's unit-config node shape (YAML)")
     agent.add_argument("--heartbeat", type=seconds(), default=10.0, metavar="SECONDS",
-                       help="how often the AosDevice is renewed (default: %(default)s)")
+                       help="how often the device's Lease is renewed, or without --lease-namespace its AosDevice "
+                       "status (default: %(default)s)")
+    agent.add_argument("--lease-namespace", type=_namespace, default=os.environ.get("AOS_LEASE_NAMESPACE"), metavar="NS",
+                       help="renew a Lease named after the device in this namespace every beat, and write the "
+                       "AosDevice status only when it changes ($AOS_LEASE_NAMESPACE; default: none, every beat is "
+                       "a status write)")
+    agent.add_argument("--status-report", type=seconds(), default=300.0, metavar="SECONDS",
+                       help="with a Lease, write an unchanged AosDevice status again after this long "
+                       "(default: %(default)s)")
     agent.add_argument("--labels-interval", type=seconds(), default=30.0, metavar="SECONDS",
                        help="how often the Node's labels are read and mirrored onto the AosDevice "
                             "(default: %(default)s)")

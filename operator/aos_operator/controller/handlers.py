@@ -24,7 +24,7 @@ from aos_operator.api.client import KubeClient, kopf_connection, kopf_session
 from aos_operator.api.models import AOS_SERVICE_INSTANCE, GROUP, LABEL_SERVICE, VERSION
 from aos_operator.api.naming import label_value
 from aos_operator.api.selectors import equality_selector
-from aos_operator.controller import builder, layers as aos_layers, metrics, reconciler
+from aos_operator.controller import builder, layers as aos_layers, liveness, metrics, reconciler
 from aos_operator.controller.placement import DeviceView, Reservation
 from aos_operator.controller.reconciler import Operator, release_stopped
 from aos_operator.controller.revisions import ROLLOUT_ANNOTATIONS
@@ -106,6 +106,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
     # Per AosService: (generation, identity) so that status-only events parse no config.
     identities: dict[tuple[str, str], tuple[Any, tuple[str, str] | None]] = {}
     fleet = _DeviceSnapshot()
+    heard = liveness.LivenessBook(op.settings.device_grace_seconds)
 
     def identity_of(namespace: str, name: str, body: Mapping[str, Any]) -> tuple[str, str] | None:
         generation = body.get("metadata", {}).get("generation")
@@ -126,6 +127,9 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
             settings.peering.name = op.settings.peering
         sweeper = asyncio.create_task(_sweep(), name="aos-instance-sweeper")
         op.tasks.append(sweeper)
+        heard.started = heard.clock()
+        op.tasks.append(asyncio.create_task(liveness.mark_silent(op.kube, heard, min(5.0, heard.grace / 4)),
+                                            name="aos-device-liveness"))
 
     @kopf.on.cleanup(registry=registry, id="close-clients")
     async def stop(**_: Any) -> None:
@@ -207,6 +211,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
 
     @kopf.on.event(*DEVICES, registry=registry, id="device-changed")
     async def device_changed(name: str, body: kopf.Body, type: str | None, **_: Any) -> None:
+        heard.device_seen(name, None if type == "DELETED" else body)
         if fleet.seen(name, None if type == "DELETED" else body):
             op.wake_all()
 

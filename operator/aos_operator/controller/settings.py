@@ -22,6 +22,7 @@ class OperatorSettings:
     registry_insecure_hosts: tuple[str, ...] = ()  # may receive credentials over plain HTTP
     resync_seconds: float = 30.0  # a service is re-checked at least this often, events or not
     source_refresh_seconds: float = 60.0  # image sources by tag are re-read this often (ConfigMaps: on change)
+    device_grace_seconds: float = 40.0  # a device not heard from for this long is marked Ready=Unknown (liveness.py)
     instance_stop_timeout: float = 120.0  # how long a removed instance waits for its agent to stop it
     build_concurrency: int = 2  # builds at once; each uses a CPU core or more
     retry_min_seconds: float = 2.0
