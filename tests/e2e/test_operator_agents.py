@@ -283,6 +283,10 @@ def test_registry_outage_stalls_the_build_and_recovers(fleet: Fleet) -> None:
     document["publish"]["version"] = "1.2.0"
     document["configuration"]["quotas"]["temp"] = "24M"  # a new package (a version alone changes no byte of it)
     fleet.api.patch(AOS_SERVICE, NAME, {"spec": {"config": document}}, NAMESPACE)
+    # The push retries for seconds: a build still going after a second says so (a fast one does not write it).
+    building = eventually(lambda: (c := fleet.condition(fleet.service(NAMESPACE, NAME), "Reconciling")).get("reason")
+                          == "Building" and c, 60, lambda: f"Reconciling=Building\n{fleet.diagnostics()}")
+    assert building["status"] == "True" and building["message"] == "building 1.2.0"
     stalled = eventually(lambda: fleet.condition(fleet.service(NAMESPACE, NAME), "Stalled").get("reason") == "RegistryUnavailable"
                          and fleet.service(NAMESPACE, NAME), 120, lambda: f"Stalled\n{fleet.diagnostics()}")
     assert fleet.condition(stalled, "ImagePushed")["status"] == "False"

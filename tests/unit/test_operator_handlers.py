@@ -9,6 +9,7 @@ import kopf
 import yaml
 
 from aos_operator.api.client import Connection
+from aos_operator.controller.builder import noticed
 from aos_operator.controller.handlers import REQUEST_SLOTS, make_registry, register_login
 from aos_operator.controller.reconciler import Operator
 from aos_operator.controller.settings import OperatorSettings
@@ -82,3 +83,50 @@ def test_kopf_keeps_no_diff_base_annotation() -> None:
     settings.persistence.diffbase_storage.store(body=body, patch=patch, essence=settings.persistence.diffbase_storage.build(body=body))
     assert not patch, "nothing is patched"
     assert settings.persistence.diffbase_storage.fetch(body=body) == settings.persistence.diffbase_storage.build(body=body)
+
+
+def test_the_building_notice_is_written_only_for_a_build_still_going_after_its_delay() -> None:
+    async def scenario(build_seconds: float, fail: bool = False) -> tuple[list[str], object]:
+        said: list[str] = []
+
+        async def build() -> str:
+            await asyncio.sleep(build_seconds)
+            if fail:
+                raise RuntimeError("push failed")
+            return "pushed"
+
+        async def notice() -> None:
+            said.append("Building")
+
+        try:
+            return said, await noticed(build(), notice, after=0.2)
+        except RuntimeError as error:
+            return said, error
+
+    assert asyncio.run(scenario(0.0)) == ([], "pushed"), "a fast build: no status write"
+    assert asyncio.run(scenario(0.5)) == (["Building"], "pushed"), "a slow one: one write, then its result"
+    said, error = asyncio.run(scenario(0.0, fail=True))
+    assert said == [] and isinstance(error, RuntimeError), "a fast failure is raised, nothing said first"
+
+
+def test_a_cancelled_pass_cancels_the_build_it_waits_for() -> None:
+    async def scenario() -> bool:
+        started, ended = asyncio.Event(), asyncio.Event()
+
+        async def build() -> None:
+            started.set()
+            try:
+                await asyncio.sleep(30)
+            finally:
+                ended.set()
+
+        async def nothing() -> None:
+            return None
+
+        waiting = asyncio.ensure_future(noticed(build(), nothing, after=10))
+        await started.wait()
+        waiting.cancel()
+        await asyncio.gather(waiting, return_exceptions=True)
+        return ended.is_set()
+
+    assert asyncio.run(scenario())

@@ -8,13 +8,14 @@ from its repository when it lives in the same registry.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from aos_operator.api import naming
 from aos_operator.api.models import AosServiceSpec, ImageStatus
@@ -46,6 +47,8 @@ if TYPE_CHECKING:
 # Part of every content digest: a new builder that lays packages out differently must rebuild.
 BUILDER_VERSION = 1
 SOURCE_DATE_EPOCH = 0  # packages are reproducible; their time is the epoch
+BUILDING_NOTICE_SECONDS = 1.0  # a build still going after this long gets its "Building" status written
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -289,3 +292,17 @@ def _json(data: bytes, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise SourceError(f"{where}: its image config is not a JSON object")
     return value
+
+
+async def noticed(work: Awaitable[T], notice: Callable[[], Awaitable[Any]], after: float = BUILDING_NOTICE_SECONDS) -> T:
+    """The result of `work` (a build); `notice` (the "Building" status) is awaited once if it has
+    not ended within `after` seconds. That status is worth a write only for a build a user could
+    watch: most end within a second, and a patch per build was a tenth of the operator's requests."""
+    task = asyncio.ensure_future(work)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=after)
+        if not done:
+            await notice()
+        return await task
+    finally:
+        task.cancel()  # a no-op once it has ended; else (we were cancelled) it ends with us

@@ -23,6 +23,7 @@ from pydantic import ValidationError
 
 from aos_operator.api import naming
 from aos_operator.api.models import AOS_LAYER, AosLayerSpec
+from aos_operator.controller.builder import noticed
 from aos_operator.controller.conditions import IMAGE_PUSHED, READY, RECONCILING, STALLED, Wanted, merge_conditions
 from aos_operator.controller.settings import OperatorSettings
 from aos_operator.controller.source import (
@@ -274,9 +275,12 @@ async def reconcile_layer(op: Any, body: Mapping[str, Any]) -> float:
     try:
         digest = await op.call(source_digest, spec, namespace, fetch, op.registry, op.settings)
         if digest != status.get("sourceDigest") or not status.get("digest"):
-            await _write(op, body, [Wanted(RECONCILING, True, "Building", f"building {spec.uid} {spec.version}")], {})
-            async with op.build_slots:
-                pushed = await op.call(build_and_push, op.settings, op.registry, spec, namespace, op.kube.config_map)
+            async def build() -> dict[str, Any]:
+                async with op.build_slots:
+                    return await op.call(build_and_push, op.settings, op.registry, spec, namespace, op.kube.config_map)
+
+            pushed = await noticed(build(), lambda: _write(
+                op, body, [Wanted(RECONCILING, True, "Building", f"building {spec.uid} {spec.version}")], {}))
             log.info("AosLayer %s/%s: pushed %s", namespace, name, pushed["ref"])
             await _write(op, body, _pushed(pushed["ref"]), {**pushed, "sourceDigest": digest})
         else:

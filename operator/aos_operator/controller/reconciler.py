@@ -277,10 +277,14 @@ async def _ensure_packages(
         remember(images)
         log.info("AosService %s/%s: inputs of revision %s, reusing %s", namespace, name, known["revision"], known["digest"])
         return images
-    await write_status(op, body, [Wanted(RECONCILING, True, "Building", f"building {service.version}")], {})
     log.info("AosService %s/%s: building and pushing %s", namespace, name, service.version)
-    async with op.build_slots:
-        images = await op.call(builder.build_and_push, op.settings, op.registry, service, source, repository, layers)
+
+    async def build() -> list[ImageStatus]:
+        async with op.build_slots:
+            return await op.call(builder.build_and_push, op.settings, op.registry, service, source, repository, layers)
+
+    images = await builder.noticed(build(), lambda: write_status(
+        op, body, [Wanted(RECONCILING, True, "Building", f"building {service.version}")], {}))
     summary = ", ".join(f"{image.architecture}: {image.ref}" for image in images)
     remember(images, Pushed([Wanted(IMAGE_PUSHED, True, "Pushed", summary)], {
         "sourceDigest": digest,
@@ -487,3 +491,4 @@ def _stalled(kind: str, reason: str, message: str) -> list[Wanted]:
 
 
 TRANSIENT_ERRORS = (ApiException, HTTPError, OSError)
+
