@@ -403,3 +403,24 @@ def test_simulated_canary_resumed_runs_to_completion(seed: int) -> None:
     assert sum(1 for rev in history[29].values() if rev == 2) == 2  # held at the step until resumed
     assert max(unavailable) <= 3
     assert reasons.count("CanaryStepReached") == 1 and "RolloutPaused" in reasons
+
+
+def test_a_pass_counts_the_instances_as_its_own_writes_leave_them() -> None:
+    """Counted before its writes, a pass that created instances said "0 updated" and the next pass
+    wrote the status once more; now the first write says what the pass did."""
+    from aos_operator.controller.placement import InstanceView, Plan
+    from aos_operator.controller.rollout_pass import _after, _counts
+
+    new, old = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+
+    def body(name: str, digest: str, phase: str | None = None, running: str | None = None) -> dict[str, object]:
+        return {"metadata": {"name": name}, "spec": {"device": name, "index": 0, "image": {"digest": digest}},
+                "status": {"phase": phase, "imageDigest": running} if phase else {}}
+
+    running = [InstanceView.from_body(body("a", old, "Running", old)), InstanceView.from_body(body("b", old, "Running", old)),
+               InstanceView.from_body(body("c", old, "Running", old))]
+    work = Plan(create=[body("d", new)], update=[("a", {"spec": {"image": {"digest": new}}})], delete=["c"], desired=3)
+    before = _counts(running, {new}, work.desired)
+    after = _counts(_after(running, work), {new}, work.desired)
+    assert (before.updated, before.ready) == (0, 3)
+    assert (after.updated, after.ready, after.failed) == (2, 1, 0), "d created and a patched: updated; a and c no longer ready"

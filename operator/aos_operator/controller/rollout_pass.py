@@ -25,6 +25,7 @@ from aos_operator.controller.placement import (
     DeviceView,
     InstanceView,
     PackageRef,
+    Plan,
     Reservation,
     ServiceView,
     describe_misfits,
@@ -111,6 +112,16 @@ def _counts(instances: Sequence[InstanceView], target_digests: set[str], desired
         if instance.phase == "Failed":
             failed += 1
     return Counts(desired=desired, ready=ready, updated=updated, failed=failed)
+
+
+def _after(instances: Sequence[InstanceView], work: Plan) -> list[InstanceView]:
+    """The instances as this pass's writes leave them. Counted before them, a pass that creates
+    instances reported them as not updated, and the next pass wrote the status once more to say so."""
+    patched = {name: patch["spec"]["image"]["digest"] for name, patch in work.update}
+    gone = set(work.delete)
+    kept = [replace(view, digest=patched[view.name]) if view.name in patched else view
+            for view in instances if view.name not in gone]
+    return kept + [InstanceView.from_body(body) for body in work.create]
 
 
 def _conditions(decision: Decision, counts: Counts) -> list[Wanted]:
@@ -229,7 +240,7 @@ async def run(op: Any, body: Any, spec: AosServiceSpec, view: ServiceView, devic
                                                                     built_number))
     op.rollouts[key] = Written(str(meta.get("uid")), decision.status(at), [dict(item) for item in history])
     target_item = revisions.by_number(history, target)
-    counts = _counts(instances, revisions.digests(target_item) if target_item else set(), work.desired)
+    counts = _counts(_after(instances, work), revisions.digests(target_item) if target_item else set(), work.desired)
     conditions = _conditions(decision, counts)
     misfits = no_device_fits(view, device_list, instances, reserved_elsewhere)
     if misfits and decision.state.phase not in (ROLLED_BACK, FAILED, PAUSED):
