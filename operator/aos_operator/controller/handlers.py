@@ -271,6 +271,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
             op.parsed.pop(key, None)
             op.pending.pop(key, None)
             op.rollouts.pop(key, None)
+            op.statuses.pop(key, None)
             op.layers.use(namespace, name, ())
             op.config_maps.forget(("AosService", namespace, name))
 

@@ -118,6 +118,7 @@ class Operator:
     # The rollout status each service's last pass wrote (rollout_pass.Written), newer than a body
     # the watch has not refreshed yet.
     rollouts: dict[tuple[str, str], Any] = field(default_factory=dict)
+    statuses: dict[tuple[str, str], StatusMemo] = field(default_factory=dict)  # each service's last status write
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     layers: LayerBook = field(default_factory=LayerBook)  # pushed AosLayers, and which services use them
     config_maps: ConfigMapBook = field(default_factory=ConfigMapBook)  # ConfigMap versions the watch saw
@@ -178,16 +179,49 @@ def _events_for(body: Any, old: Mapping[str, Any], new: list[dict[str, Any]]) ->
             kopf.event(body, type="Normal", reason="Pushed", message=message)
 
 
+@dataclass(frozen=True)
+class StatusMemo:
+    """A service's status as this operator's last write left it (the server's answer), and the
+    resourceVersions of the object older than that write. The operator is the status's only
+    writer, and the daemon's body lags behind until the watch delivers the write: a pass woken
+    meanwhile (by its new instance's event) diffed against the older status and wrote it all again,
+    one patch per service in a burst."""
+
+    uid: str
+    status: dict[str, Any]
+    version: str  # the resourceVersion the write made
+    older: frozenset[str]
+
+
+def status_now(op: Operator, body: Any) -> dict[str, Any]:
+    """The service's status: the body's, or the last write's while the body is older than that."""
+    meta = body["metadata"]
+    memo = op.statuses.get((meta["namespace"], meta["name"]))
+    if memo is not None and memo.uid == meta.get("uid") and meta.get("resourceVersion") in memo.older:
+        return dict(memo.status)
+    return dict(body.get("status") or {})
+
+
 async def write_status(op: Operator, body: Any, wanted: list[Wanted], extra: Mapping[str, Any]) -> None:
-    status = dict(body.get("status") or {})
-    generation = body["metadata"].get("generation")
+    status = status_now(op, body)
+    meta = body["metadata"]
+    generation = meta.get("generation")
     conditions = merge_conditions(status.get("conditions"), wanted, generation)
     update = _changed(status, {**extra, "conditions": conditions, "observedGeneration": generation})
     if not update:
         return
     _events_for(body, status, conditions)
-    meta = body["metadata"]
-    await op.call(op.kube.patch, AOS_SERVICE, meta["name"], {"status": update}, meta["namespace"], status=True)
+    key = (meta["namespace"], meta["name"])
+    written = await op.call(op.kube.patch, AOS_SERVICE, meta["name"], {"status": update}, meta["namespace"], status=True)
+    seen = str(meta.get("resourceVersion"))
+    older = {seen}
+    memo = op.statuses.get(key)
+    if memo is not None and memo.uid == meta.get("uid"):
+        older.add(memo.version)
+        if seen in memo.older:
+            older |= memo.older  # the body has not caught up with the earlier write either
+    op.statuses[key] = StatusMemo(str(meta.get("uid")), dict(written.get("status") or {}),
+                                  str((written.get("metadata") or {}).get("resourceVersion")), frozenset(older))
 
 
 # --- the pass -------------------------------------------------------------------------------------
@@ -426,7 +460,7 @@ async def reconcile(
         _written(op, key, memo)
         return op.settings.resync_seconds
     await release_stopped(op, instance_bodies, devices)
-    current = body.get("status") or {}
+    current = status_now(op, body)
     await write_status(
         op,
         body,
