@@ -16,7 +16,7 @@ import yaml
 from aos_operator.api.client import Connection, KubeClient
 from aos_operator.api.models import AOS_SERVICE
 from aos_operator.controller.conditions import READY, RECONCILING, Wanted
-from aos_operator.controller.reconciler import Operator, write_status
+from aos_operator.controller.reconciler import Operator, status_seen, write_status
 from aos_operator.controller.settings import OperatorSettings
 from tests.cluster.install import apply_crds
 from tests.conftest import EXAMPLES
@@ -95,5 +95,20 @@ def test_a_body_that_moved_on_is_diffed_as_it_is(plane: ControlPlane, kube: Kube
         again = kube.get(AOS_SERVICE, "moved", NAMESPACE)
         assert again is not None and again["status"]["updated"] == 1, "the newer body is the base: updated written back"
         assert patches(plane, "moved") == 3
+
+    asyncio.run(passes())
+
+
+def test_the_last_write_is_let_go_once_the_watch_has_brought_it(plane: ControlPlane, kube: KubeClient) -> None:
+    op = operator(kube)
+    body = service(kube, "let-go")
+
+    async def passes() -> None:
+        await write_status(op, body, ROLLING, {"desired": 1})
+        memo = op.statuses[("apps", "let-go")]
+        status_seen(op, ("apps", "let-go"), str(body["metadata"]["resourceVersion"]))
+        assert ("apps", "let-go") in op.statuses, "an event older than the write: still kept"
+        status_seen(op, ("apps", "let-go"), memo.version)
+        assert ("apps", "let-go") not in op.statuses, "the write's own event: let go"
 
     asyncio.run(passes())

@@ -228,6 +228,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
 
     @kopf.on.event(*SERVICES, registry=registry, id="service-changed")
     async def service_changed(namespace: str, name: str, meta: kopf.Meta, type: str | None, **_: Any) -> None:
+        reconciler.status_seen(op, (namespace, name), str(meta.get("resourceVersion")))
         if type == "DELETED":
             generations.pop((namespace, name), None)
             _, released = identities.pop((namespace, name), (None, None))

@@ -202,6 +202,14 @@ def status_now(op: Operator, body: Any) -> dict[str, Any]:
     return dict(body.get("status") or {})
 
 
+def status_seen(op: Operator, key: tuple[str, str], version: str) -> None:
+    """A watch event of the service: once the body has caught up, the last write is not kept (a
+    status is some kilobytes: at 2000 services, tens of MiB if kept)."""
+    memo = op.statuses.get(key)
+    if memo is not None and version not in memo.older:
+        del op.statuses[key]
+
+
 async def write_status(op: Operator, body: Any, wanted: list[Wanted], extra: Mapping[str, Any]) -> None:
     status = status_now(op, body)
     meta = body["metadata"]
