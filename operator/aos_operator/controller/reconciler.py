@@ -10,6 +10,7 @@ threads; the event loop stays free.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -188,7 +189,7 @@ class StatusMemo:
     one patch per service in a burst."""
 
     uid: str
-    status: dict[str, Any]
+    status: bytes  # compact JSON: a few KiB, where its dicts would take several times that
     version: str  # the resourceVersion the write made
     older: frozenset[str]
 
@@ -198,7 +199,7 @@ def status_now(op: Operator, body: Any) -> dict[str, Any]:
     meta = body["metadata"]
     memo = op.statuses.get((meta["namespace"], meta["name"]))
     if memo is not None and memo.uid == meta.get("uid") and meta.get("resourceVersion") in memo.older:
-        return dict(memo.status)
+        return dict(json.loads(memo.status))
     return dict(body.get("status") or {})
 
 
@@ -228,7 +229,7 @@ async def write_status(op: Operator, body: Any, wanted: list[Wanted], extra: Map
         older.add(memo.version)
         if seen in memo.older:
             older |= memo.older  # the body has not caught up with the earlier write either
-    op.statuses[key] = StatusMemo(str(meta.get("uid")), dict(written.get("status") or {}),
+    op.statuses[key] = StatusMemo(str(meta.get("uid")), json.dumps(written.get("status") or {}, separators=(",", ":")).encode(),
                                   str((written.get("metadata") or {}).get("resourceVersion")), frozenset(older))
 
 
