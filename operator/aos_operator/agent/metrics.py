@@ -28,7 +28,7 @@ INSTANCE_LABELS = ["device", "instance_id", "service_id", "namespace", "name"]
 # Registered in each agent's registry (make_registry); module-level so that any room can count.
 ALERTS = Counter("aos_instance_alerts", "Resource alerts raised for an instance (alertRules), by parameter",
                  ["instance_id", "service_id", "parameter"], registry=None)
-HEARTBEATS = Counter("aos_device_heartbeats", "AosDevice heartbeats the agent attempted, by result",
+HEARTBEATS = Counter("aos_device_heartbeats", "Heartbeats (Lease renewals, or AosDevice status writes without a Lease) the agent attempted, by result",
                      ["device", "result"], registry=None)
 
 

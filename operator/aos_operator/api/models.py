@@ -257,7 +257,9 @@ class AosDeviceStatus(_Schema):
     hostDevices: list[str] | None = Field(None, description="Host devices offered to services (node config names)")
     devices: list[DeviceShares] | None = Field(None, description="Host devices with their shares")
     agentVersion: str | None = None
-    lastHeartbeat: datetime | None = Field(None, description="When the agent last reported")
+    lastHeartbeat: datetime | None = Field(None, description="When the agent last wrote this status: every beat "
+                                           "without a Lease; with one (its liveness), on a change and every "
+                                           "--status-report seconds")
     instances: int | None = Field(None, description="Instances the agent runs")
     conditions: list[Condition] | None = None
 
@@ -420,7 +422,7 @@ AOS_DEVICE = Kind(
         {"name": "Cores", "type": "integer", "jsonPath": ".status.cpuCores"},
         {"name": "DMIPS", "type": "integer", "jsonPath": ".status.dmips"},
         {"name": "Instances", "type": "integer", "jsonPath": ".status.instances"},
-        {"name": "Heartbeat", "type": "date", "jsonPath": ".status.lastHeartbeat"},
+        {"name": "Reported", "type": "date", "jsonPath": ".status.lastHeartbeat"},
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ),
 )
