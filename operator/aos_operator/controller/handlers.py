@@ -128,7 +128,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
         sweeper = asyncio.create_task(_sweep(), name="aos-instance-sweeper")
         op.tasks.append(sweeper)
         heard.started = heard.clock()
-        op.tasks.append(asyncio.create_task(liveness.mark_silent(op.kube, heard, min(5.0, heard.grace / 4)),
+        op.tasks.append(asyncio.create_task(liveness.mark_silent(op.kube, heard, max(0.5, min(5.0, heard.grace / 4))),
                                             name="aos-device-liveness"))
 
     @kopf.on.cleanup(registry=registry, id="close-clients")

@@ -114,7 +114,12 @@ def follow_leases(kube: KubeClient, book: LivenessBook, loop: asyncio.AbstractEv
     delay = 1.0
 
     def post(call: Callable[..., None], *args: Any) -> None:
-        loop.call_soon_threadsafe(call, *args)
+        if stop.is_set():
+            return  # the operator is stopping; its loop may be closed already
+        try:
+            loop.call_soon_threadsafe(call, *args)
+        except RuntimeError:  # closed between the check and the call
+            stop.set()
 
     def device_of(body: Mapping[str, Any]) -> str:
         return str((body.get("spec") or {}).get("holderIdentity") or "")  # the agent writes its device's name
@@ -140,8 +145,11 @@ def follow_leases(kube: KubeClient, book: LivenessBook, loop: asyncio.AbstractEv
         except ERRORS as error:
             post(setattr, book, "synced", False)
             log.warning("watch of the agents' Leases failed, will list again in %.0f s: %s", delay, error)
-            stop.wait(delay)
-            delay = min(delay * 2, 30.0)
+        except Exception:  # a bug here must not leave the book "synced" on data that no longer moves
+            post(setattr, book, "synced", False)
+            log.exception("the Lease watch failed; no device is marked until it has listed again")
+        stop.wait(delay)
+        delay = min(delay * 2, 30.0)
 
 
 async def mark_silent(kube: KubeClient, book: LivenessBook, every: float) -> None:
