@@ -146,3 +146,40 @@ def test_the_operator_is_not_bound_by_the_agent_policy(installation: Installatio
         operator.patch_namespaced_custom_object_status(
             GROUP, VERSION, "apps", "aosserviceinstances", "svc-edge-b-0", {"status": {"phase": "Failed"}})
     assert status_write.value.status == 403
+
+
+def test_an_agent_refused_its_lease_heart_beats_by_status(installation: Installation, tmp_path: Path) -> None:
+    """The agent's real loop, with a Lease namespace its RBAC does not cover: it says so once and
+    writes its AosDevice status every beat instead, so the operator still sees it alive."""
+    import threading
+
+    from aos_operator.agent.loop import AgentLoop, AgentSettings
+    from aos_operator.runtime import NodeFacts
+    from tests.e2e.rollout_fleet import RolloutDevice
+
+    kubeconfig = installation.agent_kubeconfig("edge-b")
+    settings = AgentSettings(device="edge-b", node="edge-b", run_dir=tmp_path, heartbeat_seconds=0.5,
+                             lease_namespace="apps", connection=Connection(kubeconfig=str(kubeconfig)))
+    kube = KubeClient(settings.connection, user_agent="aos-agent/edge-b")
+    node = NodeFacts(cores=2, dmips=20000, architecture="amd64", cgroup_version=1, swap_accounting=True)
+    loop = AgentLoop(settings, kube, RolloutDevice(lambda digest: True), node)  # type: ignore[arg-type]
+    thread = threading.Thread(target=loop._heartbeat, daemon=True)
+    thread.start()
+    try:
+        api = custom(kubeconfig)
+        beats: set[str] = set()  # lastHeartbeat has whole seconds; a beat every 0.5 s
+        deadline = time.monotonic() + 30
+        while len(beats) < 3 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            try:
+                device = api.get_cluster_custom_object(GROUP, VERSION, "aosdevices", "edge-b")
+            except client.ApiException:
+                continue  # not registered yet
+            beats.add((device.get("status") or {}).get("lastHeartbeat") or "")
+        beats.discard("")
+        # With its Lease an unchanged status would keep one lastHeartbeat; refused, it is written every beat.
+        assert len(beats) >= 3, f"status writes when the Lease is refused: {sorted(beats)}"
+    finally:
+        loop.stop.set()
+        thread.join(timeout=10)
+        kube.close()

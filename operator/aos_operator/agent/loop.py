@@ -231,6 +231,7 @@ class AgentLoop:
         device: Mapping[str, Any] | None = None  # as the last write or read returned it
         labels_read = float("-inf")
         reported: tuple[dict[str, Any], float] | None = None  # the status last written (its time left out), when
+        leased = bool(self.settings.lease_namespace)  # until the API refuses the Lease (403): then status beats
         while not self.stop.is_set():
             alive.parent.mkdir(parents=True, exist_ok=True)
             alive.write_text(f"{self.settings.heartbeat_seconds}\n")  # agent-health reads the interval
@@ -239,19 +240,18 @@ class AgentLoop:
                     device = self._registered()
                     labels_read = float("-inf")  # a new or re-read object: its labels now, not in 30 s
                 if time.monotonic() - labels_read >= self.settings.labels_seconds:
-                    if self.settings.lease_namespace and labels_read != float("-inf"):
+                    if leased and labels_read != float("-inf"):
                         device = self._registered()  # the status patches are rare: see what the server has
                     self._sync_labels(device)
                     labels_read = time.monotonic()
-                if self.settings.lease_namespace:
-                    self.kube.renew_lease(self.settings.device, self.settings.lease_namespace, self.settings.device,
-                                          self.lease_seconds, {LABEL_DEVICE: label_value(self.settings.device)})
+                if leased:
+                    leased = self._renew_lease()
                 marked = not _ready(device)
                 if marked:
                     self._ready_state = None  # Ready again from now, whoever said otherwise
                 status = self._device_status()
                 unchanged = {key: value for key, value in status.items() if key != "lastHeartbeat"}
-                if (marked or not self.settings.lease_namespace or reported is None or reported[0] != unchanged
+                if (marked or not leased or reported is None or reported[0] != unchanged
                         or time.monotonic() - reported[1] >= self.settings.status_report_seconds):
                     device = self.kube.patch(AOS_DEVICE, self.settings.device, {"status": status}, status=True)
                     reported = (unchanged, time.monotonic())
@@ -263,6 +263,22 @@ class AgentLoop:
                 HEARTBEATS.labels(device=self.settings.device, result="failed").inc()
                 log.warning("heartbeat failed (the services keep running): %s", error)
             self.stop.wait(self.settings.heartbeat_seconds)
+
+    def _renew_lease(self) -> bool:
+        """Renew the device's Lease; False when the API forbids it (RBAC without the chart's Role):
+        the agent then heart-beats by status, which the operator also watches."""
+        namespace = str(self.settings.lease_namespace)
+        try:
+            self.kube.renew_lease(self.settings.device, namespace, self.settings.device, self.lease_seconds,
+                                  {LABEL_DEVICE: label_value(self.settings.device)})
+            return True
+        except ApiException as error:
+            if error.status != 403:
+                raise
+        log.warning("the API refuses the Lease %s/%s (403 Forbidden): heart-beating by AosDevice status instead; "
+                    "grant create and patch on leases in %s (the chart's agent Role does), then restart the agent",
+                    namespace, self.settings.device, namespace)
+        return False
 
     def _registered(self) -> Mapping[str, Any]:
         """The AosDevice, created when there is none."""
