@@ -33,7 +33,7 @@ from aos_operator.agent.metrics import HEARTBEATS, count_alert
 from aos_operator.agent.instance_alerts import FALLEN_REASON, RAISED_REASON, AlertChange, InstanceAlerts, condition_fields
 from aos_operator.agent.offline import ContactRecord, stays_failed
 from aos_operator.api.client import Connection, KubeClient
-from aos_operator.api.models import AOS_DEVICE, AOS_SERVICE_INSTANCE, API_VERSION, LABEL_DEVICE
+from aos_operator.api.models import AOS_DEVICE, AOS_SERVICE_INSTANCE, API_VERSION, LABEL_DEVICE, device_ready
 from aos_operator.api.naming import label_value
 from aos_operator.api.selectors import equality_selector
 from aos_operator.runtime import InstanceStatus, NodeFacts, Reason
@@ -86,11 +86,6 @@ def usage_moved(reported: Mapping[str, Any], current: Mapping[str, Any]) -> bool
 
     return (moved(reported.get("cpuMillicores"), current.get("cpuMillicores"), 10)
             or moved(reported.get("ramBytes"), current.get("ramBytes"), 1 << 20))
-
-
-def _ready(device: Mapping[str, Any]) -> bool:
-    conditions = (device.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
 
 
 def now() -> str:
@@ -246,7 +241,7 @@ class AgentLoop:
                     labels_read = time.monotonic()
                 if leased:
                     leased = self._renew_lease()
-                marked = not _ready(device)
+                marked = not device_ready(device)
                 if marked:
                     self._ready_state = None  # Ready again from now, whoever said otherwise
                 status = self._device_status()

@@ -6,6 +6,7 @@ view that the controller and the agent use to read and write objects.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from enum import Enum
 from typing import Any, Literal
@@ -426,6 +427,15 @@ AOS_DEVICE = Kind(
         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     ),
 )
+
+
+def device_ready(body: Mapping[str, Any]) -> bool:
+    """Whether an AosDevice (as the API returns it) has Ready=True: what placement, the agent and
+    the liveness check look at."""
+    conditions = (body.get("status") or {}).get("conditions") or []
+    return any(isinstance(c, Mapping) and c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
 AOS_SERVICE_INSTANCE = Kind(
     kind="AosServiceInstance",
     plural="aosserviceinstances",

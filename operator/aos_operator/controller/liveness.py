@@ -22,15 +22,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import HTTPError
-
 from aos_operator.api.client import KubeClient
-from aos_operator.api.models import AOS_DEVICE, LABEL_DEVICE
+from aos_operator.api.models import AOS_DEVICE, LABEL_DEVICE, device_ready
+from aos_operator.controller.reconciler import TRANSIENT_ERRORS
 
 log = logging.getLogger("aos_operator.controller.liveness")
 SILENT_REASON = "AgentSilent"
-ERRORS = (ApiException, HTTPError, OSError, ValueError)  # ValueError: a stream that is not JSON
+ERRORS = (*TRANSIENT_ERRORS, ValueError)  # ValueError: a stream that is not JSON, an ERROR event
 
 
 @dataclass
@@ -73,8 +71,7 @@ class LivenessBook:
         status = body.get("status") or {}
         self._statuses[name] = self._noted(self._statuses.get(name), status.get("lastHeartbeat"), self.clock())
         conditions = [dict(c) for c in status.get("conditions") or [] if isinstance(c, Mapping)]
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-        self._ready[name] = (ready, conditions)
+        self._ready[name] = (device_ready(body), conditions)
 
     def marked(self, name: str) -> None:
         if name in self._ready:

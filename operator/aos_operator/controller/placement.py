@@ -31,6 +31,7 @@ from aos_operator.api.models import (
     LABEL_INDEX,
     LABEL_SERVICE,
     LabelSelector,
+    device_ready,
 )
 from aos_operator.api.selectors import matches
 
@@ -165,12 +166,10 @@ class DeviceView:
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> DeviceView:
         status = body.get("status") or {}
-        conditions = status.get("conditions") or []
-        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
         return cls(
             name=body["metadata"]["name"],
             labels=dict(body["metadata"].get("labels") or {}),
-            ready=ready,
+            ready=device_ready(body),
             architecture=status.get("architecture"),
             runners=tuple(status.get("runners") or ()),
             unschedulable=bool((body.get("spec") or {}).get("unschedulable")),
