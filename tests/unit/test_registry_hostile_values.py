@@ -159,3 +159,40 @@ def test_insecure_registry_names_a_host_or_a_host_and_port() -> None:
     assert plain._may_receive_credentials("127.0.0.1:5000", "http://127.0.0.1:5001/token")  # the registry's host
     assert plain._may_receive_credentials("127.0.0.1:5000", "https://127.0.0.2/token")  # TLS
     assert not Transport(insecure=True)._may_receive_credentials("127.0.0.1:5000", realm)  # --insecure alone is no opt-in
+
+
+def test_one_watchdog_thread_expires_deadlines_and_ended_ones_never(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import threading
+    import time
+
+    from aos_operator.registry.limits import Deadline
+
+    with Deadline(30.0, "warm-up"):  # the watchdog starts with the first deadline
+        pass
+    started_threads = []
+    start = threading.Thread.start
+    monkeypatch.setattr(threading.Thread, "start", lambda thread: (started_threads.append(thread), start(thread))[1])
+    for _ in range(200):
+        with Deadline(30.0, "quick request"):
+            pass
+    assert started_threads == []  # no thread per request
+
+    ours, theirs = socket.socketpair()
+    try:
+        ours.settimeout(10)
+        started = time.monotonic()
+        with Deadline(0.3, "stalled request") as deadline:
+            deadline.attach(ours)
+            assert ours.recv(1) == b""  # the shut-down socket returns at once, not after 10 s
+        assert deadline.expired and time.monotonic() - started < 5
+    finally:
+        ours.close()
+        theirs.close()
+
+    with Deadline(0.2, "finished in time") as quick:
+        pass
+    later = Deadline(0.4, "still waiting")
+    with later:
+        time.sleep(0.8)
+    assert not quick.expired and later.expired  # an ended deadline is never expired afterwards

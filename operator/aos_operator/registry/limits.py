@@ -8,14 +8,16 @@ holds a request for as long as it likes. Here:
 - a blob body must arrive at `blob_min_rate` bytes/s or faster, averaged over the last
   `blob_rate_window` seconds, once `blob_rate_grace` seconds have passed since it started.
 
-The deadline is enforced by a timer that shuts down the request's sockets: a blocked read
-returns at once, wherever it is (connect, TLS handshake, headers, body). Sockets are attached
-to the deadline of the thread's current request by the connection classes below.
+The deadline is enforced by one watchdog thread that shuts down an expired request's sockets: a
+blocked read returns at once, wherever it is (connect, TLS handshake, headers, body). Sockets are
+attached to the deadline of the thread's current request by the connection classes below.
 """
 
 from __future__ import annotations
 
 import contextvars
+import heapq
+import itertools
 import socket
 import ssl
 import threading
@@ -59,6 +61,51 @@ class RegistryLimits:
         return self.request_timeout + size / self.blob_min_rate
 
 
+class _Watchdog:
+    """The one thread that expires every Deadline of the process. A `threading.Timer` per request
+    started a thread per registry request: a tenth of the operator's samples in a push burst."""
+
+    def __init__(self) -> None:
+        self._wake = threading.Condition()
+        self._due: list[tuple[float, int, Deadline]] = []
+        self._order = itertools.count()
+        self._live = 0
+        self._thread: threading.Thread | None = None
+
+    def watch(self, deadline: Deadline, at: float) -> None:
+        with self._wake:
+            heapq.heappush(self._due, (at, next(self._order), deadline))
+            self._live += 1
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="registry-deadlines", daemon=True)
+                self._thread.start()
+            elif self._due[0][2] is deadline:
+                self._wake.notify()
+
+    def done(self) -> None:
+        with self._wake:
+            self._live -= 1
+            if len(self._due) > 64 and len(self._due) > 2 * self._live:  # drop the ended ones
+                self._due = [entry for entry in self._due if not entry[2].ended]
+                heapq.heapify(self._due)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while self._due and self._due[0][2].ended:
+                    heapq.heappop(self._due)
+                if not self._due:
+                    self._wake.wait()
+                    continue
+                wait = self._due[0][0] - time.monotonic()
+                if wait > 0:
+                    self._wake.wait(wait)
+                    continue
+                deadline = heapq.heappop(self._due)[2]
+            deadline._expire()  # outside the lock: it shuts down sockets
+
+
+_WATCHDOG = _Watchdog()
 _CURRENT: contextvars.ContextVar[Deadline | None] = contextvars.ContextVar("registry_deadline", default=None)
 
 
@@ -72,25 +119,25 @@ class Deadline:
 
     def __init__(self, seconds: float, what: str, setting: str = "request_timeout") -> None:
         self.seconds, self.what, self.setting = seconds, what, setting
-        self.expired = False
+        self.expired = self.ended = False
+        self._watched = False
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
-        self._timer: threading.Timer | None = None
         self._token: contextvars.Token[Deadline | None] | None = None
 
     def __enter__(self) -> Deadline:
         if self.seconds:
-            self._timer = threading.Timer(self.seconds, self._expire)
-            self._timer.daemon = True
-            self._timer.start()
+            _WATCHDOG.watch(self, time.monotonic() + self.seconds)
+            self._watched = True
         self._token = _CURRENT.set(self)
         return self
 
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
         with self._lock:
+            self.ended = True
             self._sockets.clear()  # sockets go back to the pool: never shut one down later
+        if self._watched:
+            _WATCHDOG.done()
         if self._token is not None:
             _CURRENT.reset(self._token)
 
@@ -111,6 +158,8 @@ class Deadline:
 
     def _expire(self) -> None:
         with self._lock:
+            if self.ended:
+                return
             self.expired = True
             sockets = list(self._sockets)
         for sock in sockets:
