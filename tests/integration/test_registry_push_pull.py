@@ -90,6 +90,25 @@ def test_mount_candidates_are_remembered_within_the_process(registry: RegistrySe
         assert client.stats.blobs_mounted == len(package.blobs)
 
 
+def test_mount_candidates_are_the_few_newest_repositories(fault_proxy: FaultProxy) -> None:
+    from aos_operator.registry.client import MOUNT_SOURCES
+    from aos_operator.registry.reference import parse_reference
+
+    package = make_package(layer_sizes=(1_000,))
+    with RegistryClient() as client:
+        for number in range(MOUNT_SOURCES + 2):
+            client.push(f"{fault_proxy.host}/team-{number}/svc:v1", package.manifest, OCI_MANIFEST, package.sources())
+        assert client.stats.blobs_mounted == (MOUNT_SOURCES + 1) * len(package.blobs)
+        # A blob pushed elsewhere is mounted without asking first: HEADs only in the first push.
+        assert len(fault_proxy.requests("HEAD", "/blobs/sha256:")) == len(package.blobs)
+        client.push(f"{fault_proxy.host}/team-0/svc:v2", package.manifest, OCI_MANIFEST, package.sources())
+        assert client.stats.blobs_mounted == (MOUNT_SOURCES + 2) * len(package.blobs)  # into a repository that has them: fine
+        assert client.pull_manifest(f"{fault_proxy.host}/team-0/svc:v2").data == package.manifest
+        target = parse_reference(f"{fault_proxy.host}/team-new/svc:v1")
+        newest = ["team-0/svc", *(f"team-{number}/svc" for number in range(MOUNT_SOURCES + 1, 2, -1))]
+        assert client._mount_candidates(target, next(iter(package.blobs)), ["team-x/svc"]) == ["team-x/svc", *newest]
+
+
 def test_failed_mount_falls_back_to_upload(registry: RegistryServer) -> None:
     package = make_package(layer_sizes=(10_000,))
     with RegistryClient() as client:

@@ -61,6 +61,7 @@ from aos_operator.registry.transport import (
 T = TypeVar("T")
 MiB = 1024 * 1024
 _READ_SIZE = MiB
+MOUNT_SOURCES = 4  # repositories remembered per blob as mount candidates
 
 
 @dataclass
@@ -139,8 +140,10 @@ class RegistryClient:
         self.chunk_size = chunk_size
         self.chunked_threshold = chunked_threshold
         self.stats = TransferStats()
-        # Where this process saw each blob, per registry: candidates for cross-repository mounts.
-        self._locations: dict[tuple[str, str], set[str]] = {}
+        # Where this process last saw each blob, per registry, newest last: candidates for
+        # cross-repository mounts. A few are enough (one mount succeeds or the blob is uploaded);
+        # a shared layer pushed to 2000 repositories was sorted in each push.
+        self._locations: dict[tuple[str, str], dict[str, None]] = {}
         self._locations_lock = threading.Lock()
 
     def close(self) -> None:
@@ -217,11 +220,14 @@ class RegistryClient:
 
     def _push_blob(self, ref: Reference, descriptor: Descriptor, source: BlobSource, mount_from: Sequence[str]) -> None:
         what = f"push {ref} ({descriptor.field} {descriptor.digest})"
-        if self.blob_exists(ref, descriptor.digest, for_push=True, what=what):
+        candidates = self._mount_candidates(ref, descriptor.digest, mount_from)
+        # A blob this process pushed to another repository is mounted at once: a mount of a blob
+        # the repository has already succeeds too, so the HEAD before it would only cost a round trip.
+        if not self._seen_elsewhere(ref, descriptor.digest) and self.blob_exists(ref, descriptor.digest, for_push=True, what=what):
             self.stats.add(blobs_present=1)
         else:
             session = None
-            for candidate in self._mount_candidates(ref, descriptor.digest, mount_from):
+            for candidate in candidates:
                 mounted, session = self._mount(ref, descriptor.digest, candidate, session, what)
                 if mounted:
                     self.stats.add(blobs_mounted=1)
@@ -233,13 +239,21 @@ class RegistryClient:
 
     def _mount_candidates(self, ref: Reference, digest: str, mount_from: Sequence[str]) -> list[str]:
         with self._locations_lock:
-            known = sorted(self._locations.get((ref.api_host, digest), ()))
+            known = list(reversed(self._locations.get((ref.api_host, digest), {})))
         candidates = list(dict.fromkeys([*mount_from, *known]))
         return [repository for repository in candidates if repository != ref.repository]
 
+    def _seen_elsewhere(self, ref: Reference, digest: str) -> bool:
+        with self._locations_lock:
+            return any(repository != ref.repository for repository in self._locations.get((ref.api_host, digest), ()))
+
     def _remember(self, ref: Reference, digest: str) -> None:
         with self._locations_lock:
-            self._locations.setdefault((ref.api_host, digest), set()).add(ref.repository)
+            seen = self._locations.setdefault((ref.api_host, digest), {})
+            seen.pop(ref.repository, None)
+            seen[ref.repository] = None
+            if len(seen) > MOUNT_SOURCES:
+                del seen[next(iter(seen))]
 
     def _mount(
         self, ref: Reference, digest: str, source_repository: str, session: str | None, what: str
