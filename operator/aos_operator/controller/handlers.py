@@ -48,6 +48,12 @@ class _NoDiffBase(kopf.DiffBaseStorage):
     more patch per service and per spec change, and the spec twice in etcd and in every watch
     event. Every change looks like no change to kopf; deletion is seen by its timestamp."""
 
+    def build(self, *, body: kopf.Body, extra_fields: Iterable[kopf.FieldSpec] | None = None) -> kopf.BodyEssence:
+        # kopf's essence is a deep copy of the whole body, made twice per watch event and copied
+        # again to drop its progress marks: 7 % of the operator's CPU at 2000 services, for a diff
+        # that nothing here reads.
+        return kopf.BodyEssence()
+
     def fetch(self, *, body: kopf.Body) -> kopf.BodyEssence | None:
         return self.build(body=body)
 
