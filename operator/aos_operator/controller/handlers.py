@@ -118,7 +118,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
         generation = body.get("metadata", {}).get("generation")
         cached = identities.get((namespace, name))
         if cached is None or cached[0] != generation:
-            cached = (generation, reconciler.identity_of(body))
+            cached = (generation, reconciler.identity_of(op, (namespace, name), body))
             identities[(namespace, name)] = cached
         return cached[1]
 
@@ -237,6 +237,7 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
         reconciler.status_seen(op, (namespace, name), str(meta.get("resourceVersion")))
         if type == "DELETED":
             generations.pop((namespace, name), None)
+            op.parsed.pop((namespace, name), None)  # the identities index may have parsed it after its loop ended
             _, released = identities.pop((namespace, name), (None, None))
             for other, (_, identity) in identities.items():  # a duplicate may take the identity over now
                 if released is not None and identity == released:

@@ -244,17 +244,29 @@ class Claim(NamedTuple):
     name: str
 
 
-def identity_of(body: Mapping[str, Any]) -> tuple[str, str] | None:
-    """(service ID, subject) of an AosService, or None when its spec or config is not valid."""
-    meta = body.get("metadata", {})
+def parse_once(op: Operator, key: tuple[str, str], body: Mapping[str, Any]) -> tuple[Any, Any, Any, str] | ValidationError:
+    """(generation, spec, description, problem) of the service's generation, parsed once for the
+    identities index and every pass; the spec's ValidationError, not kept, when it is not valid."""
+    generation = body.get("metadata", {}).get("generation")
+    parsed = op.parsed.get(key)
+    if parsed is not None and generation is not None and parsed[0] == generation:
+        return parsed
     try:
         spec = AosServiceSpec.model_validate(dict(body.get("spec") or {}))
-    except ValidationError:
+    except ValidationError as error:
+        return error
+    service, problem = _describe(spec, *key)
+    op.parsed[key] = parsed = (generation, spec, service, problem)
+    return parsed
+
+
+def identity_of(op: Operator, key: tuple[str, str], body: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(service ID, subject) of an AosService, or None when its spec or config is not valid."""
+    parsed = parse_once(op, key, body)
+    if isinstance(parsed, ValidationError) or parsed[2] is None:
         return None
-    service, _ = _describe(spec, meta.get("namespace", ""), meta.get("name", ""))
-    if service is None:
-        return None
-    return naming.service_id(service.service_id, meta.get("namespace", ""), meta.get("name", "")), spec.subject
+    _, spec, service, _ = parsed
+    return naming.service_id(service.service_id, *key), spec.subject
 
 
 def _identity_taken(body: Mapping[str, Any], identity: tuple[str, str],
@@ -409,19 +421,12 @@ async def reconcile(
     """One pass over one AosService; returns when to look again (seconds)."""
     meta = body["metadata"]
     key = (meta["namespace"], meta["name"])
-    generation = meta.get("generation")
-    parsed = op.parsed.get(key)
-    if parsed is not None and generation is not None and parsed[0] == generation:
-        _, spec, service, problem = parsed  # the spec and config of this generation, parsed once
-    else:
-        try:
-            spec = AosServiceSpec.model_validate(dict(body.get("spec") or {}))
-        except ValidationError as error:
-            message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
-            await write_status(op, body, _invalid("InvalidSpec", message), {})
-            return op.settings.resync_seconds
-        service, problem = _describe(spec, *key)
-        op.parsed[key] = (generation, spec, service, problem)
+    parsed = parse_once(op, key, body)
+    if isinstance(parsed, ValidationError):
+        message = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in parsed.errors())
+        await write_status(op, body, _invalid("InvalidSpec", message), {})
+        return op.settings.resync_seconds
+    _, spec, service, problem = parsed
     if spec.suspend:
         await write_status(op, body, [Wanted(RECONCILING, False, "Suspended", "spec.suspend is true")], {})
         return op.settings.resync_seconds
