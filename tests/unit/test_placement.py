@@ -15,6 +15,7 @@ from aos_operator.controller.placement import (
     InstanceView,
     PackageRef,
     Reservation,
+    SelectionMemo,
     ServiceView,
     plan,
     reservation,
@@ -204,3 +205,19 @@ def test_placement_reserves_dmips_and_memory_and_skip_resource_limits_reserves_n
     assert skipped.create[0]["spec"]["reserved"] == {"cpuDmips": 0, "ramBytes": 0}
     # a device that reports no capacity is not checked
     assert len(plan(heavy, [device("d2")], [], reserved_elsewhere={"d2": Reservation(10**9, 10**12)}).create) == 3
+
+
+def test_selection_memo_selects_once_per_fleet_snapshot_and_selector() -> None:
+    memo = SelectionMemo()
+    fleet = {name: device(name, zone) for name, zone in (("d1", "a"), ("d2", "b"), ("d3", "a"))}
+    zone_a = LabelSelector(matchLabels={"zone": "a"})
+    first = memo.select(zone_a, fleet)
+    assert [d.name for d in first] == ["d1", "d3"]
+    assert memo.select(LabelSelector(matchLabels={"zone": "a"}), fleet) is first  # an equal selector: kept
+    assert [d.name for d in memo.select(LabelSelector(matchLabels={"zone": "b"}), fleet)] == ["d2"]
+    assert len(memo.select(None, fleet)) == 3
+    expression = LabelSelector(matchExpressions=[{"key": "zone", "operator": "In", "values": ["b", "a"]}])
+    assert len(memo.select(expression, fleet)) == 3
+    assert memo.select(LabelSelector(matchExpressions=[{"key": "zone", "operator": "In", "values": ["b"]}]), fleet) != first
+    relabelled = {**fleet, "d3": device("d3", "b")}  # a new snapshot: selected again
+    assert [d.name for d in memo.select(zone_a, relabelled)] == ["d1"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Hashable, Mapping
 
 from aos_operator.api.models import LabelSelector
 
@@ -27,6 +27,14 @@ def matches(selector: LabelSelector | None, labels: Mapping[str, str] | None) ->
         if requirement.operator == "DoesNotExist" and present:
             return False
     return True
+
+
+def selector_key(selector: LabelSelector | None) -> Hashable:
+    """A hashable form of a selector: equal for selectors that select the same way."""
+    if selector is None:
+        return None
+    return (tuple(sorted((selector.matchLabels or {}).items())),
+            tuple(sorted((r.key, r.operator, tuple(sorted(r.values or ()))) for r in selector.matchExpressions or ())))
 
 
 def equality_selector(labels: Mapping[str, str]) -> str:

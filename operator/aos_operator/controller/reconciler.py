@@ -49,6 +49,7 @@ from aos_operator.controller.placement import (
     PackageRef,
     Reservation,
     ReservationBook,
+    SelectionMemo,
     ServiceView,
     reservation,
 )
@@ -124,6 +125,7 @@ class Operator:
     layers: LayerBook = field(default_factory=LayerBook)  # pushed AosLayers, and which services use them
     config_maps: ConfigMapBook = field(default_factory=ConfigMapBook)  # ConfigMap versions the watch saw
     reservations: ReservationBook = field(default_factory=ReservationBook)  # per device, from instance events
+    selections: SelectionMemo = field(default_factory=SelectionMemo)  # the devices each selector matches
     _devices: dict[str, DeviceView] = field(default_factory=dict)
 
     def remember_devices(self, devices: Mapping[str, DeviceView]) -> None:

@@ -18,7 +18,6 @@ import kopf
 from kubernetes.client.exceptions import ApiException
 
 from aos_operator.api.models import AOS_SERVICE_INSTANCE, AosServiceSpec, ImageStatus
-from aos_operator.api.selectors import matches
 from aos_operator.controller import revisions
 from aos_operator.controller.conditions import READY, RECONCILING, STALLED, Counts, Wanted, rollout_conditions
 from aos_operator.controller.placement import (
@@ -195,8 +194,8 @@ async def run(op: Any, body: Any, spec: AosServiceSpec, view: ServiceView, devic
     previous = RolloutState.from_status(status.get("rollout"))
     pending = op.pending.setdefault(key, {})
     # Every device a placement step looks at must match the selector (eligible, keeps, no_device_fits):
-    # select once here, not over the whole fleet in each of them.
-    device_list = [device for device in devices.values() if matches(view.selector, device.labels)]
+    # select once here, not over the whole fleet in each of them, and once per fleet snapshot.
+    device_list = op.selections.select(view.selector, devices)
     wanted = wanted_keys(view, device_list, instances, reserved_elsewhere)
     states = _device_states(wanted, instances, revisions.revision_of_digest(history), pending)
     resumed = revisions.parse_resume(annotations.get(revisions.ANNOTATION_RESUME), target)
