@@ -310,6 +310,29 @@ def test_progress_restarts_the_deadline() -> None:
     assert later.state.phase == PROGRESSING
 
 
+def test_a_completed_revision_is_never_rolled_back_to_itself() -> None:
+    # Hours after the rollout completed: an instance restarts, another crash-loops, and a device
+    # joins the selector. Before, each one "rolled back" revision 2 to revision 2 and left the
+    # service RolledBack until its spec changed.
+    devices = fleet(3, 2)
+    done = plan_rollout(2, Strategy(), devices, RolloutState(revision=2, stable=1, phase=PROGRESSING,
+                                                             last_progress_at=T0), T0)
+    assert done.state.phase == COMPLETE and done.state.stable == 2
+    later = T0 + timedelta(hours=2)
+    devices[0] = DeviceState("dev-00", 2, (starting(2),))
+    devices[1] = DeviceState("dev-01", 2, (failed(2),))
+    devices.append(DeviceState("dev-09", None, ()))
+    joined = plan_rollout(2, Strategy(), devices, done.state, later)
+    assert joined.assign["dev-09"] == 2
+    devices[-1] = DeviceState("dev-09", 2, (starting(2),))
+    again = plan_rollout(2, Strategy(), devices, joined.state, later + timedelta(seconds=5))
+    assert again.state.phase not in (ROLLED_BACK, FAILED) and not again.state.failed_revision
+    assert [e.reason for e in joined.events + again.events] == []
+    assert set(again.assign.values()) == {2}
+    healthy = [DeviceState(d.name, 2, (running(2),)) for d in devices]
+    assert plan_rollout(2, Strategy(), healthy, again.state, later + timedelta(minutes=1)).state.phase == COMPLETE
+
+
 def test_without_a_stable_revision_a_failure_is_failed_not_rolled_back() -> None:
     devices = [DeviceState("dev-00", 1, (failed(1),)), DeviceState("dev-01", 1, (running(1),))]
     decision = plan_rollout(1, Strategy(), devices, RolloutState(), T0)

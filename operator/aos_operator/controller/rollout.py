@@ -16,7 +16,8 @@ Rules (README, Rollouts):
   devices are available, then pauses (a duration, or until resumed).
 - More than `failureThreshold` Failed updated instances (for a health reason), or no updated
   device becoming available for `progressDeadlineSeconds` (pauses excluded), aborts: every
-  updated device goes back to the stable revision, the last one that completed.
+  updated device goes back to the stable revision, the last one that completed. A target that
+  has completed is not aborted any more: what fails later is the service's health.
 """
 
 from __future__ import annotations
@@ -254,9 +255,13 @@ def plan_rollout(
         back = sum(1 for revision in assign.values() if revision == target)
         return decision(assign, state, back)
 
-    # Abort rules.
+    # Abort rules, for a target that has not completed yet. Once it has (it is the stable
+    # revision), there is nothing to go back to: a device that joins later, or an instance that
+    # crashes or whose device goes silent, is the service's health (Ready), not a failed rollout.
+    # Before, such a device "rolled back" the completed revision to itself after the deadline.
+    aborting = state.stable != target
     updated_instances = [instance for device in updated for instance in device.instances]
-    failed = [instance for instance in updated_instances if _failed(instance)]
+    failed = [instance for instance in updated_instances if _failed(instance)] if aborting else []
     threshold = resolve(strategy.failure_threshold, len(updated_instances), round_up=False,
                         where="spec.strategy.failureThreshold")
     reason = ""
@@ -267,7 +272,7 @@ def plan_rollout(
     spec_pause_ended = state.phase == PAUSED and not paused and state.step_reached_at is None
     if updated_available > state.available or state.last_progress_at is None or spec_pause_ended:
         state = replace(state, last_progress_at=now)
-    stuck = [device for device in updated if not available[device.name]]
+    stuck = [device for device in updated if not available[device.name]] if aborting else []
     if not reason and stuck and not paused and state.last_progress_at is not None:
         waited = (now - state.last_progress_at).total_seconds()
         if waited >= strategy.progress_deadline_seconds:
