@@ -311,6 +311,8 @@ def test_agent_restart_adopts_its_containers(fleet: Fleet) -> None:
     eventually(lambda: fleet.condition(fleet.device("edge-b"), "Ready").get("reason") == "AgentStopped", 30,
                "the device marked not Ready")
     assert agent.containers() == containers, "the service keeps running without its agent"
+    eventually(lambda: fleet.condition(fleet.service(NAMESPACE, NAME), "Ready").get("reason") == "DeviceNotReady", 30,
+               "the service not Ready while its device is not")
     agent.process.start()
     eventually(lambda: fleet.condition(fleet.device("edge-b"), "Ready").get("status") == "True", 60, "Ready again")
     eventually(lambda: ready(fleet), 60, "the service Ready")
@@ -329,6 +331,11 @@ def test_api_outage_for_an_agent_keeps_the_service_running_and_status_catches_up
                         and c, 40, lambda: f"edge-b marked silent\n{fleet.diagnostics()}")
     assert silent["status"] == "Unknown" and "no heartbeat from the agent" in silent["message"]
     assert [i["spec"]["device"] for i in fleet.instances(NAMESPACE, NAME)] == ["edge-b"], "a silent device keeps its instance"
+    # ... which no longer counts as ready: what the agent last said is not known to hold.
+    unknown = eventually(lambda: (c := fleet.condition(fleet.service(NAMESPACE, NAME), "Ready")).get("reason") == "DeviceNotReady"
+                         and c, 30, lambda: f"the service not Ready\n{fleet.diagnostics()}")
+    assert unknown["status"] == "False" and "1 on devices that are not Ready" in unknown["message"]
+    assert fleet.service(NAMESPACE, NAME)["status"]["readyRatio"] == "0/1"
     # While the agent cannot reach the API, its service crashes and the restart policy restarts it.
     pid = int(subprocess.run(["runc", "--root", str(agent.run_dir / "runc"), "state", instance_id],
                              capture_output=True, text=True, check=True).stdout.split('"pid": ')[1].split(",")[0])
@@ -343,6 +350,7 @@ def test_api_outage_for_an_agent_keeps_the_service_running_and_status_catches_up
     back = eventually(lambda: (c := fleet.condition(fleet.device("edge-b"), "Ready")).get("status") == "True" and c, 30,
                       "edge-b Ready again: its agent writes the status once it sees the mark")
     assert back["reason"] == "AgentRunning" and back["lastTransitionTime"] >= silent["lastTransitionTime"]
+    eventually(lambda: ready(fleet), 30, lambda: f"the service Ready again with its device\n{fleet.diagnostics()}")
 
 
 def test_suspend_stops_reconciling_until_resumed(fleet: Fleet) -> None:

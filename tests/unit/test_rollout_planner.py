@@ -447,3 +447,31 @@ def test_a_pass_counts_the_instances_as_its_own_writes_leave_them() -> None:
     after = _counts(_after(running, work), {new}, work.desired)
     assert (before.updated, before.ready) == (0, 3)
     assert (after.updated, after.ready, after.failed) == (2, 1, 0), "d created and a patched: updated; a and c no longer ready"
+
+
+def test_instances_on_a_device_that_is_not_ready_are_neither_ready_nor_available() -> None:
+    """A device whose agent went silent (or stopped) keeps its instances, but what the agent last
+    reported is not known to hold: not counted ready, and unavailable to the rollout planner."""
+    from aos_operator.controller.conditions import rollout_conditions
+    from aos_operator.controller.placement import DeviceView, InstanceView
+    from aos_operator.controller.rollout_pass import _counts, _device_states, _unreachable
+
+    digest = DIGESTS[1]
+    views = [InstanceView.from_body({"metadata": {"name": name}, "spec": {"device": name, "index": 0, "image": {"digest": digest}},
+                                     "status": {"phase": "Running", "imageDigest": digest}}) for name in ("dev-a", "dev-b", "dev-c")]
+    devices = {"dev-a": DeviceView("dev-a", {}, True, "amd64"), "dev-b": DeviceView("dev-b", {}, False, "amd64")}  # dev-c: gone
+    unreachable = _unreachable(views, devices)
+    assert unreachable == {"dev-b", "dev-c"}
+    counts = _counts(views, {digest}, 3, unreachable)
+    assert (counts.ready, counts.updated, counts.unreachable) == (1, 3, 2)
+    ready, reconciling, stalled = rollout_conditions(counts)
+    assert (ready.status, ready.reason, reconciling.status, stalled.status) == (False, "DeviceNotReady", False, False)
+    assert "2 on devices that are not Ready" in ready.message
+    assert rollout_conditions(_counts(views, {digest}, 3))[0].status, "all Ready once the devices are"
+
+    states = _device_states({(name, 0) for name in ("dev-a", "dev-b", "dev-c")}, views, {digest: 1}, {}, unreachable)
+    by_name = {state.name: state for state in states}
+    assert by_name["dev-a"].instances[0].phase == "Running" and by_name["dev-b"].instances[0].phase == "Unknown"
+    assert by_name["dev-b"].revision == 1, "still on its revision: it is updated first, without the budget"
+    decision = plan_rollout(1, Strategy(), states, RolloutState(revision=1, stable=1, phase=COMPLETE), T0)
+    assert decision.available == 1 and decision.state.phase not in (ROLLED_BACK, FAILED)

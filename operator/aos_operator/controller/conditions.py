@@ -54,6 +54,7 @@ class Counts:
     ready: int
     updated: int
     failed: int
+    unreachable: int = 0  # on a device that is not Ready (its agent stopped or silent): not counted ready
 
     @property
     def ratio(self) -> str:
@@ -92,5 +93,10 @@ def rollout_conditions(counts: Counts) -> list[Wanted]:
         # A failed instance has used up its restarts: it needs a new config or package, not time.
         return [Wanted(READY, False, "InstancesFailed", message), Wanted(RECONCILING, False, "InstancesFailed", message),
                 Wanted(STALLED, True, "InstancesFailed", message)]
+    if counts.unreachable:
+        # What their agents last said is not known to hold; they come back with their devices.
+        message += f", {counts.unreachable} on devices that are not Ready"
+        return [Wanted(READY, False, "DeviceNotReady", message), Wanted(RECONCILING, False, "DeviceNotReady", message),
+                Wanted(STALLED, False, "DeviceNotReady")]
     return [Wanted(READY, False, "RollingOut", message), Wanted(RECONCILING, True, "RollingOut", message),
             Wanted(STALLED, False, "RollingOut")]

@@ -78,8 +78,15 @@ def _package(item: Mapping[str, Any] | None, architecture: str | None) -> Packag
     return None
 
 
+def _unreachable(instances: Sequence[InstanceView], devices: Mapping[str, DeviceView]) -> frozenset[str]:
+    """The devices of these instances that are not Ready (or gone): what their agents last
+    reported is not known to hold, as Kubernetes marks the pods of a node that is not Ready."""
+    return frozenset(name for name in {instance.device for instance in instances}
+                     if name not in devices or not devices[name].ready)
+
+
 def _device_states(wanted: set[tuple[str, int]], instances: Sequence[InstanceView], digest_revision: Mapping[str, int],
-                   pending: dict[str, str]) -> list[DeviceState]:
+                   pending: dict[str, str], unreachable: frozenset[str] = frozenset()) -> list[DeviceState]:
     by_device: dict[str, list[InstanceState]] = {name: [] for name, _ in wanted}
     for instance in instances:
         if instance.deleting or (instance.device, instance.index) not in wanted:
@@ -89,6 +96,9 @@ def _device_states(wanted: set[tuple[str, int]], instances: Sequence[InstanceVie
             by_device[instance.device].append(InstanceState(written))  # patched, not yet seen: not available
             continue
         pending.pop(instance.name, None)
+        if instance.device in unreachable:  # not available, whatever its phase was
+            by_device[instance.device].append(InstanceState(instance.digest, "Unknown", None, None, instance.start_time))
+            continue
         by_device[instance.device].append(InstanceState(instance.digest, instance.phase, instance.running_digest,
                                                         instance.reason, instance.start_time))
     states = []
@@ -99,18 +109,21 @@ def _device_states(wanted: set[tuple[str, int]], instances: Sequence[InstanceVie
     return states
 
 
-def _counts(instances: Sequence[InstanceView], target_digests: set[str], desired: int) -> Counts:
-    ready = updated = failed = 0
+def _counts(instances: Sequence[InstanceView], target_digests: set[str], desired: int,
+            unreachable: frozenset[str] = frozenset()) -> Counts:
+    ready = updated = failed = lost = 0
     for instance in instances:
         if instance.deleting:
             continue
-        if instance.phase == "Running" and instance.digest and instance.running_digest == instance.digest:
+        if instance.device in unreachable:
+            lost += 1
+        elif instance.phase == "Running" and instance.digest and instance.running_digest == instance.digest:
             ready += 1
         if instance.digest in target_digests:
             updated += 1
         if instance.phase == "Failed":
             failed += 1
-    return Counts(desired=desired, ready=ready, updated=updated, failed=failed)
+    return Counts(desired=desired, ready=ready, updated=updated, failed=failed, unreachable=lost)
 
 
 def _after(instances: Sequence[InstanceView], work: Plan) -> list[InstanceView]:
@@ -197,7 +210,8 @@ async def run(op: Any, body: Any, spec: AosServiceSpec, view: ServiceView, devic
     # select once here, not over the whole fleet in each of them, and once per fleet snapshot.
     device_list = op.selections.select(view.selector, devices)
     wanted = wanted_keys(view, device_list, instances, reserved_elsewhere)
-    states = _device_states(wanted, instances, revisions.revision_of_digest(history), pending)
+    unreachable = _unreachable(instances, devices)
+    states = _device_states(wanted, instances, revisions.revision_of_digest(history), pending, unreachable)
     resumed = revisions.parse_resume(annotations.get(revisions.ANNOTATION_RESUME), target)
     decision = plan_rollout(target, strategy, states, previous, now, paused=spec.paused, resumed_step=resumed)
 
@@ -239,7 +253,8 @@ async def run(op: Any, body: Any, spec: AosServiceSpec, view: ServiceView, devic
                                                                     built_number))
     op.rollouts[key] = Written(str(meta.get("uid")), decision.status(at), [dict(item) for item in history])
     target_item = revisions.by_number(history, target)
-    counts = _counts(_after(instances, work), revisions.digests(target_item) if target_item else set(), work.desired)
+    counts = _counts(_after(instances, work), revisions.digests(target_item) if target_item else set(), work.desired,
+                     unreachable)
     conditions = _conditions(decision, counts)
     misfits = no_device_fits(view, device_list, instances, reserved_elsewhere)
     if misfits and decision.state.phase not in (ROLLED_BACK, FAILED, PAUSED):
