@@ -143,3 +143,18 @@ def test_the_reservation_book_from_events_equals_a_walk_over_every_instance() ->
         book.update(*key, None)
     assert all(book.elsewhere(*who) == {} for who in services)
     assert book._devices == {} and book._services == {}
+
+
+def test_a_pass_sees_each_device_of_elsewhere_as_it_first_read_it() -> None:
+    book = ReservationBook()
+
+    def instance(name: str, service: str, dmips: int) -> dict:
+        return {"metadata": {"namespace": "ns", "name": name},
+                "spec": {"service": service, "device": "d1", "reserved": {"cpuDmips": dmips}}}
+
+    book.update("ns", "other-0", instance("other-0", "other", 300))
+    seen = book.elsewhere("ns", "mine")
+    assert seen["d1"].cpu_dmips == 300 and "d2" not in seen
+    book.update("ns", "other-1", instance("other-1", "other", 200))
+    assert seen["d1"].cpu_dmips == 300, "one pass plans from one reading"
+    assert book.elsewhere("ns", "mine")["d1"].cpu_dmips == 500, "the next pass reads again"

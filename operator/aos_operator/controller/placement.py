@@ -18,7 +18,7 @@ reserve, kept up to date from instance events so that a pass does not walk the w
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Hashable, Iterable, Mapping
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -117,21 +117,45 @@ class ReservationBook:
                 if owner is not None and not sums:
                     del self._services[owner]
 
-    def elsewhere(self, namespace: str, service: str) -> dict[str, Reservation]:
+    def elsewhere(self, namespace: str, service: str) -> Mapping[str, Reservation]:
         """Per device, what the instances of every other service reserve there."""
-        own = self._services.get((namespace, service), {})
-        result = {}
-        for device, total in self._devices.items():
-            mine = own.get(device)
-            if mine is None:  # most devices: the whole sum, made once per change of it
-                result[device] = total.total()
-                continue
-            if total.instances - mine.instances <= 0:
-                continue
-            shares = total.shares - mine.shares  # Counter subtraction keeps the positive counts
-            result[device] = Reservation(total.cpu_dmips - mine.cpu_dmips, total.ram - mine.ram,
-                                         tuple(sorted(shares.elements())))
-        return result
+        return _Elsewhere(self, self._services.get((namespace, service), {}))
+
+    def _others(self, device: str, own: Mapping[str, _Sum]) -> Reservation | None:
+        total = self._devices.get(device)
+        if total is None:
+            return None
+        mine = own.get(device)
+        if mine is None:  # most devices: the whole sum, made once per change of it
+            return total.total()
+        if total.instances - mine.instances <= 0:
+            return None
+        shares = total.shares - mine.shares  # Counter subtraction keeps the positive counts
+        return Reservation(total.cpu_dmips - mine.cpu_dmips, total.ram - mine.ram, tuple(sorted(shares.elements())))
+
+
+class _Elsewhere(Mapping[str, Reservation]):
+    """ReservationBook.elsewhere for one pass: worked out for the devices the pass asks about (its
+    selected ones), each once, not for the whole fleet in every pass (2 % of the operator's CPU at
+    200 devices)."""
+
+    def __init__(self, book: ReservationBook, own: Mapping[str, _Sum]) -> None:
+        self._book, self._own = book, own
+        self._read: dict[str, Reservation | None] = {}
+
+    def __getitem__(self, device: str) -> Reservation:
+        if device not in self._read:
+            self._read[device] = self._book._others(device, self._own)
+        found = self._read[device]
+        if found is None:
+            raise KeyError(device)
+        return found
+
+    def __iter__(self) -> Iterator[str]:
+        return (device for device in list(self._book._devices) if device in self)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def reservation(quota_cpu: int | None, quota_ram: int | None, requested_cpu: int | None, requested_ram: int | None,
