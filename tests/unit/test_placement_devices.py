@@ -158,3 +158,18 @@ def test_a_pass_sees_each_device_of_elsewhere_as_it_first_read_it() -> None:
     book.update("ns", "other-1", instance("other-1", "other", 200))
     assert seen["d1"].cpu_dmips == 300, "one pass plans from one reading"
     assert book.elsewhere("ns", "mine")["d1"].cpu_dmips == 500, "the next pass reads again"
+
+
+def test_devices_whose_cpu_or_ram_is_reserved_are_named_with_what_is_left() -> None:
+    svc = service(reservation=Reservation(2500, 32 << 20))
+    roomy, full_cpu, full_ram = (device("a", dmips=40000, memory=1 << 30), device("b", dmips=4000, memory=1 << 30),
+                                 device("c", dmips=40000, memory=48 << 20))
+    others = {"b": Reservation(3000, 0), "c": Reservation(0, 20 << 20)}
+    assert {key[0] for key in wanted_keys(svc, [roomy, full_cpu, full_ram], [], others)} == {"a"}
+    misfits = no_device_fits(svc, [roomy, full_cpu, full_ram], [], others)
+    assert misfits == {"b": ["CPU (3000 of 4000 DMIPS reserved, an instance reserves 2500)"],
+                       "c": ["RAM (20 of 48 MiB reserved, an instance reserves 32)"]}
+    assert no_device_fits(svc, [roomy], [], others) == {}, "nothing stopped an instance"
+    # What a device keeps counts first: its own instance holds its place, no misfit for it.
+    kept = InstanceView(name="svc-b", device="b", index=0, digest=AMD.digest, deleting=False, reserved=svc.reservation)
+    assert no_device_fits(svc, [full_cpu], [kept], others) == {}

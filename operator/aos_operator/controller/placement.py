@@ -213,6 +213,16 @@ class DeviceView:
                 and (self.memory is None or used.ram <= self.memory)
                 and not self.short_shares(used))
 
+    def short_budgets(self, used: Reservation, more: Reservation) -> list[str]:
+        """The CPU and RAM this device has too little of left for `more` on top of `used`."""
+        short = []
+        if self.dmips is not None and used.cpu_dmips + more.cpu_dmips > self.dmips:
+            short.append(f"CPU ({used.cpu_dmips} of {self.dmips} DMIPS reserved, an instance reserves {more.cpu_dmips})")
+        if self.memory is not None and used.ram + more.ram > self.memory:
+            short.append(f"RAM ({used.ram / 2**20:.0f} of {self.memory / 2**20:.0f} MiB reserved, an instance "
+                         f"reserves {more.ram / 2**20:.0f})")
+        return short
+
     def short_shares(self, used: Reservation) -> list[str]:
         """Devices of `used` this device does not offer, or not that many times."""
         if not used.devices:
@@ -443,15 +453,19 @@ def wanted_keys(service: ServiceView, devices: Iterable[DeviceView], instances: 
 
 
 def no_device_fits(service: ServiceView, devices: Iterable[DeviceView], instances: Iterable[InstanceView],
-                   reserved_elsewhere: Mapping[str, Reservation] | None = None) -> dict[str, list[str]]:
+                   reserved_elsewhere: Mapping[str, Reservation] | None = None,
+                   wanted: set[tuple[str, int]] | None = None) -> dict[str, list[str]]:
     """Per device that would otherwise take instances of the service (Ready, schedulable,
     selected, architecture and runner), why it got fewer than it should: the host devices and
-    resources it lacks, or the devices whose every share is taken. Empty when devices and
-    resources stopped nothing (CPU and RAM budgets are not reported here)."""
-    if not service.reservation.devices and not service.resources:
+    resources it lacks, the devices whose every share is taken, or the CPU or RAM that other
+    instances have reserved. Empty when nothing stopped an instance. `wanted`: wanted_keys of
+    the same inputs, when the caller has it."""
+    if not service.reservation.devices and not service.resources and not service.reservation.cpu_dmips \
+            and not service.reservation.ram:
         return {}
     devices, instances = list(devices), list(instances)
-    wanted = wanted_keys(service, devices, instances, reserved_elsewhere)
+    if wanted is None:
+        wanted = wanted_keys(service, devices, instances, reserved_elsewhere)
     existing = {(instance.device, instance.index): instance for instance in instances}
     found: dict[str, list[str]] = {}
     for device in devices:
@@ -469,6 +483,8 @@ def no_device_fits(service: ServiceView, devices: Iterable[DeviceView], instance
             used = used + (existing[key].reserved if key in existing else service.reservation)
         if short := device.short_shares(used + Reservation(devices=service.reservation.devices)):
             found[device.name] = [f"device {name}" for name in short]
+        elif budgets := device.short_budgets(used, service.reservation):
+            found[device.name] = budgets
     return found
 
 

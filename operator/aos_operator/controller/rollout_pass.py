@@ -156,7 +156,7 @@ def _conditions(decision: Decision, counts: Counts) -> list[Wanted]:
 
 
 def _no_device_fits(misfits: Mapping[str, list[str]]) -> list[Wanted]:
-    """Some instances are not placed: the devices lack host devices, resources or free shares.
+    """Some instances are not placed: the devices lack host devices, resources, free shares, or CPU or RAM.
     Stalled until the node configs or the other services change; what runs keeps running."""
     message = "instances not placed, the devices lack: " + describe_misfits(misfits)
     return [Wanted(READY, False, "NoDeviceFits", message), Wanted(RECONCILING, False, "NoDeviceFits", message),
@@ -256,7 +256,7 @@ async def run(op: Any, body: Any, spec: AosServiceSpec, view: ServiceView, devic
     counts = _counts(_after(instances, work), revisions.digests(target_item) if target_item else set(), work.desired,
                      unreachable)
     conditions = _conditions(decision, counts)
-    misfits = no_device_fits(view, device_list, instances, reserved_elsewhere)
+    misfits = no_device_fits(view, device_list, instances, reserved_elsewhere, wanted)
     if misfits and decision.state.phase not in (ROLLED_BACK, FAILED, PAUSED):
         conditions = _no_device_fits(misfits)
     return Outcome(
