@@ -226,11 +226,20 @@ async def run(op: Any, body: Any, spec: AosServiceSpec, view: ServiceView, devic
     work = plan(view, device_list, instances, package_for, reserved_elsewhere)
     namespace = view.namespace
     for instance in work.create:
+        # Reserved at once, as a scheduler assumes the pod it binds: the book learns of an instance
+        # from its watch event, and passes of other services that ran before it arrived (in a burst,
+        # most of them) placed theirs on a device that was already full.
+        instance_name = instance["metadata"]["name"]
+        op.reservations.update(namespace, instance_name, instance)
         try:
             await op.call(op.kube.create, AOS_SERVICE_INSTANCE, instance)
         except ApiException as error:
             if error.status != 409:  # already there: the index has not seen it yet
+                op.reservations.update(namespace, instance_name, None)
                 raise
+        except BaseException:
+            op.reservations.update(namespace, instance_name, None)  # its watch event re-adds it if it was made
+            raise
     for name, patch in work.update:
         await op.call(op.kube.patch, AOS_SERVICE_INSTANCE, name, patch, namespace)
         pending[name] = patch["spec"]["image"]["digest"]
