@@ -9,7 +9,7 @@ import pytest
 from aos_operator.api import naming
 from aos_operator.api.models import LabelSelector
 from aos_operator.api.selectors import equality_selector, matches
-from aos_operator.controller.conditions import Wanted, count_instances, merge_conditions, rollout_conditions
+from aos_operator.controller.conditions import Wanted, merge_conditions, rollout_conditions
 from aos_operator.controller.placement import (
     DeviceView,
     InstanceView,
@@ -20,6 +20,7 @@ from aos_operator.controller.placement import (
     plan,
     reservation,
 )
+from aos_operator.controller.rollout_pass import _counts
 
 AMD = PackageRef("reg:5000/aos/ns/svc", "sha256:" + "a" * 64, "amd64")
 ARM = PackageRef("reg:5000/aos/ns/svc", "sha256:" + "b" * 64, "arm64")
@@ -169,14 +170,15 @@ def test_counts_and_rollout_conditions() -> None:
     stale = existing("b", "d2", digest="sha256:" + "0" * 64, phase="Running", running_digest="sha256:" + "0" * 64)
     starting = existing("c", "d3", phase="Starting")
     failed = existing("d", "d4", phase="Failed", reason="CrashLoop")
-    counts = count_instances([running, stale, starting, failed], digests, desired=4)
-    assert (counts.desired, counts.ready, counts.updated, counts.failed) == (4, 1, 3, 1)
-    assert counts.ratio == "1/4"
+    counts = _counts([running, stale, starting, failed], digests, desired=4)
+    # ready: running the package it is assigned (the old one too, mid-rollout); updated: assigned the current one
+    assert (counts.desired, counts.ready, counts.updated, counts.failed) == (4, 2, 3, 1)
+    assert counts.ratio == "2/4"
     by_type = {w.type: w for w in rollout_conditions(counts)}
     assert not by_type["Ready"].status and by_type["Stalled"].status and by_type["Ready"].reason == "InstancesFailed"
-    done = count_instances([running], digests, desired=1)
+    done = _counts([running], digests, desired=1)
     assert {w.type: w.status for w in rollout_conditions(done)} == {"Ready": True, "Reconciling": False, "Stalled": False}
-    assert rollout_conditions(count_instances([], digests, 0))[0].reason == "NoMatchingDevices"
+    assert rollout_conditions(_counts([], digests, 0))[0].reason == "NoMatchingDevices"
 
 
 def test_reservation_is_requested_resources_clamped_else_half_the_quota_and_none_when_skipped() -> None:

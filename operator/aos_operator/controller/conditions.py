@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from aos_operator.controller.placement import InstanceView
 
 READY, RECONCILING, STALLED = "Ready", "Reconciling", "Stalled"
 CONFIG_VALID, IMAGE_PUSHED = "ConfigValid", "ImagePushed"
@@ -59,21 +58,6 @@ class Counts:
     @property
     def ratio(self) -> str:
         return f"{self.ready}/{self.desired}"
-
-
-def count_instances(instances: Iterable[InstanceView], current_digests: set[str], desired: int) -> Counts:
-    """Ready: running the current package. Updated: assigned the current package. Failed: gave up."""
-    ready = updated = failed = 0
-    for instance in instances:
-        if instance.deleting:
-            continue
-        if instance.digest in current_digests:
-            updated += 1
-            if instance.phase == "Running" and instance.running_digest == instance.digest:
-                ready += 1
-        if instance.phase == "Failed":
-            failed += 1
-    return Counts(desired=desired, ready=ready, updated=updated, failed=failed)
 
 
 def rollout_conditions(counts: Counts) -> list[Wanted]:

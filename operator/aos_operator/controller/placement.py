@@ -119,13 +119,13 @@ class ReservationBook:
 
     def elsewhere(self, namespace: str, service: str) -> Mapping[str, Reservation]:
         """Per device, what the instances of every other service reserve there."""
-        return _Elsewhere(self, self._services.get((namespace, service), {}))
+        return _Elsewhere(self, (namespace, service))
 
-    def _others(self, device: str, own: Mapping[str, _Sum]) -> Reservation | None:
+    def _others(self, device: str, service: tuple[str, str]) -> Reservation | None:
         total = self._devices.get(device)
         if total is None:
             return None
-        mine = own.get(device)
+        mine = self._services.get(service, {}).get(device)  # as of now, like the total
         if mine is None:  # most devices: the whole sum, made once per change of it
             return total.total()
         if total.instances - mine.instances <= 0:
@@ -139,13 +139,13 @@ class _Elsewhere(Mapping[str, Reservation]):
     selected ones), each once, not for the whole fleet in every pass (2 % of the operator's CPU at
     200 devices)."""
 
-    def __init__(self, book: ReservationBook, own: Mapping[str, _Sum]) -> None:
-        self._book, self._own = book, own
+    def __init__(self, book: ReservationBook, service: tuple[str, str]) -> None:
+        self._book, self._service = book, service
         self._read: dict[str, Reservation | None] = {}
 
     def __getitem__(self, device: str) -> Reservation:
         if device not in self._read:
-            self._read[device] = self._book._others(device, self._own)
+            self._read[device] = self._book._others(device, self._service)
         found = self._read[device]
         if found is None:
             raise KeyError(device)
