@@ -173,3 +173,16 @@ def test_devices_whose_cpu_or_ram_is_reserved_are_named_with_what_is_left() -> N
     # What a device keeps counts first: its own instance holds its place, no misfit for it.
     kept = InstanceView(name="svc-b", device="b", index=0, digest=AMD.digest, deleting=False, reserved=svc.reservation)
     assert no_device_fits(svc, [full_cpu], [kept], others) == {}
+
+
+def test_a_pass_works_out_only_the_devices_it_asks_about() -> None:
+    book = ReservationBook()
+    for number in range(50):  # a fleet with something reserved on every device
+        book.update("ns", f"other-{number}", {"metadata": {"namespace": "ns", "name": f"other-{number}"},
+                                              "spec": {"service": "other", "device": f"d{number}",
+                                                       "reserved": {"cpuDmips": 100}}})
+    seen = book.elsewhere("ns", "svc")
+    svc = service(reservation=Reservation(100, 0))
+    wanted_keys(svc, [device("d7", dmips=1000)], [], seen)
+    no_device_fits(svc, [device("d7", dmips=1000)], [], seen)
+    assert set(seen._read) == {"d7"}  # type: ignore[attr-defined]  # not the other 49

@@ -19,11 +19,11 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from aos_operator.api.client import KubeClient
 from aos_operator.api.models import AOS_DEVICE, LABEL_DEVICE, device_ready
+from aos_operator.controller.conditions import now
 from aos_operator.controller.reconciler import TRANSIENT_ERRORS
 
 log = logging.getLogger("aos_operator.controller.liveness")
@@ -97,8 +97,7 @@ class LivenessBook:
 
 def silent_patch(conditions: list[dict[str, Any]], seconds: float, grace: float) -> dict[str, Any]:
     """The status patch that marks a device silent; its other conditions are kept."""
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    ready = {"type": "Ready", "status": "Unknown", "reason": SILENT_REASON, "lastTransitionTime": stamp,
+    ready = {"type": "Ready", "status": "Unknown", "reason": SILENT_REASON, "lastTransitionTime": now(),
              "message": f"no heartbeat from the agent for {seconds:.0f} s (grace {grace:.0f} s); the device keeps "
                         "its instances and gets no new ones until its agent reports again"}
     return {"status": {"conditions": [c for c in conditions if c.get("type") != "Ready"] + [ready]}}

@@ -424,6 +424,11 @@ def instance_spec(service: ServiceView, device: str, index: int, package: Packag
     }
 
 
+def _reserved(elsewhere: Mapping[str, Reservation] | None, device: str) -> Reservation:
+    # Not `elsewhere or {}`: the truth of a Mapping is its length, which walks every device.
+    return elsewhere.get(device, Reservation()) if elsewhere is not None else Reservation()
+
+
 def wanted_keys(service: ServiceView, devices: Iterable[DeviceView], instances: Iterable[InstanceView],
                 reserved_elsewhere: Mapping[str, Reservation] | None = None) -> set[tuple[str, int]]:
     """(device, index) of every instance that should exist. `reserved_elsewhere`: per device,
@@ -436,7 +441,7 @@ def wanted_keys(service: ServiceView, devices: Iterable[DeviceView], instances: 
     for device in sorted(by_device.values(), key=lambda device: device.name):
         if not (eligible(service, device) or (device.name in hosting and keeps(service, device))):
             continue
-        used = (reserved_elsewhere or {}).get(device.name, Reservation())
+        used = _reserved(reserved_elsewhere, device.name)
         for index in range(service.instances_per_device):  # the ones it keeps count first
             if (device.name, index) in existing:
                 used = used + existing[(device.name, index)].reserved
@@ -478,7 +483,7 @@ def no_device_fits(service: ServiceView, devices: Iterable[DeviceView], instance
         if missing := device.missing(service):
             found[device.name] = missing
             continue
-        used = (reserved_elsewhere or {}).get(device.name, Reservation())
+        used = _reserved(reserved_elsewhere, device.name)
         for key in keys:
             used = used + (existing[key].reserved if key in existing else service.reservation)
         if short := device.short_shares(used + Reservation(devices=service.reservation.devices)):
@@ -500,14 +505,17 @@ PackageChoice = Callable[[DeviceView], "PackageRef | None"]
 
 def plan(service: ServiceView, devices: Iterable[DeviceView], instances: Iterable[InstanceView],
          package_for: PackageChoice | None = None,
-         reserved_elsewhere: Mapping[str, Reservation] | None = None) -> Plan:
+         reserved_elsewhere: Mapping[str, Reservation] | None = None,
+         wanted: set[tuple[str, int]] | None = None) -> Plan:
     """What to create, update and delete. `package_for` picks a device's package (the rollout
-    planner's revision); None from it leaves the device's instances on what they have."""
+    planner's revision); None from it leaves the device's instances on what they have.
+    `wanted`: wanted_keys of the same inputs, when the caller has it."""
     devices, instances = list(devices), list(instances)
     by_device = {device.name: device for device in devices}
     existing = {(instance.device, instance.index): instance for instance in instances}
     result = Plan()
-    wanted = wanted_keys(service, devices, instances, reserved_elsewhere)
+    if wanted is None:
+        wanted = wanted_keys(service, devices, instances, reserved_elsewhere)
     result.desired = len(wanted)
     for key in sorted(wanted):
         device = by_device[key[0]]

@@ -223,7 +223,7 @@ async def run(op: Any, body: Any, spec: AosServiceSpec, view: ServiceView, devic
             return None
         return _package(items.get(number), device.architecture) or view.packages.get(device.architecture or "")
 
-    work = plan(view, device_list, instances, package_for, reserved_elsewhere)
+    work = plan(view, device_list, instances, package_for, reserved_elsewhere, wanted)
     namespace = view.namespace
     for instance in work.create:
         # Reserved at once, as a scheduler assumes the pod it binds: the book learns of an instance
