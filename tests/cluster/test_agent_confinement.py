@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from kubernetes import client, config
 
-from aos_operator.api.client import Connection, KubeClient
+from aos_operator.api.client import Connection, KubeClient, error_text
 from aos_operator.api.models import GROUP, VERSION
 from tests.cluster.install import Installation, install
 from tools.cluster import ControlPlane
@@ -183,3 +183,15 @@ def test_an_agent_refused_its_lease_heart_beats_by_status(installation: Installa
         loop.stop.set()
         thread.join(timeout=10)
         kube.close()
+
+
+def test_a_refusal_is_logged_as_one_line_with_the_servers_reason(agent_a: client.CustomObjectsApi) -> None:
+    """What the agent and the operator log of an API error: the code and the server's own message,
+    not the client's dump of headers and body."""
+    policy = error_text(refused(lambda: agent_a.create_cluster_custom_object(GROUP, VERSION, "aosdevices", device("edge-b"))))
+    assert policy.startswith("422 Unprocessable Entity: ")
+    assert "an agent may write only the AosDevice of its own node edge-a" in policy
+    rbac = error_text(refused(lambda: agent_a.delete_cluster_custom_object(GROUP, VERSION, "aosdevices", "edge-b")))
+    assert rbac.startswith("403 Forbidden: ") and 'cannot delete resource "aosdevices"' in rbac
+    for text in (policy, rbac):
+        assert "\n" not in text and "HTTP response headers" not in text and "Audit-Id" not in text

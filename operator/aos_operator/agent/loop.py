@@ -25,14 +25,13 @@ from pathlib import Path
 from typing import Any
 
 from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import HTTPError
 
 from aos_operator import __version__
 from aos_operator.agent.core import Desired, DeviceAgent, Outcome
 from aos_operator.agent.metrics import HEARTBEATS, count_alert
 from aos_operator.agent.instance_alerts import FALLEN_REASON, RAISED_REASON, AlertChange, InstanceAlerts, condition_fields
 from aos_operator.agent.offline import ContactRecord, stays_failed
-from aos_operator.api.client import Connection, KubeClient
+from aos_operator.api.client import API_ERRORS, Connection, KubeClient, error_text, status_error
 from aos_operator.api.models import AOS_DEVICE, AOS_SERVICE_INSTANCE, API_VERSION, LABEL_DEVICE, device_ready
 from aos_operator.api.naming import label_value
 from aos_operator.api.selectors import equality_selector
@@ -42,7 +41,6 @@ from aos_operator.runtime.node_config import NodeConfig
 from aos_operator.runtime.usage import memory_total
 
 log = logging.getLogger("aos_operator.agent")
-API_ERRORS = (ApiException, HTTPError, OSError)
 DUPLICATE_REASON = "DuplicateInstanceId"
 ALIVE_FILE = "agent.alive"
 # A signature may be added later; a device share may be freed.
@@ -256,7 +254,7 @@ class AgentLoop:
             except API_ERRORS as error:
                 device = None  # read it again: it may have been deleted, relabelled or marked meanwhile
                 HEARTBEATS.labels(device=self.settings.device, result="failed").inc()
-                log.warning("heartbeat failed (the services keep running): %s", error)
+                log.warning("heartbeat failed (the services keep running): %s", error_text(error))
             self.stop.wait(self.settings.heartbeat_seconds)
 
     def _renew_lease(self) -> bool:
@@ -294,7 +292,7 @@ class AgentLoop:
             status = {"conditions": [self._ready_condition(False, "AgentStopped", "the agent was stopped")]}
             self.kube.patch(AOS_DEVICE, self.settings.device, {"status": status}, status=True)
         except API_ERRORS as error:
-            log.warning("could not mark the device not Ready: %s", error)
+            log.warning("could not mark the device not Ready: %s", error_text(error))
 
     def instance_names(self) -> dict[str, Key]:
         """Instance ID -> (namespace, name) of the AosServiceInstances seen (for the metrics)."""
@@ -375,7 +373,7 @@ class AgentLoop:
                         kind, body = event["type"], event["object"]
                         self._contact.succeeded()
                         if kind == "ERROR":
-                            raise ApiException(status=(body or {}).get("code", 500), reason=str(body))
+                            raise status_error(body)
                         version = body.get("metadata", {}).get("resourceVersion") or version
                         if kind == "BOOKMARK" or not isinstance(body, dict):
                             continue
@@ -386,7 +384,7 @@ class AgentLoop:
                         if self.stop.is_set():
                             return
             except API_ERRORS as error:
-                log.warning("watch of AosServiceInstances failed (the services keep running): %s", error)
+                log.warning("watch of AosServiceInstances failed (the services keep running): %s", error_text(error))
                 self.stop.wait(delay)
                 delay = min(delay * 2, 30.0)
 
@@ -491,7 +489,7 @@ class AgentLoop:
                                           "name": key[1], "namespace": key[0]},
                                  "Warning", TRAFFIC_LIMIT_REASON, status.traffic_message, f"aos-agent/{self.settings.device}")
         except API_ERRORS as error:
-            log.warning("instance %s: event not posted: %s", status.instance_id, error)
+            log.warning("instance %s: event not posted: %s", status.instance_id, error_text(error))
 
     @staticmethod
     def _status_fields(status: InstanceStatus) -> dict[str, Any]:
@@ -597,7 +595,7 @@ class AgentLoop:
                                           "name": key[1], "namespace": key[0]},
                                  event_type, reason, message, f"aos-agent/{self.settings.device}")
         except API_ERRORS as error:
-            log.warning("instance %s/%s: event %s not posted: %s", key[0], key[1], reason, error)
+            log.warning("instance %s/%s: event %s not posted: %s", key[0], key[1], reason, error_text(error))
 
 
 def agent_alive(run_dir: Path) -> tuple[bool, str]:

@@ -7,6 +7,7 @@ User-Agent that names the component, so API traffic can be told apart.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,11 +16,43 @@ from typing import Any
 
 import kubernetes
 from kubernetes.client.exceptions import ApiException
+from urllib3.exceptions import HTTPError
 
 from aos_operator.api.models import GROUP, VERSION, Kind
-from aos_operator.errors import InputError
+from aos_operator.errors import InputError, shorten
 
 LEASE = ("coordination.k8s.io", "v1", "leases")  # group, version, plural
+# What a call to the API server raises when the server refuses it or cannot be reached.
+API_ERRORS = (ApiException, HTTPError, OSError)
+
+
+def error_text(error: BaseException) -> str:
+    """One line for a log or a message: the server's code, reason and its own message, or the
+    connection's failure. str() of the client's ApiException is several lines of headers and body."""
+    if not isinstance(error, ApiException):
+        return shorten(f"{type(error).__name__}: {error}".replace("\n", " "), 300)
+    text = f"{error.status} {error.reason}" if error.status else str(error.reason)
+    message = ""
+    if error.body:
+        try:
+            status = json.loads(error.body)
+            message = str(status.get("message") or "") if isinstance(status, dict) else ""
+        except ValueError:
+            message = str(error.body)
+    if message and message not in text:
+        text += f": {message}"
+    retry = (error.headers or {}).get("Retry-After")
+    if retry:
+        text += f" (retry after {retry} s)"
+    return shorten(" ".join(text.split()), 600)
+
+
+def status_error(status: Any) -> ApiException:
+    """The error a watch stream's ERROR event carries (a Status: 410 Expired, 500, ...)."""
+    status = status if isinstance(status, dict) else {"message": str(status)}
+    error = ApiException(status=int(status.get("code") or 500), reason=str(status.get("reason") or "Error"))
+    error.body = json.dumps(status)
+    return error
 
 
 @dataclass(frozen=True)

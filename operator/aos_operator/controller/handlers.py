@@ -20,7 +20,7 @@ from typing import Any
 
 import kopf
 
-from aos_operator.api.client import KubeClient, kopf_connection, kopf_session
+from aos_operator.api.client import API_ERRORS, KubeClient, error_text, kopf_connection, kopf_session
 from aos_operator.api.models import AOS_SERVICE_INSTANCE, GROUP, LABEL_SERVICE, VERSION
 from aos_operator.api.naming import label_value
 from aos_operator.api.selectors import equality_selector
@@ -190,9 +190,9 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
                 wakeup.clear()
                 try:
                     delay = await aos_layers.reconcile_layer(op, body)
-                except reconciler.TRANSIENT_ERRORS as error:
+                except API_ERRORS as error:
                     delay = op.backoff(("aoslayer/" + namespace, name))
-                    log.warning("AosLayer %s/%s: %s; retrying in %.0f s", namespace, name, error, delay)
+                    log.warning("AosLayer %s/%s: %s; retrying in %.0f s", namespace, name, error_text(error), delay)
                 except Exception:  # a bug: keep the operator alive and say so loudly
                     delay = op.backoff(("aoslayer/" + namespace, name))
                     log.exception("AosLayer %s/%s: reconcile failed; retrying in %.0f s", namespace, name, delay)
@@ -306,8 +306,8 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
             await asyncio.sleep(5.0)
             try:
                 await release_stopped(op, list(deleting.values()), op.known_devices())
-            except reconciler.TRANSIENT_ERRORS as error:
-                log.warning("instance sweep failed, will retry: %s", error)
+            except API_ERRORS as error:
+                log.warning("instance sweep failed, will retry: %s", error_text(error))
 
     return registry
 
@@ -324,10 +324,10 @@ async def _guarded_pass(op: Operator, body: kopf.Body, devices: dict[str, Device
         delay = await reconciler.reconcile(op, body, devices, instances, reserved_elsewhere, claims)
         result = "ok"
         return delay
-    except reconciler.TRANSIENT_ERRORS as error:
+    except API_ERRORS as error:
         metrics.count_error("ApiError")
         delay = op.backoff(key)
-        log.warning("AosService %s/%s: %s; retrying in %.0f s", *key, error, delay)
+        log.warning("AosService %s/%s: %s; retrying in %.0f s", *key, error_text(error), delay)
         return delay
     except Exception:  # a bug: keep the operator alive and say so loudly
         metrics.count_error("InternalError")

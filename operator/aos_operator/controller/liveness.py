@@ -21,14 +21,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from aos_operator.api.client import KubeClient
+from aos_operator.api.client import API_ERRORS, KubeClient, error_text, status_error
 from aos_operator.api.models import AOS_DEVICE, LABEL_DEVICE, device_ready
 from aos_operator.controller.conditions import now
-from aos_operator.controller.reconciler import TRANSIENT_ERRORS
 
 log = logging.getLogger("aos_operator.controller.liveness")
 SILENT_REASON = "AgentSilent"
-ERRORS = (*TRANSIENT_ERRORS, ValueError)  # ValueError: a stream that is not JSON, an ERROR event
+ERRORS = (*API_ERRORS, ValueError)  # ValueError: a stream that is not JSON
 
 
 @dataclass
@@ -131,8 +130,10 @@ def follow_leases(kube: KubeClient, book: LivenessBook, loop: asyncio.AbstractEv
             while not stop.is_set():
                 for event in kube.watch_leases("", LABEL_DEVICE, version, timeout_seconds=60):
                     kind, body = event.get("type"), event.get("object")
-                    if kind == "ERROR" or not isinstance(body, dict):
-                        raise ValueError(f"the Lease watch ended: {body}")
+                    if kind == "ERROR":
+                        raise status_error(body)
+                    if not isinstance(body, dict):
+                        raise ValueError(f"the Lease watch sent {kind} without an object")
                     version = (body.get("metadata") or {}).get("resourceVersion") or version
                     if kind != "BOOKMARK" and (name := device_of(body)):
                         post(book.lease_seen, None if kind == "DELETED" else body, name)
@@ -140,7 +141,7 @@ def follow_leases(kube: KubeClient, book: LivenessBook, loop: asyncio.AbstractEv
                         return
         except ERRORS as error:
             post(setattr, book, "synced", False)
-            log.warning("watch of the agents' Leases failed, will list again in %.0f s: %s", delay, error)
+            log.warning("watch of the agents' Leases failed, will list again in %.0f s: %s", delay, error_text(error))
         except Exception:  # a bug here must not leave the book "synced" on data that no longer moves
             post(setattr, book, "synced", False)
             log.exception("the Lease watch failed; no device is marked until it has listed again")
@@ -165,6 +166,6 @@ async def mark_silent(kube: KubeClient, book: LivenessBook, every: float) -> Non
                                             status=True)
                     book.marked(name)  # its event confirms it; until then, no second patch
                 except ERRORS as error:
-                    log.warning("could not mark AosDevice %s silent, will try again: %s", name, error)
+                    log.warning("could not mark AosDevice %s silent, will try again: %s", name, error_text(error))
     finally:
         stop.set()

@@ -21,7 +21,6 @@ from typing import Any, NamedTuple, TypeVar
 import kopf
 from kubernetes.client.exceptions import ApiException
 from pydantic import ValidationError
-from urllib3.exceptions import HTTPError
 
 from aos_operator.api import naming
 from aos_operator.api.client import KubeClient
@@ -539,6 +538,4 @@ def _stalled(kind: str, reason: str, message: str) -> list[Wanted]:
         Wanted(STALLED, True, reason, message),
     ]
 
-
-TRANSIENT_ERRORS = (ApiException, HTTPError, OSError)
 

@@ -18,9 +18,8 @@ from collections.abc import Mapping
 from typing import Any, TextIO
 
 from kubernetes.client.exceptions import ApiException
-from urllib3.exceptions import HTTPError
 
-from aos_operator.api.client import Connection, KubeClient
+from aos_operator.api.client import API_ERRORS, Connection, KubeClient, error_text
 from aos_operator.api.models import AOS_SERVICE
 from aos_operator.controller import revisions
 from aos_operator.errors import EXIT_FAILED, EXIT_OK, AosError, InputError, SpecError
@@ -57,7 +56,7 @@ class Rollouts:
     def _get(self) -> dict[str, Any]:
         try:
             body = self.kube.get(AOS_SERVICE, self.name, self.namespace)
-        except (ApiException, HTTPError, OSError) as error:
+        except API_ERRORS as error:
             raise ApiFailure(f"aosservice/{self.name} in {self.namespace}: {_api_message(error)}") from None
         if body is None:
             raise SpecError(f"aosservice/{self.name} not found in namespace {self.namespace}",
@@ -67,7 +66,7 @@ class Rollouts:
     def _patch(self, patch: Mapping[str, Any]) -> None:
         try:
             self.kube.patch(AOS_SERVICE, self.name, dict(patch), self.namespace)
-        except (ApiException, HTTPError, OSError) as error:
+        except API_ERRORS as error:
             raise ApiFailure(f"aosservice/{self.name} in {self.namespace}: {_api_message(error)}") from None
 
     def status(self, watch: bool, timeout: float) -> int:
@@ -160,8 +159,8 @@ def describe(rollout: Mapping[str, Any]) -> str:
 
 def _api_message(error: BaseException) -> str:
     if isinstance(error, ApiException):
-        return f"API server answered {error.status} {error.reason}"
-    return f"cannot reach the API server: {error}"
+        return f"API server answered {error_text(error)}"
+    return f"cannot reach the API server: {error_text(error)}"
 
 
 def cmd_rollout(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
