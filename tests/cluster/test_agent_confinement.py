@@ -2,7 +2,8 @@
 chart's agent RBAC plus its ValidatingAdmissionPolicy keyed on the node name that a Pod-bound
 service-account token carries. Agent A may create and update only its own AosDevice and write
 only the status of instances whose spec.device is its node; it cannot touch AosServices, other
-devices' objects or Leases, instance specs, or Secrets."""
+devices' objects or Leases, instance specs, or Secrets. Also what the agent logs when the API
+refuses it or cuts its watch."""
 
 from __future__ import annotations
 
@@ -195,3 +196,54 @@ def test_a_refusal_is_logged_as_one_line_with_the_servers_reason(agent_a: client
     assert rbac.startswith("403 Forbidden: ") and 'cannot delete resource "aosdevices"' in rbac
     for text in (policy, rbac):
         assert "\n" not in text and "HTTP response headers" not in text and "Audit-Id" not in text
+
+
+def test_the_agent_logs_a_cut_watch_in_one_line_and_its_own_stop_not_at_all(
+        installation: Installation, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+    import threading
+
+    from aos_operator.agent.loop import AgentLoop, AgentSettings
+    from aos_operator.runtime import NodeFacts
+    from tests.cluster.proxy import ProxyThread
+    from tests.e2e.rollout_fleet import RolloutDevice
+
+    proxy = ProxyThread("edge-a", "127.0.0.1", installation.plane.port).start()
+    settings = AgentSettings(device="edge-a", node="edge-a", run_dir=tmp_path, lease_namespace=installation.namespace,
+                             connection=Connection(kubeconfig=str(installation.agent_kubeconfig("edge-a", server=proxy.url))))
+    kube = KubeClient(settings.connection, user_agent="aos-agent/edge-a")
+    node = NodeFacts(cores=2, dmips=20000, architecture="amd64", cgroup_version=1, swap_accounting=True)
+    loop = AgentLoop(settings, kube, RolloutDevice(lambda digest: True), node)  # type: ignore[arg-type]
+    caplog.set_level(logging.INFO, logger="aos_operator.agent")
+
+    def cut_warnings() -> list[str]:
+        return [r.getMessage() for r in caplog.records if r.getMessage().startswith("watch of AosServiceInstances failed")]
+
+    def until(condition: Callable[[], bool], what: str) -> None:
+        deadline = time.monotonic() + 30
+        while not condition():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=loop._watch, daemon=True)
+    thread.start()
+    try:
+        until(lambda: proxy.proxy.bytes_to_client > 0, "the agent's list through the proxy")
+        time.sleep(1.0)  # the watch request sent
+        proxy.block("reset")
+        until(lambda: bool(cut_warnings()), "a warning for the cut watch")
+        assert all("\n" not in message and "HTTP response headers" not in message for message in cut_warnings())
+        proxy.unblock()
+        answered = proxy.proxy.bytes_to_client
+        until(lambda: proxy.proxy.bytes_to_client > answered, "the agent listing again")
+        time.sleep(1.0)
+        caplog.clear()
+        loop.stop.set()
+        proxy.block("reset")  # the stream of an agent that is stopping ends with an error too
+        thread.join(timeout=15)
+        assert not thread.is_alive()
+        assert cut_warnings() == [], "an agent's own stop is not a failed watch"
+    finally:
+        loop.stop.set()
+        proxy.close()
+        kube.close()

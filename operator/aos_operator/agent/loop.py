@@ -384,6 +384,8 @@ class AgentLoop:
                         if self.stop.is_set():
                             return
             except API_ERRORS as error:
+                if self.stop.is_set():
+                    return  # the stream cut by the agent's own stop
                 log.warning("watch of AosServiceInstances failed (the services keep running): %s", error_text(error))
                 self.stop.wait(delay)
                 delay = min(delay * 2, 30.0)
