@@ -14,8 +14,9 @@ Printed, from one run: seconds until every AosService is Ready, the operator's p
 memory (and at the end), the operator's API requests per service to get there, the refused ones
 by code, and per reconcile pass in steady state (from the apiserver's audit log, by user agent),
 each agent group's bytes received from the API (counted by a loopback proxy per agent) against its
-instance count, and the CPU seconds until Ready of kube-apiserver, etcd, the operator, the
-registry and this process (the agents, their proxies, the client).
+instance count, and the CPU seconds until Ready of kube-apiserver, etcd, kube-controller-manager
+(its garbage collector follows every object), the operator, the registry and this process (the
+agents, their proxies, the client).
 
 Run: .venv/bin/python -m benchmarks.operator_scale [--services 500] [--devices 20]
 """
@@ -245,7 +246,8 @@ def run(args: argparse.Namespace, root: Path, heavy: int, device_of: Callable[[i
         pids["operator"] = operator.pid
         pids["registry"] = registry.process.pid
         pids[SELF] = os.getpid()
-        cpu_before = {name: cpu_seconds(pids[name]) for name in ("kube-apiserver", "etcd", "operator", "registry", SELF)}
+        cpu_before = {name: cpu_seconds(pids[name])
+                      for name in ("kube-apiserver", "etcd", "kube-controller-manager", "operator", "registry", SELF)}
         _, audit_mark, _ = operator_requests(plane, 0)
         bytes_before = [proxy.proxy.bytes_to_client for proxy in proxies]
         ready = ReadyWatch(api)  # a watch, not a list per second: the probe must not load the apiserver
