@@ -49,3 +49,4 @@ def test_the_kubernetes_watchs_own_error_and_connection_errors_read_as_one_line(
     assert error_text(ProtocolError("Response ended prematurely")) == "ProtocolError: Response ended prematurely"
     assert error_text(ConnectionRefusedError(111, "Connection refused")) == \
         "ConnectionRefusedError: [Errno 111] Connection refused"
+    assert error_text(ApiException()) == "the API server refused the request"

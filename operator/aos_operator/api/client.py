@@ -31,7 +31,7 @@ def error_text(error: BaseException) -> str:
     connection's failure. str() of the client's ApiException is several lines of headers and body."""
     if not isinstance(error, ApiException):
         return shorten(f"{type(error).__name__}: {error}".replace("\n", " "), 300)
-    text = f"{error.status} {error.reason}" if error.status else str(error.reason)
+    text = " ".join(str(part) for part in (error.status, error.reason) if part) or "the API server refused the request"
     message = ""
     if error.body:
         try:
