@@ -198,6 +198,23 @@ def test_a_refusal_is_logged_as_one_line_with_the_servers_reason(agent_a: client
         assert "\n" not in text and "HTTP response headers" not in text and "Audit-Id" not in text
 
 
+def test_aosctl_rollout_names_the_refusal(installation: Installation) -> None:
+    """`aosctl rollout pause` with credentials that may not patch AosServices (an agent's)."""
+    import io
+
+    from aos_operator.controller.rollout_cli import ApiFailure, Rollouts
+
+    kube = KubeClient(Connection(kubeconfig=str(installation.agent_kubeconfig("edge-a"))), user_agent="aosctl-rollout")
+    try:
+        with pytest.raises(ApiFailure) as failure:
+            Rollouts(kube, "apps", "svc", io.StringIO()).pause()
+    finally:
+        kube.close()
+    message = failure.value.message
+    assert message.startswith("aosservice/svc in apps: API server answered 403 Forbidden: ")
+    assert 'cannot patch resource "aosservices"' in message and "\n" not in message
+
+
 def test_the_agent_logs_a_cut_watch_in_one_line_and_its_own_stop_not_at_all(
         installation: Installation, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     import logging

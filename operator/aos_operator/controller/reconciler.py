@@ -537,5 +537,3 @@ def _stalled(kind: str, reason: str, message: str) -> list[Wanted]:
         Wanted(RECONCILING, True, reason, "retrying with backoff: " + message),
         Wanted(STALLED, True, reason, message),
     ]
-
-
