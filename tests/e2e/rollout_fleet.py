@@ -53,23 +53,26 @@ class RolloutDevice:
         return []
 
     def converge(self, desired: Desired, report: Callable[[Outcome], None]) -> Outcome:
-        current = self.runtime.statuses.get(desired.instance_id)
-        if current is not None and current.package == desired.digest and current.phase != Phase.STOPPED:
-            return Outcome("Running")
-        self.converged.append(desired.digest)
-        identity = InstanceIdentity(desired.service_id, desired.subject, desired.index)
-        starting = InstanceStatus(desired.instance_id, identity, desired.digest, phase=Phase.STARTING, starts=1)
-        self.runtime.changed(starting)
+        with self._lock:
+            current = self.runtime.statuses.get(desired.instance_id)
+            if current is not None and current.package == desired.digest and current.phase != Phase.STOPPED:
+                return Outcome("Running")
+            self.converged.append(desired.digest)
+            identity = InstanceIdentity(desired.service_id, desired.subject, desired.index)
+            starting = InstanceStatus(desired.instance_id, identity, desired.digest, phase=Phase.STARTING, starts=1)
+            self.runtime.changed(starting)
         timer = threading.Timer(random.uniform(*self.start_delay), self._started, args=(starting,))
         timer.daemon = True
         timer.start()
         return Outcome("Starting")
 
     def _started(self, starting: InstanceStatus) -> None:
+        # Asked before the lock: it reads the API, and a new package may be dispatched meanwhile.
+        healthy = self.healthy(starting.package)
         with self._lock:
             if self.runtime.statuses.get(starting.instance_id) is not starting:
-                return  # replaced or removed meanwhile
-            if self.healthy(starting.package):
+                return  # replaced or removed meanwhile: a late result of the old package must not win
+            if healthy:
                 status = starting.evolve(phase=Phase.RUNNING, start_time=time.time(), ram_bytes=10_000_000)
             else:
                 status = starting.evolve(phase=Phase.FAILED, reason="CrashLoop", restarts=3,
@@ -77,7 +80,8 @@ class RolloutDevice:
             self.runtime.changed(status)
 
     def remove(self, instance_id: str) -> None:
-        self.runtime.statuses.pop(instance_id, None)
+        with self._lock:
+            self.runtime.statuses.pop(instance_id, None)
 
     def status(self, instance_id: str) -> InstanceStatus | None:
         return self.runtime.statuses.get(instance_id)
