@@ -475,3 +475,21 @@ def test_instances_on_a_device_that_is_not_ready_are_neither_ready_nor_available
     assert by_name["dev-b"].revision == 1, "still on its revision: it is updated first, without the budget"
     decision = plan_rollout(1, Strategy(), states, RolloutState(revision=1, stable=1, phase=COMPLETE), T0)
     assert decision.available == 1 and decision.state.phase not in (ROLLED_BACK, FAILED)
+
+
+def test_a_planned_rollout_is_dropped_once_the_body_has_it_or_the_object_is_another() -> None:
+    from types import SimpleNamespace
+
+    from aos_operator.controller.rollout_pass import Written, status_seen
+
+    rollout = {"revision": 2, "phase": "Progressing", "progress": "1/3"}
+    history = [{"revision": 1, "result": "Superseded"}, {"revision": 2, "result": "Progressing"}]
+    op = SimpleNamespace(rollouts={("ns", "svc"): Written("uid-1", rollout, history)})
+    status_seen(op, ("ns", "svc"), "uid-1", {"rollout": {**rollout, "progress": "0/3"}, "revisions": history})
+    status_seen(op, ("ns", "svc"), "uid-1", None)  # a body from before the first status write
+    assert ("ns", "svc") in op.rollouts, "the body is older than the plan: keep it"
+    status_seen(op, ("ns", "svc"), "uid-1", {"rollout": dict(rollout), "revisions": [dict(h) for h in history]})
+    assert op.rollouts == {}
+    op.rollouts[("ns", "svc")] = Written("uid-1", rollout, history)
+    status_seen(op, ("ns", "svc"), "uid-2", None)  # deleted and created again under the same name
+    assert op.rollouts == {}

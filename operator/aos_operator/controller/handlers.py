@@ -24,7 +24,7 @@ from aos_operator.api.client import API_ERRORS, KubeClient, error_text, kopf_con
 from aos_operator.api.models import AOS_SERVICE_INSTANCE, GROUP, LABEL_SERVICE, VERSION
 from aos_operator.api.naming import label_value
 from aos_operator.api.selectors import equality_selector
-from aos_operator.controller import builder, layers as aos_layers, liveness, metrics, reconciler
+from aos_operator.controller import builder, layers as aos_layers, liveness, metrics, reconciler, rollout_pass
 from aos_operator.controller.placement import DeviceView, Reservation
 from aos_operator.controller.reconciler import Operator, release_stopped
 from aos_operator.controller.revisions import ROLLOUT_ANNOTATIONS
@@ -233,8 +233,10 @@ def make_registry(op: Operator) -> kopf.OperatorRegistry:
             deleting[(namespace, name)] = _kept(body)
 
     @kopf.on.event(*SERVICES, registry=registry, id="service-changed")
-    async def service_changed(namespace: str, name: str, meta: kopf.Meta, type: str | None, **_: Any) -> None:
+    async def service_changed(namespace: str, name: str, meta: kopf.Meta, status: kopf.Status, type: str | None,
+                              **_: Any) -> None:
         reconciler.status_seen(op, (namespace, name), str(meta.get("resourceVersion")))
+        rollout_pass.status_seen(op, (namespace, name), str(meta.get("uid")), status)
         if type == "DELETED":
             generations.pop((namespace, name), None)
             op.parsed.pop((namespace, name), None)  # the identities index may have parsed it after its loop ended

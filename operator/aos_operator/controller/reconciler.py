@@ -116,8 +116,8 @@ class Operator:
     memos: dict[tuple[str, str], PackageMemo] = field(default_factory=dict)
     parsed: dict[tuple[str, str], tuple[Any, Any, Any, str]] = field(default_factory=dict)  # generation, spec, description, problem
     pending: dict[tuple[str, str], dict[str, str]] = field(default_factory=dict)  # instance -> digest patched
-    # The rollout status each service's last pass wrote (rollout_pass.Written), newer than a body
-    # the watch has not refreshed yet.
+    # The rollout status each service's last pass wrote (rollout_pass.Written), while the body the
+    # watch delivered is older than it.
     rollouts: dict[tuple[str, str], Any] = field(default_factory=dict)
     statuses: dict[tuple[str, str], StatusMemo] = field(default_factory=dict)  # each service's last status write
     tasks: list[asyncio.Task[None]] = field(default_factory=list)

@@ -48,14 +48,28 @@ from aos_operator.controller.rollout import (
 
 @dataclass(frozen=True)
 class Written:
-    """status.rollout and status.revisions as this operator's last pass of a service left them.
-    The operator is their only writer, so they are never older than the body's copy, which lags
-    behind until the watch delivers the status patch. A pass planned from that stale copy would
-    undo the last one (e.g. dispatch a rolled-back revision again)."""
+    """status.rollout and status.revisions as this operator's last pass of a service left them,
+    until a watch event's body has them (`status_seen`). The operator is their only writer, so
+    they are never older than the body's copy, which lags behind until the watch delivers the
+    status patch (or the next one, if that write failed). A pass planned from that stale copy
+    would undo the last one (e.g. dispatch a rolled-back revision again)."""
 
     uid: str
     rollout: dict[str, Any]
     revisions: list[dict[str, Any]]
+
+
+def status_seen(op: Any, key: tuple[str, str], uid: str, status: Mapping[str, Any] | None) -> None:
+    """A watch event of the service: once the body has what the last pass planned (only this
+    operator writes it), the plan is not kept. Kept, it was a second copy of every service's
+    rollout and revision history for the operator's whole life."""
+    written = op.rollouts.get(key)
+    if written is None:
+        return
+    status = status or {}
+    # The server stores them as written (tests/cluster/test_placement_burst.py checks it).
+    if written.uid != uid or (status.get("rollout") == written.rollout and status.get("revisions") == written.revisions):
+        del op.rollouts[key]
 
 
 @dataclass
