@@ -6,7 +6,7 @@ import json
 
 from kubernetes.client.exceptions import ApiException
 from kubernetes.client.rest import RESTResponse
-from urllib3.exceptions import ProtocolError
+from urllib3.exceptions import MaxRetryError, NewConnectionError, ProtocolError
 from urllib3.response import HTTPResponse
 
 from aos_operator.api.client import error_text, status_error
@@ -50,3 +50,10 @@ def test_the_kubernetes_watchs_own_error_and_connection_errors_read_as_one_line(
     assert error_text(ConnectionRefusedError(111, "Connection refused")) == \
         "ConnectionRefusedError: [Errno 111] Connection refused"
     assert error_text(ApiException()) == "the API server refused the request"
+
+
+def test_a_long_connection_error_keeps_its_cause() -> None:
+    url = "/apis/coordination.k8s.io/v1/namespaces/aos-system/leases/" + "sim-" * 60
+    error = MaxRetryError(None, url, reason=NewConnectionError(None, "[Errno 111] Connection refused"))  # type: ignore[arg-type]
+    text = error_text(error)
+    assert len(text) <= 300 and text.startswith("MaxRetryError: ") and text.endswith("Connection refused'))")

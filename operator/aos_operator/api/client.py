@@ -19,7 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from aos_operator.api.models import GROUP, VERSION, Kind
-from aos_operator.errors import InputError, shorten
+from aos_operator.errors import InputError, shorten, shorten_middle
 
 LEASE = ("coordination.k8s.io", "v1", "leases")  # group, version, plural
 # What a call to the API server raises when the server refuses it or cannot be reached.
@@ -30,7 +30,8 @@ def error_text(error: BaseException) -> str:
     """One line for a log or a message: the server's code, reason and its own message, or the
     connection's failure. str() of the client's ApiException is several lines of headers and body."""
     if not isinstance(error, ApiException):
-        return shorten(f"{type(error).__name__}: {error}".replace("\n", " "), 300)
+        # Cut in the middle: urllib3 puts the cause ("Connection refused") at the end.
+        return shorten_middle(f"{type(error).__name__}: {error}".replace("\n", " "), 300)
     text = " ".join(str(part) for part in (error.status, error.reason) if part) or "the API server refused the request"
     message = ""
     if error.body:
