@@ -16,9 +16,11 @@ by code, and per reconcile pass in steady state (from the apiserver's audit log,
 each agent group's bytes received from the API (counted by a loopback proxy per agent) against its
 instance count, and the CPU seconds until Ready of kube-apiserver, etcd, kube-controller-manager
 (its garbage collector follows every object), the operator, the registry and this process (the
-agents, their proxies, the client).
+agents, their proxies, the client). Then, with the operator and the agents stopped, the floor: the
+same services written again with only the five writes each one needs (`replay_floor`), its wall
+time and the control plane's CPU for it.
 
-Run: .venv/bin/python -m benchmarks.operator_scale [--services 500] [--devices 20]
+Run: .venv/bin/python -m benchmarks.operator_scale [--services 500] [--devices 20] [--no-floor]
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -43,7 +46,7 @@ import yaml
 from aos_operator.agent.core import Desired, Outcome
 from aos_operator.agent.loop import AgentLoop, AgentSettings
 from aos_operator.api.client import Connection, KubeClient
-from aos_operator.api.models import AOS_SERVICE
+from aos_operator.api.models import AOS_SERVICE, AOS_SERVICE_INSTANCE, LABEL_SERVICE
 from aos_operator.runtime import InstanceIdentity, InstanceStatus, NodeFacts, Phase
 from tests.cluster.install import install
 from tests.cluster.proxy import ProxyThread
@@ -153,6 +156,65 @@ def operator_requests(plane: ControlPlane, since: int, *, watches: bool = True) 
     return sum(kinds.values()), len(events), kinds + refused
 
 
+FLOOR_WORKERS = 16  # as many as the operator's connections for kopf's writes
+
+
+def floor_templates(api: KubeClient, services: int) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(service, its instance) as the run left them: what the floor writes again, in its end state."""
+    bodies = {body["metadata"]["name"]: body for body in api.list(AOS_SERVICE, NAMESPACE)[0]}
+    instances = {body["metadata"]["labels"][LABEL_SERVICE]: body for body in api.list(AOS_SERVICE_INSTANCE, NAMESPACE)[0]}
+    names = sorted(bodies)[:services]
+    return [(bodies[name], instances[name]) for name in names if name in instances]
+
+
+def replay_floor(plane: ControlPlane, installation: Any, api_for: Callable[[str], KubeClient],
+                 templates: list[tuple[dict[str, Any], dict[str, Any]]]) -> None:
+    """The least the fleet's services need of the API, with nothing else running: per service its
+    create, a finalizer patch, one status patch, its instance's create and one status patch of it
+    by its device's agent (through the agent ValidatingAdmissionPolicy). No events, no Building, no
+    heartbeats, no reads. A floor for the control plane's share of the run above."""
+    local, kubeconfigs = threading.local(), {"user": str(plane.admin_kubeconfig),
+                                             "operator": str(installation.operator_kubeconfig())}
+
+    def client(who: str) -> KubeClient:
+        if not hasattr(local, who):  # a client per thread, as each writer is its own process in the run
+            setattr(local, who, KubeClient(Connection(kubeconfig=kubeconfigs[who]), user_agent="floor"))
+        return getattr(local, who)  # type: ignore[no-any-return]
+
+    def one(pair: tuple[dict[str, Any], dict[str, Any]]) -> None:
+        service, instance = pair
+        api, name = client("operator"), "floor-" + service["metadata"]["name"]
+        created = client("user").create(AOS_SERVICE, {
+            "apiVersion": service["apiVersion"], "kind": service["kind"],
+            "metadata": {"name": name, "namespace": NAMESPACE}, "spec": service["spec"]})
+        api.patch(AOS_SERVICE, name, {"metadata": {"finalizers": service["metadata"].get("finalizers") or []}}, NAMESPACE)
+        meta = instance["metadata"]
+        owner = {**meta["ownerReferences"][0], "name": name, "uid": created["metadata"]["uid"]}
+        instance_name = "floor-" + meta["name"]
+        api.create(AOS_SERVICE_INSTANCE, {
+            "apiVersion": instance["apiVersion"], "kind": instance["kind"],
+            "metadata": {"name": instance_name, "namespace": NAMESPACE, "labels": meta["labels"],
+                         "finalizers": meta.get("finalizers") or [], "ownerReferences": [owner]},
+            "spec": {**instance["spec"], "service": name}})
+        api_for(instance["spec"]["device"]).patch(AOS_SERVICE_INSTANCE, instance_name, {"status": instance["status"]},
+                                                  NAMESPACE, status=True)
+        api.patch(AOS_SERVICE, name, {"status": service["status"]}, NAMESPACE, status=True)
+
+    pids = plane.pids()
+    pids[SELF] = os.getpid()
+    names = ("kube-apiserver", "etcd", "kube-controller-manager", SELF)
+    before = {name: cpu_seconds(pids[name]) for name in names}
+    started = time.perf_counter()
+    with ThreadPoolExecutor(FLOOR_WORKERS) as pool:
+        list(pool.map(one, templates))
+    wall = time.perf_counter() - started
+    spent = {name: cpu_seconds(pids[name]) - before[name] for name in names}
+    writes = 5 * len(templates)
+    print(f"floor: the least writes of {len(templates)} services ({writes} writes, {FLOOR_WORKERS} writers, nothing else "
+          f"running) took {wall:.1f} s; CPU seconds " + ", ".join(f"{name} {seconds:.1f}" for name, seconds in spent.items())
+          + f"; apiserver {spent['kube-apiserver'] * 1000 / writes:.1f} ms per write", flush=True)
+
+
 class ReadyWatch:
     """The names of the AosServices whose Ready condition is True, kept by a watch in a thread."""
 
@@ -188,6 +250,8 @@ def main() -> None:
     parser.add_argument("--devices", type=int, default=20)
     parser.add_argument("--steady-seconds", type=float, default=30.0)
     parser.add_argument("--settle-seconds", type=float, default=15.0, help="pause between all Ready and the steady-state window")
+    parser.add_argument("--no-floor", dest="floor", action="store_false",
+                        help="skip the floor: the least writes of the same services, with nothing else running")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (operator log, registry)")
     args = parser.parse_args()
     heavy = args.devices // 2
@@ -302,6 +366,11 @@ def run(args: argparse.Namespace, root: Path, heavy: int, device_of: Callable[[i
             operator.wait()
         for proxy in proxies:
             proxy.close()
+        if args.floor:
+            templates = floor_templates(api, args.services)
+            agents = {name: KubeClient(Connection(kubeconfig=str(installation.agent_kubeconfig(name))), user_agent="floor")
+                      for name in sorted({instance["spec"]["device"] for _, instance in templates})}
+            replay_floor(plane, installation, agents.__getitem__, templates)
     registry.stop()
 
 
