@@ -99,5 +99,5 @@ def test_sigterm_stops_and_cleans_up(runtime_config: RuntimeConfig, make_package
     driver.send_signal(signal.SIGTERM)
     rest = driver.stdout.read()
     assert driver.wait(timeout=60) == EXIT_OK
-    assert "[aos] instance 0: Stopped (Stopped)" in rest
+    assert "[aos] instance 0: Stopped on request" in rest
     assert_nothing_left(Runtime(runtime_config))

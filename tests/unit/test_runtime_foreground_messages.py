@@ -29,6 +29,12 @@ def test_a_crash_loop_of_a_service_that_exits_0_explains_itself() -> None:
     assert "--no-restart" not in crashed
 
 
+def test_a_stop_on_request_is_said_once() -> None:
+    text = _describe(status(phase=Phase.STOPPED, reason=Reason.STOPPED,
+                            last_exit=Termination(exit_code=137, reason=Reason.KILLED, finished_at=0.0)))
+    assert text == "Stopped on request, last exit code 137 (Killed)"
+
+
 def test_stop_on_signals_covers_the_terminal_closing() -> None:
     import os
     import signal

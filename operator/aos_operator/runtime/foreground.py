@@ -23,7 +23,7 @@ from aos_operator.runtime.logs import LogFollower
 from aos_operator.runtime.network.model import DEFAULT_PROVIDER
 from aos_operator.runtime.runtime import Runtime, RuntimeConfig, StatusPoller
 from aos_operator.runtime.spec import NodeFacts
-from aos_operator.runtime.status import InstanceStatus, Phase
+from aos_operator.runtime.status import InstanceStatus, Phase, Reason
 
 
 @dataclass
@@ -76,7 +76,9 @@ def stop_on_signals(stop_event: threading.Event) -> Iterator[None]:
 
 def _describe(status: InstanceStatus) -> str:
     text = status.phase.value
-    if status.reason:
+    if status.reason == Reason.STOPPED:
+        text += " on request"  # not "Stopped (Stopped)"
+    elif status.reason:
         text += f" ({status.reason})"
     if status.last_exit is not None:
         # after a crash and a restart, "Running" alone would hide the crash
