@@ -1,4 +1,5 @@
-"""Reading a file from untrusted input whole, but never more than a limit.
+"""Bounds on untrusted input: files read whole but never past a limit, JSON of any nesting,
+layer paths of any depth.
 
 The size is checked with fstat on the open file before anything is read, and at most
 limit + 1 bytes are read, so a sparse multi-gigabyte file (or one that grows while it is read,
@@ -7,13 +8,32 @@ or a FIFO) costs no more memory than the limit.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
+from typing import Any
 from pathlib import Path
 
 from aos_operator.errors import AosError
 
 MAX_JSON_BYTES = 4 * 1024 * 1024  # manifests, index.json, image and service configs (registries cap manifests at 4 MiB)
+# Directories deep in a layer or a source tree: real root file systems stay below 40; the bound keeps
+# every walk of an unpacked layer (the group copy, removal) far from Python's recursion limit.
+MAX_PATH_DEPTH = 256
+
+
+def parse_json(data: str | bytes | bytearray) -> Any:
+    """json.loads, but nesting too deep for the parser and integers over Python's digit limit are
+    a JSONDecodeError (a ValueError) as any other malformed document, never a RecursionError."""
+    text = data if isinstance(data, str) else bytes(data).decode("utf-8")
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise json.JSONDecodeError("nested too deeply", text[:64], 0) from None
+    except json.JSONDecodeError:
+        raise
+    except ValueError as error:  # "Exceeds the limit (4300 digits) for integer string conversion"
+        raise json.JSONDecodeError(str(error).split(";")[0], text[:64], 0) from None
 
 
 def read_limited(path: str | os.PathLike[str], limit: int, too_large: Callable[[int], AosError]) -> bytes:

@@ -4,6 +4,7 @@ artifact writer (each refuses on its own, whoever built its input)."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -240,3 +241,28 @@ def test_max_layer_size_flag() -> None:
     for bad in ("0", "lots", "-1"):
         with pytest.raises(SystemExit):
             _parser().parse_args(["run", "dir", "--max-layer-size", bad])
+
+
+DEEP_JSON = b"[" * 5000 + b"]" * 5000
+HUGE_INT = b'{"size": ' + b"9" * 5000 + b"}"
+
+
+@pytest.mark.parametrize("data", [DEEP_JSON, HUGE_INT], ids=["nested 5000 deep", "5000 digits"])
+def test_json_the_parser_cannot_take_is_malformed_json_not_a_crash(data: bytes, tmp_path: Path) -> None:
+    """json.loads raises RecursionError and a bare ValueError for these; every reader of registry and
+    package JSON names the document instead."""
+    from aos_operator.bounded import parse_json
+    from aos_operator.image.oci import load_json
+    from aos_operator.registry.manifest import parse_manifest
+    from aos_operator.runtime.package import _PackageDir
+
+    with pytest.raises(json.JSONDecodeError):
+        parse_json(data)
+    with pytest.raises(PackageError, match="reg/x@sha256:1: manifest is not valid JSON"):
+        parse_manifest(data, "reg/x@sha256:1")
+    with pytest.raises(PackageError, match="index.json: not valid JSON"):
+        load_json(data, "index.json")
+    (tmp_path / "manifest.json").write_bytes(data)
+    with pytest.raises(PackageError, match="manifest.json: not valid JSON"):
+        _PackageDir(tmp_path)
+

@@ -19,6 +19,7 @@ from kubernetes.client.exceptions import ApiException
 from urllib3.exceptions import HTTPError
 
 from aos_operator.api.models import GROUP, VERSION, Kind
+from aos_operator.bounded import parse_json
 from aos_operator.errors import InputError, shorten, shorten_middle
 
 LEASE = ("coordination.k8s.io", "v1", "leases")  # group, version, plural
@@ -36,7 +37,7 @@ def error_text(error: BaseException) -> str:
     message = ""
     if error.body:
         try:
-            status = json.loads(error.body)
+            status = parse_json(error.body)
             message = str(status.get("message") or "") if isinstance(status, dict) else ""
         except ValueError:
             message = str(error.body)

@@ -4,12 +4,12 @@ manifest, image config and Aos service config, with the quotas in human units.""
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import tempfile
 from pathlib import Path
 from typing import Any
 
+from aos_operator.bounded import parse_json
 from aos_operator.cli import packages
 from aos_operator.cli.common import build_options, quiet_option, registry, registry_options
 from aos_operator.cli.output import add_output_option, emit, result, structured
@@ -43,7 +43,7 @@ def _from_registry(args: argparse.Namespace) -> dict[str, Any]:
     reference = Reference.parse(args.target)
     with registry(args) as client, tempfile.TemporaryDirectory(prefix="aosctl-inspect-") as scratch:
         manifest = client.pull_manifest(args.target)
-        document = json.loads(manifest.data)
+        document = parse_json(manifest.data)
         configs = {}
         for field in ("config", "aosService"):
             descriptor = document.get(field)
@@ -54,7 +54,7 @@ def _from_registry(args: argparse.Namespace) -> dict[str, Any]:
                 raise PackageError(f"{args.target}: the manifest's {field} is over {_MAX_CONFIG_BYTES} bytes or has no size")
             path = Path(scratch) / field
             client.pull_blob(reference, descriptor["digest"], size, path)
-            configs[field] = json.loads(path.read_bytes())
+            configs[field] = parse_json(path.read_bytes())
         return {"source": args.target, "kind": "registry", "manifestDigest": manifest.digest,
                 "manifest": document, "imageConfig": configs.get("config", {}),
                 "serviceConfig": configs.get("aosService", {})}
@@ -68,7 +68,7 @@ def describe(args: argparse.Namespace) -> dict[str, Any]:
         return _from_registry(args)
     with tempfile.TemporaryDirectory(prefix="aosctl-inspect-") as scratch:
         package = packages.open_input(args, path, Path(scratch))
-        manifest = json.loads(package.manifest_bytes)
+        manifest = parse_json(package.manifest_bytes)
         return {"source": str(path), "kind": "service" if packages.is_service_dir(path) else package.kind,
                 "manifestDigest": sha256_digest(package.manifest_bytes), "manifest": manifest,
                 "imageConfig": package.image_config(), "serviceConfig": package.service_config()}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import tempfile
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ from aos_operator.api.models import AosServiceSpec, ImageStatus
 from aos_operator.controller import metrics
 from aos_operator.controller.settings import OperatorSettings
 from aos_operator.controller.source import SourceError, SourceFile, content_digest, files_from_config_maps, write_tree
-from aos_operator.bounded import MAX_JSON_BYTES
+from aos_operator.bounded import MAX_JSON_BYTES, parse_json
 from aos_operator.digests import canonical_json, sha256_digest
 from aos_operator.image import MEDIA_TYPE_MANIFEST, open_package
 from aos_operator.image.oci import (
@@ -286,7 +285,7 @@ def _push_from_layer(
 
 def _json(data: bytes, where: str) -> dict[str, Any]:
     try:
-        value = json.loads(data)
+        value = parse_json(data)
     except ValueError as error:
         raise SourceError(f"{where}: its image config is not JSON ({error})") from None
     if not isinstance(value, dict):

@@ -31,6 +31,7 @@ from aos_operator.api.models import (
     AosServiceSpec,
     ImageStatus,
 )
+from aos_operator.bounded import parse_json
 from aos_operator.controller import builder, metrics, revisions, rollout_pass
 from aos_operator.controller.layers import LAYER_NOT_FOUND, LayerBook, LayerNotFound, LayerView, layer_key
 from aos_operator.controller.conditions import (
@@ -200,7 +201,7 @@ def status_now(op: Operator, body: Any) -> dict[str, Any]:
     meta = body["metadata"]
     memo = op.statuses.get((meta["namespace"], meta["name"]))
     if memo is not None and memo.uid == meta.get("uid") and meta.get("resourceVersion") in memo.older:
-        return dict(json.loads(memo.status))
+        return dict(parse_json(memo.status))
     return dict(body.get("status") or {})
 
 

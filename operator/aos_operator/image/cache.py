@@ -17,10 +17,10 @@ moved yet when it is written again). The cache directory is trusted local state.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from aos_operator.bounded import parse_json
 from aos_operator.digests import canonical_json, is_digest
 from aos_operator.image.atomic import write_file_atomically
 from aos_operator.image.store import BlobStore
@@ -98,7 +98,7 @@ class BuildCache:
     def _read_json(path: Path) -> dict:
         # The cache is advisory: anything unreadable is a miss, never an error.
         try:
-            value = json.loads(path.read_bytes())
+            value = parse_json(path.read_bytes())
         except (OSError, ValueError):
             return {}
         return value if isinstance(value, dict) else {}

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from aos_operator.bounded import parse_json
 from aos_operator.digests import canonical_json, is_digest
 from aos_operator.errors import InputError, PackageError
 
@@ -112,7 +113,7 @@ def index_json(manifest: Descriptor, tag: str | None) -> bytes:
 
 def load_json(data: bytes, where: str) -> Any:
     try:
-        return json.loads(data)
+        return parse_json(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise PackageError(f"{where}: not valid JSON: {error}") from error
 

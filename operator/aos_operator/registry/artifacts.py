@@ -7,10 +7,10 @@ package client; every call goes through the same transport (auth, retries, TLS).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
+from aos_operator.bounded import parse_json
 from aos_operator.errors import RegistryError
 from aos_operator.registry.auth import repository_scope
 from aos_operator.registry.client import PulledManifest, RegistryClient
@@ -101,7 +101,7 @@ def referrers(client: RegistryClient, repository: str | Reference, digest: str, 
     if content_type != OCI_INDEX:
         return Referrers(None)  # not the API: some registries serve a page for unknown paths
     try:
-        manifests = json.loads(body).get("manifests") or []
+        manifests = parse_json(body).get("manifests") or []
     except (ValueError, AttributeError):
         raise RegistryError(f"{what}: the registry's referrers answer is not an OCI index") from None
     found = []

@@ -28,6 +28,7 @@ from urllib.parse import urlencode, urljoin
 import urllib3
 from urllib3.exceptions import HTTPError
 
+from aos_operator.bounded import parse_json
 from aos_operator.digests import is_digest, sha256_digest
 from aos_operator.errors import InputError, PackageError, RegistryError, shorten
 from aos_operator.registry.auth import repository_scope
@@ -758,6 +759,6 @@ def _next_page(link: str) -> str | None:
 
 def parse_json_body(data: bytes, what: str) -> Any:
     try:
-        return json.loads(data)
+        return parse_json(data)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise RegistryError(f"{what}: the registry answered with invalid JSON ({error})") from None

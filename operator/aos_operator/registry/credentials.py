@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from aos_operator.bounded import read_text_limited
+from aos_operator.bounded import parse_json, read_text_limited
 from aos_operator.errors import InputError
 from aos_operator.registry.headers import bad_character
 
@@ -360,6 +360,6 @@ def _decode_base64(value: Any, where: str) -> str:
 
 def _parse_json(text: str, where: str) -> Any:
     try:
-        return json.loads(text)
+        return parse_json(text)
     except json.JSONDecodeError as error:
         raise InputError(f"{where}: invalid JSON at line {error.lineno} column {error.colno}: {error.msg}") from None

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from aos_operator.bounded import parse_json
 from aos_operator.digests import is_digest
 from aos_operator.errors import PackageError
 
@@ -36,7 +37,7 @@ class Descriptor:
 def parse_manifest(data: bytes, source: str) -> dict[str, Any]:
     """Decode manifest JSON; `source` names it in errors (a file, a reference)."""
     try:
-        document = json.loads(data)
+        document = parse_json(data)
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise PackageError(f"{source}: manifest is not valid JSON ({error})") from None
     if not isinstance(document, dict):

@@ -33,6 +33,7 @@ import urllib3
 from urllib3.exceptions import HTTPError, SSLError
 
 from aos_operator import __version__
+from aos_operator.bounded import parse_json
 from aos_operator.errors import RegistryError, shorten
 from aos_operator.registry.auth import (
     Challenge,
@@ -467,7 +468,7 @@ def read_error_body(response: Response) -> bytes:
 def describe_error_body(body: bytes) -> str:
     """`: CODE: message` from a registry's JSON error body, or nothing."""
     try:
-        document = json.loads(body)
+        document = parse_json(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return ""
     errors = document.get("errors") if isinstance(document, dict) else None

@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from aos_operator.bounded import parse_json
 from aos_operator.errors import RuntimeFailure
 from aos_operator.runtime.files import file_lock, write_atomically
 
@@ -45,7 +46,7 @@ class IdPool:
     def _locked(self) -> Iterator[dict[str, dict[str, int]]]:
         with file_lock(self.path.with_name(self.path.name + ".lock")):
             try:
-                state = json.loads(self.path.read_text()) if self.path.exists() else {}
+                state = parse_json(self.path.read_text()) if self.path.exists() else {}
             except ValueError:
                 raise RuntimeFailure(f"{self.path}: the ID pool file is corrupt",
                                      hint="move it away; running instances keep their IDs until restarted") from None

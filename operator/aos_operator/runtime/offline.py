@@ -15,6 +15,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from aos_operator.bounded import parse_json
 from aos_operator.runtime.files import write_atomically
 
 ONLINE_FILE = "online.json"
@@ -35,7 +36,7 @@ def last_online(path: Path | str) -> float | None:
     """The recorded time of the last contact; None when there is no usable record."""
     try:
         with open(path, "rb") as handle:
-            data = json.loads(handle.read(_MAX_RECORD_BYTES))
+            data = parse_json(handle.read(_MAX_RECORD_BYTES))
         value = data["lastOnline"]
     except (OSError, ValueError, TypeError, KeyError):
         return None

@@ -39,6 +39,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from aos_operator.bounded import parse_json
 from aos_operator.errors import RuntimeFailure
 from aos_operator.runtime.files import file_lock, write_atomically
 from aos_operator.runtime.identity import InstanceIdentity
@@ -64,7 +65,7 @@ log = logging.getLogger("aos_operator.runtime.permissions")
 def _read_registry(path: Path) -> dict[str, dict[str, Any]]:
     try:
         with open(path, "rb") as handle:
-            data = json.loads(handle.read(_MAX_REGISTRY_BYTES + 1) or b"{}")
+            data = parse_json(handle.read(_MAX_REGISTRY_BYTES + 1) or b"{}")
     except FileNotFoundError:
         return {}
     except ValueError:
@@ -278,7 +279,7 @@ def query_permissions(run_root: Path, secret: str, server: str, function: str | 
         raise RuntimeFailure(f"{path}: no permission server answers ({error.strerror or error})",
                              hint="it runs while an instance runs on this node; check --run-dir") from None
     try:
-        answer = json.loads(bytes(reply))
+        answer = parse_json(bytes(reply))
     except ValueError:
         raise RuntimeFailure(f"{path}: the permission server's reply is not JSON") from None
     if not isinstance(answer, dict):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aos_operator.bounded import parse_json
 from aos_operator.runtime.files import write_if_changed
 from aos_operator.runtime.identity import InstanceIdentity
 from aos_operator.runtime.rootfs import RootfsPlan
@@ -92,4 +93,4 @@ class SupervisorPlan:
 
     @classmethod
     def load(cls, path: Path) -> SupervisorPlan:
-        return cls.from_json(json.loads(path.read_text()))
+        return cls.from_json(parse_json(path.read_text()))

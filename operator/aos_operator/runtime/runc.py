@@ -7,7 +7,6 @@ All containers of one runtime live under their own runc state directory (`--root
 from __future__ import annotations
 
 import functools
-import json
 import os
 import select
 import shutil
@@ -16,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from aos_operator.bounded import parse_json
 from aos_operator.errors import RuntimeFailure
 
 
@@ -70,13 +70,13 @@ class Runc:
         result = self._run("state", container_id, check=False)
         if result.returncode != 0:
             return None
-        return json.loads(result.stdout)
+        return parse_json(result.stdout)
 
     def list(self) -> list[dict[str, Any]]:
         if not self.root.exists():
             return []
         result = self._run("list", "--format", "json")
-        return json.loads(result.stdout or "null") or []
+        return parse_json(result.stdout or "null") or []
 
     def kill(self, container_id: str, signal: str = "KILL") -> None:
         self._run("kill", container_id, signal, check=False)
@@ -110,7 +110,7 @@ def last_error(log_file: Path) -> str | None:
         return None
     for line in reversed(lines):
         try:
-            entry = json.loads(line)
+            entry = parse_json(line)
         except ValueError:
             continue
         if entry.get("level") in ("error", "fatal"):

@@ -38,6 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from aos_operator.bounded import parse_json
 from aos_operator.errors import RuntimeFailure
 from aos_operator.runtime import mounts
 from aos_operator.runtime.files import write_atomically
@@ -169,7 +170,7 @@ def _write_sizing(image: Path, sizing: Sizing) -> None:
 
 def read_sizing(image: Path) -> Sizing:
     try:
-        return Sizing(**json.loads(_sidecar(image).read_text()))
+        return Sizing(**parse_json(_sidecar(image).read_text()))
     except (OSError, ValueError, TypeError):
         raise RuntimeFailure(f"{image}: its size record {_sidecar(image)} is missing or unreadable",
                              hint="restore the record, or delete the image to start with an empty volume") from None

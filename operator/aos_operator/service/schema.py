@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic.json_schema import models_json_schema
 
+from aos_operator.bounded import parse_json
 from aos_operator.service.config_v1 import ConfigV1
 from aos_operator.service.config_v2 import ConfigV2
 
@@ -18,7 +19,7 @@ def _short_names(value: Any) -> Any:
     text = json.dumps(value, default=str)
     for module, prefix in (("config_v1", "V1"), ("config_v2", "V2")):
         text = text.replace(f"aos_operator__service__{module}__", prefix)
-    return json.loads(text)
+    return parse_json(text)
 
 
 def config_json_schema() -> dict[str, Any]:

@@ -19,6 +19,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from aos_operator.bounded import parse_json
 from aos_operator.digests import canonical_json, digest_hex, is_digest, sha256_digest
 from aos_operator.errors import SignatureError
 from aos_operator.registry.manifest import OCI_MANIFEST, Descriptor
@@ -59,7 +60,7 @@ def payload(repository: str, digest: str, optional: dict[str, str] | None = None
 def signed_digest(data: bytes, where: str) -> str:
     """The manifest digest a payload vouches for; refuses anything that is not cosign's payload."""
     try:
-        document = json.loads(data)
+        document = parse_json(data)
         critical = document["critical"]
         kind = critical["type"]
         digest = critical["image"]["docker-manifest-digest"]
@@ -133,7 +134,7 @@ def parse_signature_manifest(data: bytes, where: str) -> list[SignatureLayer]:
     """The signatures a signature manifest lists; layers that are not cosign signatures are
     skipped (cosign tolerates other attachments), malformed ones are refused."""
     try:
-        document = json.loads(data)
+        document = parse_json(data)
     except (ValueError, UnicodeDecodeError):
         raise SignatureError(f"{where}: the signature manifest is not JSON") from None
     layers = document.get("layers") if isinstance(document, dict) else None

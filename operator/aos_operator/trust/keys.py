@@ -21,6 +21,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from aos_operator.bounded import parse_json
 from aos_operator.errors import InputError, SignatureError
 
 ENCRYPTED_PEM_TYPES = ("ENCRYPTED SIGSTORE PRIVATE KEY", "ENCRYPTED COSIGN PRIVATE KEY")
@@ -194,7 +195,7 @@ def decrypt_cosign_key(sealed: bytes, password: bytes, source: str) -> bytes:
     from nacl.secret import SecretBox
 
     try:
-        document = json.loads(sealed)
+        document = parse_json(sealed)
         kdf, cipher = document["kdf"], document["cipher"]
         params = kdf["params"]
         if not (isinstance(kdf, dict) and isinstance(cipher, dict) and isinstance(params, dict)):

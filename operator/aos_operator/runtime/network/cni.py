@@ -16,6 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from aos_operator.bounded import parse_json
 from aos_operator.errors import RuntimeFailure
 
 CNI_VERSION = "1.0.0"
@@ -60,7 +61,7 @@ def invoke(command: str, plugin: Mapping[str, Any], *, network_name: str, contai
     if command != "ADD":
         return {}
     try:
-        result = json.loads(output)
+        result = parse_json(output)
     except ValueError:
         raise RuntimeFailure(f"CNI plugin {binary.name} ADD for {container_id} printed no JSON result") from None
     if not isinstance(result, dict):
@@ -70,7 +71,7 @@ def invoke(command: str, plugin: Mapping[str, Any], *, network_name: str, contai
 
 def _error_text(stdout: bytes, stderr: bytes) -> str:
     try:
-        error = json.loads(stdout)
+        error = parse_json(stdout)
         text = f"{error.get('msg', '')} {error.get('details', '')}".strip() or str(error)
     except (ValueError, AttributeError):
         text = (stdout or stderr).decode(errors="replace").strip()

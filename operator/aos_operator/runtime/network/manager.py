@@ -28,6 +28,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from aos_operator.bounded import parse_json
 from aos_operator.errors import RuntimeFailure
 from aos_operator.runtime.files import file_lock, write_atomically
 from aos_operator.runtime.network import cni
@@ -115,7 +116,7 @@ class NetworkManager:
 
     def record(self, instance_id: str) -> InstanceNetwork | None:
         try:
-            return InstanceNetwork.from_json(json.loads(self._record_path(instance_id).read_text()))
+            return InstanceNetwork.from_json(parse_json(self._record_path(instance_id).read_text()))
         except FileNotFoundError:
             return None
 
@@ -126,7 +127,7 @@ class NetworkManager:
         found = []
         for path in sorted(directory.glob("*.json")):
             try:
-                found.append(InstanceNetwork.from_json(json.loads(path.read_text())))
+                found.append(InstanceNetwork.from_json(parse_json(path.read_text())))
             except (ValueError, KeyError, TypeError):
                 log.warning("%s: unreadable network record; removed", path)
                 path.unlink(missing_ok=True)
@@ -134,7 +135,7 @@ class NetworkManager:
 
     def _networks(self) -> dict[str, Network]:
         try:
-            data = json.loads((self.state_dir / "networks.json").read_text())
+            data = parse_json((self.state_dir / "networks.json").read_text())
         except FileNotFoundError:
             return {}
         return {provider: Network(**value) for provider, value in data.items()}
@@ -222,7 +223,7 @@ class NetworkManager:
         """Every IPv4 network configured on the node's interfaces (also other runtimes' bridges)."""
         output = _run(["ip", "-j", "-4", "addr", "show"]).stdout
         found = []
-        for link in json.loads(output or "[]"):
+        for link in parse_json(output or "[]"):
             for address in link.get("addr_info", []):
                 if address.get("local") and address.get("prefixlen") is not None:
                     found.append(str(ipaddress.ip_network(f"{address['local']}/{address['prefixlen']}", strict=False)))
@@ -330,7 +331,7 @@ class NetworkManager:
         if completed.returncode != 0:
             return {}
         found = {}
-        for item in json.loads(completed.stdout).get("nftables", []):
+        for item in parse_json(completed.stdout).get("nftables", []):
             quota = item.get("quota")
             if quota:
                 found[quota["name"]] = int(quota.get("used", 0))
@@ -347,7 +348,7 @@ class NetworkManager:
 
     def _periods(self) -> dict[str, str]:
         try:
-            return json.loads((self.state_dir / "traffic.json").read_text())
+            return parse_json((self.state_dir / "traffic.json").read_text())
         except FileNotFoundError:
             return {}
 
