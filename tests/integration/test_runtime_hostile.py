@@ -12,6 +12,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import tarfile
@@ -25,6 +26,7 @@ from typing import Any
 import pytest
 from runtime_helpers import leftovers, log_text, wait_for_log
 
+from aos_operator.bounded import MAX_PATH_DEPTH
 from aos_operator.errors import InputError, PackageError, RuntimeFailure
 from aos_operator.runtime import InstanceIdentity, Phase, Runtime, RuntimeConfig
 from aos_operator.runtime.layers import UNCOMPRESSED_SIZE_ANNOTATION
@@ -437,3 +439,84 @@ def test_allowed_sysctl_and_env_reach_the_container(runtime: Runtime, tmp_path: 
     text = wait_for_log(runtime, status.instance_id, "SEEN ")
     assert "SEEN svc-env hello\tthere 321" in text, log_text(runtime, status.instance_id)
     runtime.stop(status.instance_id)
+
+
+# --- header fields Python cannot take, and depth ------------------------------------------------
+
+def test_a_layer_deeper_than_the_bound_is_refused_and_one_at_it_is_copied_and_removed(
+        runtime: Runtime, canary: Path, tmp_path: Path) -> None:
+    """Every later walk of an unpacked layer (the service group's copy, removal by the GC) recurses
+    once per level: 1200 levels used to crash them, and the agent at each start-up after."""
+    before = canary_state(canary)
+    too_deep = write_package(tmp_path / "deep", gz(tar_of(entry("d/" * MAX_PATH_DEPTH + "f", b"x"))))
+    with pytest.raises(PackageError, match=rf"is {MAX_PATH_DEPTH + 1} levels deep \(at most {MAX_PATH_DEPTH}\)"):
+        runtime.install(too_deep)
+    assert_untouched(runtime, canary, before, tmp_path)
+    deepest = write_package(tmp_path / "deepest", gz(tar_of(entry("d/" * (MAX_PATH_DEPTH - 1) + "f", b"x"))))
+    installed = runtime.install(deepest)
+    owned = runtime.packages.layers.owned(installed.layer_digest, 4321)
+    leaf = owned / ("d/" * (MAX_PATH_DEPTH - 1) + "f")
+    assert leaf.read_bytes() == b"x" and leaf.stat().st_gid == 4321
+    runtime.packages.uninstall(installed.digest)
+    assert list(runtime.packages.layers.root.iterdir()) == []
+
+
+def _pax_entry(name: str, headers: dict[str, str], kind: bytes = tarfile.REGTYPE) -> tuple[tarfile.TarInfo, bytes]:
+    info, data = entry(name, b"" if kind == tarfile.REGTYPE else None, kind=kind, linkname="f")
+    info.pax_headers = headers
+    return info, data or b""
+
+
+@pytest.mark.parametrize("headers, kind, message", [
+    ({"mtime": "1e30"}, tarfile.REGTYPE, "modification time 1e+30 is out of range"),
+    ({"mtime": "inf"}, tarfile.DIRTYPE, "modification time inf is out of range"),
+    ({"mtime": "nan"}, tarfile.SYMTYPE, "modification time nan is out of range"),
+    ({"path": "app/a\0b"}, tarfile.REGTYPE, "path contains a NUL byte"),
+    ({"linkpath": "f\0x"}, tarfile.LNKTYPE, "path contains a NUL byte"),
+])
+def test_header_fields_python_cannot_take_are_refused(headers: dict[str, str], kind: bytes, message: str,
+                                                      runtime: Runtime, canary: Path, tmp_path: Path) -> None:
+    before = canary_state(canary)
+    layer = tar_of(entry("f", b"x"), _pax_entry("app/item", headers, kind))
+    with pytest.raises(PackageError, match=re.escape(message) + r".*nothing was installed"):
+        runtime.install(write_package(tmp_path / "package", gz(layer)))
+    assert_untouched(runtime, canary, before, tmp_path)
+
+
+def test_the_pull_check_bounds_the_configs_and_skips_what_install_never_reads(runtime: Runtime) -> None:
+    packages = runtime.packages
+    layer = {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": "sha256:" + "1" * 64, "size": 10}
+    config = {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": "sha256:" + "2" * 64, "size": 100}
+    packages.check_manifest({"config": config, "layers": [layer]}, "pull r@x")
+    with pytest.raises(PackageError, match=r"pull r@x: config: a config of 53687091200 bytes .*nothing was pulled"):
+        packages.check_manifest({"config": {**config, "size": 50 << 30}, "layers": [layer]}, "pull r@x")
+    with pytest.raises(PackageError, match=r"aosService: a config of"):
+        packages.check_manifest({"config": config, "aosService": {**config, "size": 5 << 20}, "layers": [layer]}, "p")
+    with pytest.raises(PackageError, match="expected a decimal number of bytes"):
+        packages.check_manifest({"config": config, "layers": [
+            {**layer, "annotations": {UNCOMPRESSED_SIZE_ANNOTATION: "9" * 5000}}]}, "p")
+    assert [packages.pull_skips(field, layer["digest"]) for field in
+            ("config", "aosService", "layers[0]", "layers[1]", "extra", "extra[3]")] == \
+        [False, False, False, False, True, True]
+
+
+def test_memory_does_not_grow_with_the_members_of_a_layer(tmp_path: Path) -> None:
+    """A streamed tarfile keeps every header it read (about 1 KB each): 40 000 repeats of one
+    directory, 89 KB of gzip, held 40 MB. The unpacker keeps no header and one time per directory."""
+    import tracemalloc
+
+    from aos_operator.runtime.layers import unpack_layer
+
+    info = tarfile.TarInfo("app")
+    info.type, info.mode = tarfile.DIRTYPE, 0o755
+    block = info.tobuf(tarfile.USTAR_FORMAT)
+    blob = gz(block * 40_000 + bytes(1024))
+    (tmp_path / "layer").mkdir()
+    tracemalloc.start()
+    try:
+        unpack_layer(io.BytesIO(blob), tmp_path / "layer", "rootfs layer")
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (tmp_path / "layer" / "app").is_dir()
+    assert peak < 8 << 20, f"{peak} bytes at the peak for 40 000 members"

@@ -117,7 +117,7 @@ class DeviceAgent:
             directory = self.package_cache / digest_hex(desired.digest)
             packages = self.runtime.packages  # [aos layers] refuse a bad layer list before any blob; pull a layer once
             self.registry.pull(desired.reference, directory, check=packages.check_manifest,
-                               skip=lambda blob: packages.has_unpacked_aos_layer(blob.field, blob.digest))
+                               skip=lambda blob: packages.pull_skips(blob.field, blob.digest))
             try:
                 self.runtime.install(directory)
             finally:

@@ -13,7 +13,9 @@ has one), the device's maximum (`max_layer_bytes`) and the free space of the sto
 (counted in blocks per entry). A member whose header already declares more than what is left is
 refused before any of its data is written. GNU sparse entries (tar type 'S', and the PAX
 `GNU.sparse.*` forms) are refused by their header, before tarfile expands them; PAX and GNU
-long-name headers above 1 MiB are refused before they are read into memory.
+long-name headers above 1 MiB are refused before they are read into memory. A layer holds at most
+500 000 entries, 256 directories deep (so that no later walk of it nears Python's recursion limit),
+with no NUL in a name and modification times between 1901 and 2514.
 
 A layer is unpacked into a temporary directory next to the store and renamed into place when
 complete, so a half-unpacked layer is never used and concurrent installs of one digest are safe;
@@ -27,6 +29,7 @@ nothing else; the copy is made once per service group, the same way (temporary d
 from __future__ import annotations
 
 import errno
+import math
 import os
 import posixpath
 import shutil
@@ -38,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from aos_operator.bounded import MAX_PATH_DEPTH
 from aos_operator.digests import digest_hex
 from aos_operator.errors import PackageError, RuntimeFailure
 
@@ -47,6 +51,9 @@ OPAQUE_XATTR = "trusted.overlay.opaque"
 _TEMP_PREFIX = ".unpacking-"
 DEFAULT_MAX_LAYER_BYTES = 4 << 30  # 4 GiB unpacked; a service layer is the service's own files
 MAX_TAR_HEADER_BYTES = 1 << 20  # PAX / GNU long-name data, read into memory by tarfile
+# Entries of one layer: a Debian root file system has about 20 000; each costs memory while unpacking.
+MAX_LAYER_ENTRIES = 500_000
+_MTIME_RANGE = (-(1 << 31), 1 << 34)  # 1901 to 2514: beyond, os.utime or the file system refuses
 UNCOMPRESSED_SIZE_ANNOTATION = "io.aosedge.layer.uncompressed-size"
 _READ_CHUNK = 1 << 18
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -98,6 +105,7 @@ class _Budget:
         self.free = info.f_bavail * info.f_frsize
         self.stream = 0
         self.disk = 0
+        self.entries = 0
 
     def over(self, count: int) -> PackageError:
         return PackageError(f"{self.where}: unpacks to more than {self.reason}: refused after {count} bytes; "
@@ -110,6 +118,10 @@ class _Budget:
 
     def member(self, member: tarfile.TarInfo) -> None:
         """Before an entry is written: its declared data must fit in what is left."""
+        self.entries += 1
+        if self.entries > MAX_LAYER_ENTRIES:
+            raise PackageError(f"{self.where}: more than {MAX_LAYER_ENTRIES} entries; nothing was installed",
+                               hint="split the service's files over Aos layers, or pack them in fewer files")
         data = member.size if member.isreg() else 0
         end = member.offset_data + data  # where its data ends in the tar stream
         if end > self.bound:
@@ -204,19 +216,24 @@ class _Unpacker:
         self.root = root
         self.where = where
         self.budget = budget
-        self.directory_times: list[tuple[Path, int]] = []
+        self.directory_times: dict[str, int] = {}  # by path: a repeated entry costs nothing more
 
     def refuse(self, member: tarfile.TarInfo, why: str) -> PackageError:
-        return PackageError(f"{self.where}: member {member.name!r}: {why}; nothing was installed",
+        name = member.name if len(member.name) <= 160 else f"{member.name[:100]}...{member.name[-40:]}"
+        return PackageError(f"{self.where}: member {name!r}: {why}; nothing was installed",
                             hint="rebuild the package from a source tree without such entries")
 
     def relative_path(self, member: tarfile.TarInfo, name: str) -> str:
         """The member's path inside the layer, normalised; '' for the layer root."""
         if name.startswith("/"):
             raise self.refuse(member, "absolute path")
+        if "\0" in name:
+            raise self.refuse(member, "path contains a NUL byte")
         parts = [part for part in name.split("/") if part not in ("", ".")]
         if ".." in parts:
             raise self.refuse(member, "path contains '..'")
+        if len(parts) > MAX_PATH_DEPTH:
+            raise self.refuse(member, f"path is {len(parts)} levels deep (at most {MAX_PATH_DEPTH})")
         return "/".join(parts)
 
     def parent_dir(self, member: tarfile.TarInfo, relative: str) -> Path:
@@ -247,8 +264,11 @@ class _Unpacker:
             os.unlink(path)
 
     def unpack(self, tar: tarfile.TarFile) -> None:
-        for member in tar:
+        while (member := tar.next()) is not None:
+            tar.members.clear()  # a streamed tar keeps every header it read; nothing here looks back
             relative = self.relative_path(member, member.name)
+            if not math.isfinite(member.mtime) or not _MTIME_RANGE[0] <= member.mtime < _MTIME_RANGE[1]:
+                raise self.refuse(member, f"modification time {member.mtime!r} is out of range")
             if not relative:
                 if not member.isdir():
                     raise self.refuse(member, "the layer root must be a directory")
@@ -271,7 +291,7 @@ class _Unpacker:
             else:
                 kind = _TYPE_NAMES.get(member.type, f"entry of tar type {member.type!r}")
                 raise self.refuse(member, f"{kind}s are not allowed in a layer")
-        for path, mtime in reversed(self.directory_times):
+        for path, mtime in reversed(self.directory_times.items()):
             os.utime(path, (mtime, mtime), follow_symlinks=False)
 
     def whiteout(self, member: tarfile.TarInfo, parent: Path, base: str) -> None:
@@ -296,7 +316,7 @@ class _Unpacker:
             self.clear(path)
             os.mkdir(path, 0o700)
         os.chmod(path, member.mode & 0o1777)
-        self.directory_times.append((path, int(member.mtime)))
+        self.directory_times[str(path)] = int(member.mtime)
 
     def regular(self, member: tarfile.TarInfo, path: Path, tar: tarfile.TarFile) -> None:
         self.clear(path)
@@ -353,6 +373,8 @@ def unpack_layer(stream: IO[bytes], destination: Path, where: str, limit: Unpack
         raise error from None
     except (tarfile.TarError, zlib.error, EOFError) as error:
         raise PackageError(f"{where}: not a valid tar or tar+gzip layer: {error}; nothing was installed") from None
+    except (ValueError, OverflowError) as error:  # a header field Python cannot take (the checks above name most)
+        raise PackageError(f"{where}: a tar header cannot be unpacked: {error}; nothing was installed") from None
     except OSError as error:
         if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS):
             raise RuntimeFailure(f"cannot unpack {where} into {destination}: {error.strerror}") from None

@@ -12,7 +12,7 @@ for another package shares it. A layer stays while an installed package's manife
 (uses are recomputed from the manifests, never counted), so `uninstall` and the GC delete it
 with the last package that needs it. A refused install removes the layers it unpacked. An Aos
 layer already unpacked here may be absent from the package directory: the agent does not pull
-it again (`check_manifest` and `has_unpacked_aos_layer` are its pull hooks).
+it again (`check_manifest` and `pull_skips` are its pull hooks).
 
 The package directory is input: `manifest.json` and the JSON blobs are read only up to a size
 bound, blobs must be regular files (opened without following a symlink, so a blob cannot be a
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import re
 import shutil
@@ -36,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from aos_operator import values
-from aos_operator.bounded import MAX_JSON_BYTES
+from aos_operator.bounded import MAX_JSON_BYTES, parse_json
 from aos_operator.digests import digest_hex, is_digest, sha256_digest
 from aos_operator.errors import InputError, PackageError
 from aos_operator.runtime.aos_layers import check_aos_layers, check_diff_ids, check_layer_count
@@ -89,7 +88,7 @@ def _descriptor(value: Any, where: str) -> Descriptor:
     declared = annotations.get(UNCOMPRESSED_SIZE_ANNOTATION) if isinstance(annotations, dict) else None
     uncompressed: int | None = None
     if declared is not None:
-        if not isinstance(declared, str) or not declared.isascii() or not declared.isdigit():
+        if not isinstance(declared, str) or not declared.isascii() or not declared.isdigit() or len(declared) > 19:
             raise PackageError(f"{where}.annotations[{UNCOMPRESSED_SIZE_ANNOTATION!r}]: expected a decimal "
                                f"number of bytes, got {declared!r}")
         uncompressed = int(declared)
@@ -143,7 +142,7 @@ class _PackageDir:
                              hint="a service package directory holds manifest.json and blobs/sha256/")
         self.manifest_bytes = _read_bounded(manifest_path, MAX_JSON_BYTES, "the manifest")
         try:
-            manifest = json.loads(self.manifest_bytes)
+            manifest = parse_json(self.manifest_bytes)
         except (ValueError, UnicodeDecodeError) as error:
             raise PackageError(f"{manifest_path}: not valid JSON: {error}") from None
         if not isinstance(manifest, dict):
@@ -187,7 +186,7 @@ class _PackageDir:
 
     def json_blob(self, path: Path, descriptor: Descriptor, role: str) -> Any:
         try:
-            return json.loads(_read_bounded(path, MAX_JSON_BYTES, f"the {role} blob"))
+            return parse_json(_read_bounded(path, MAX_JSON_BYTES, f"the {role} blob"))
         except (ValueError, UnicodeDecodeError) as error:
             raise PackageError(f"{role} blob {descriptor.digest}: not valid JSON: {error}") from None
 
@@ -246,11 +245,17 @@ class PackageStore:
         return self.get(package.digest)
 
     def check_manifest(self, manifest: Any, where: str) -> None:
-        """Refuse, before its blobs are fetched, a manifest whose layer list `install` would refuse,
-        or a layer blob too large to unpack within the device's maximum."""
+        """Refuse, before its blobs are fetched, a manifest whose layer list or configs `install` would
+        refuse, or a layer blob too large to unpack within the device's maximum."""
         layers = manifest.get("layers") if isinstance(manifest, dict) else None
         if not isinstance(layers, list) or not layers:
             raise PackageError(f"{where}: layers: expected at least one layer (the service rootfs)")
+        for field in ("config", "aosService"):
+            if field == "config" or manifest.get(field) is not None:
+                config = _descriptor(manifest.get(field), f"{where}: {field}")
+                if config.size > MAX_JSON_BYTES:
+                    raise PackageError(f"{where}: {field}: a config of {config.size} bytes (at most {MAX_JSON_BYTES}); "
+                                       "nothing was pulled", hint="the package is corrupt or hostile")
         check_layer_count(len(layers), where)
         descriptors = [_descriptor(layer, f"{where}: layers[{i}]") for i, layer in enumerate(layers)]
         check_aos_layers(descriptors, where)
@@ -263,8 +268,11 @@ class PackageStore:
                                    f"unpack within the device's maximum unpacked layer size ({maximum} bytes); "
                                    "nothing was pulled", hint="raise the maximum (--max-layer-size) if it is genuine")
 
-    def has_unpacked_aos_layer(self, field: str, digest: str) -> bool:
-        """Whether the manifest's `field` (e.g. "layers[2]") is an Aos layer this node has unpacked."""
+    def pull_skips(self, field: str, digest: str) -> bool:
+        """Whether a pull may leave out the blob of the manifest's `field` (e.g. "layers[2]"): one that
+        `install` never reads (a descriptor of another field), or an Aos layer this node has unpacked."""
+        if field not in ("config", "aosService") and not field.startswith("layers["):
+            return True
         return field.startswith("layers[") and field != "layers[0]" and is_digest(digest) and self.layers.has(digest)
 
     def _unpack(self, layer: Descriptor, blob: Path | None, where: str, unpacked: list[str]) -> Path:
@@ -283,7 +291,7 @@ class PackageStore:
     def _referenced_by_installed(self, digest: str) -> bool:
         for other in self.digests():
             try:
-                if digest in _referenced(json.loads((self._manifests / f"{digest_hex(other)}.json").read_bytes())):
+                if digest in _referenced(parse_json((self._manifests / f"{digest_hex(other)}.json").read_bytes())):
                     return True
             except (OSError, ValueError):
                 return True  # unreadable: keep what it might reference
@@ -308,19 +316,19 @@ class PackageStore:
             self._check_layers(digest, (known[1].layer_digest, *known[1].aos_layer_digests))
             return known[1]
         try:
-            manifest = json.loads(manifest_path.read_bytes())
+            manifest = parse_json(manifest_path.read_bytes())
         except FileNotFoundError:
             raise PackageError(f"package {digest} is not installed", hint="install it first") from None
         config = _descriptor(manifest["config"], f"{manifest_path}: config")
         service = manifest.get("aosService")
         layer = _descriptor(manifest["layers"][0], f"{manifest_path}: layers[0]")
-        image_config = parse_image_config(json.loads(self._blob(config.digest).read_bytes()),
+        image_config = parse_image_config(parse_json(self._blob(config.digest).read_bytes()),
                                           f"image config {config.digest}")
         if service is None:
             service_config = parse_service_config({}, "service config")
         else:
             service_digest = _descriptor(service, f"{manifest_path}: aosService").digest
-            service_config = parse_service_config(json.loads(self._blob(service_digest).read_bytes()),
+            service_config = parse_service_config(parse_json(self._blob(service_digest).read_bytes()),
                                                   f"service config {service_digest}")
         aos_layers = [_descriptor(value, f"{manifest_path}: layers[{index}]").digest
                       for index, value in enumerate(manifest["layers"][1:], start=1)]
@@ -351,12 +359,12 @@ class PackageStore:
     def uninstall(self, digest: str) -> None:
         """Remove a package, and its blobs and layers when no other installed package uses them."""
         package = self.get(digest)
-        manifest = json.loads((self._manifests / f"{digest_hex(digest)}.json").read_bytes())
+        manifest = parse_json((self._manifests / f"{digest_hex(digest)}.json").read_bytes())
         (self._manifests / f"{digest_hex(digest)}.json").unlink()
         self._read.pop(digest, None)
         still_used: set[str] = set()
         for other in self.digests():
-            other_manifest = json.loads((self._manifests / f"{digest_hex(other)}.json").read_bytes())
+            other_manifest = parse_json((self._manifests / f"{digest_hex(other)}.json").read_bytes())
             still_used.update(_referenced(other_manifest))
         for blob_digest in _referenced(manifest) - still_used:
             self._blob(blob_digest).unlink(missing_ok=True)
@@ -386,7 +394,7 @@ class PackageStore:
             except OSError:
                 service, last_used = None, _mtime(manifest_path)
             try:
-                manifest = json.loads(manifest_path.read_bytes())
+                manifest = parse_json(manifest_path.read_bytes())
                 descriptors = [manifest.get("config"), manifest.get("aosService"), *manifest.get("layers", [])]
                 size = sum(d["size"] for d in descriptors if isinstance(d, dict) and isinstance(d.get("size"), int))
             except (OSError, ValueError, AttributeError):
@@ -412,7 +420,7 @@ class PackageStore:
         referenced: set[str] = set()
         for digest in self.digests():
             try:
-                referenced.update(_referenced(json.loads((self._manifests / f"{digest_hex(digest)}.json").read_bytes())))
+                referenced.update(_referenced(parse_json((self._manifests / f"{digest_hex(digest)}.json").read_bytes())))
             except (OSError, ValueError):
                 return  # a manifest we cannot read: delete nothing it might reference
         hexes = {digest_hex(digest) for digest in referenced}
