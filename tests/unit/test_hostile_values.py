@@ -266,3 +266,22 @@ def test_json_the_parser_cannot_take_is_malformed_json_not_a_crash(data: bytes, 
     with pytest.raises(PackageError, match="manifest.json: not valid JSON"):
         _PackageDir(tmp_path)
 
+
+def test_instance_ids_from_the_api_name_no_path(tmp_path: Path) -> None:
+    """The runtime names directories, cgroups and locks by instance ID: one that is not a UUID, as a
+    hostile or broken AosServiceInstance could carry, reaches none of them."""
+    from aos_operator.agent.core import Desired, DeviceAgent
+    from aos_operator.runtime import Runtime, RuntimeConfig
+
+    runtime = Runtime(RuntimeConfig(state_root=tmp_path / "state", run_root=tmp_path / "run"))
+    for instance_id in ("../../etc", "", "/", "a" * 36):
+        with pytest.raises(RuntimeFailure, match="not an instance ID"):
+            runtime.data_dir(instance_id)
+        with pytest.raises(RuntimeFailure, match="not an instance ID"):
+            runtime.cgroups_path(instance_id)
+    agent = DeviceAgent(runtime, None, tmp_path / "cache")  # type: ignore[arg-type]  # never reached
+    assert agent.status("../../etc") is None
+    outcome = agent.converge(Desired("", "subject", 0, "r/x@sha256:" + "a" * 64, "sha256:" + "a" * 64, "x"),
+                             lambda step: None)
+    assert (outcome.phase, outcome.reason) == ("Failed", "InvalidSpec") and "service_id" in outcome.message
+    assert not (tmp_path / "state").exists() and not (tmp_path / "cache").exists()

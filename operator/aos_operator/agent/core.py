@@ -79,7 +79,10 @@ class DeviceAgent:
 
     def converge(self, desired: Desired, report: Callable[[Outcome], None]) -> Outcome:
         """Run `desired`: pull and install its package if needed, (re)start it when its package changed."""
-        identity = desired.identity
+        try:
+            identity = desired.identity
+        except ValueError as error:  # the API's spec: types checked by the CRD, content here
+            return Outcome("Failed", "InvalidSpec", str(error))
         if identity.instance_id != desired.instance_id:
             return Outcome("Failed", "InvalidSpec", f"instanceId {desired.instance_id} is not {identity.instance_id}")
         self._assigned[desired.instance_id] = desired.digest
@@ -105,6 +108,9 @@ class DeviceAgent:
             reason = getattr(error, "reason", None) or reason  # e.g. NoAvailableDevice (runtime/devices.py)
             log.warning("instance %s: %s", desired.instance_id, error)
             return Outcome("Failed", reason, str(error))
+        except Exception as error:  # a bug, or input no check names: report it rather than drop the instance
+            log.exception("instance %s: converging failed", desired.instance_id)
+            return Outcome("Failed", "InternalError", f"the agent failed: {type(error).__name__}: {error}"[:500])
         if current is not None and current != desired.digest:
             self.collect_garbage()  # the previous package stays (policy.keep_previous) for a fast way back
         return Outcome("Starting")

@@ -2,8 +2,17 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
+
+_INSTANCE_ID_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def is_instance_id(value: object) -> bool:
+    """Whether `value` has the form of an instance ID (a UUID as str() writes it): the runtime names
+    directories, cgroups and locks by it, so nothing else may reach them."""
+    return isinstance(value, str) and _INSTANCE_ID_RE.fullmatch(value) is not None
 
 
 @dataclass(frozen=True)

@@ -41,12 +41,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
+from aos_operator.bounded import parse_json
 from aos_operator.errors import AosError, RuntimeFailure
 from aos_operator.runtime import supervisor as node_supervisor
 from aos_operator.runtime.cgroups import InstanceCgroup, detect_cgroups
 from aos_operator.runtime.devices import HostGrants, check_shares, hosts_lines, resolve_grants, share_usage
 from aos_operator.runtime.files import file_lock, write_if_changed
-from aos_operator.runtime.identity import InstanceIdentity
+from aos_operator.runtime.identity import InstanceIdentity, is_instance_id
 from aos_operator.runtime.ids import ID_RANGE, IdPool
 from aos_operator.runtime.layers import DEFAULT_MAX_LAYER_BYTES
 from aos_operator.runtime.logs import DEFAULT_LOG_MAX_BYTES
@@ -69,6 +70,12 @@ from aos_operator.runtime.volumes import STATE, STORAGE, Volume, check_backing, 
 SUPERVISOR_FILE = node_supervisor.RECORD_FILE  # in the run root
 _POLL_SECONDS = 0.01
 _STOP_MARGIN = 60.0  # beyond the grace period: teardown (unmounts, e2fsck-free detach) and a busy supervisor
+
+
+def _checked(instance_id: str) -> str:
+    if not is_instance_id(instance_id):
+        raise RuntimeFailure(f"no instance {str(instance_id)[:80]!r} on this node: not an instance ID (a UUID)")
+    return instance_id
 
 
 @dataclass(frozen=True)
@@ -142,20 +149,20 @@ class Runtime:
     # --- paths -------------------------------------------------------------------------------
 
     def data_dir(self, instance_id: str) -> Path:
-        return self.config.state_root / "instances" / instance_id
+        return self.config.state_root / "instances" / _checked(instance_id)
 
     def run_dir(self, instance_id: str) -> Path:
-        return self.config.run_root / "instances" / instance_id
+        return self.config.run_root / "instances" / _checked(instance_id)
 
     def log_path(self, instance_id: str) -> Path:
         return self.data_dir(instance_id) / "service.log"
 
     def cgroups_path(self, instance_id: str) -> str:
-        return f"{self.config.cgroup_parent.rstrip('/')}/{instance_id}"
+        return f"{self.config.cgroup_parent.rstrip('/')}/{_checked(instance_id)}"
 
     @contextmanager
     def _locked(self, instance_id: str) -> Iterator[None]:
-        with file_lock(self.config.run_root / "locks" / f"{instance_id}.lock"):
+        with file_lock(self.config.run_root / "locks" / f"{_checked(instance_id)}.lock"):
             yield
 
     # --- packages ------------------------------------------------------------------------------
@@ -370,7 +377,7 @@ class Runtime:
         """Whether the node supervisor's PID record names a live process (checked by start time)."""
         self._reap_children()
         try:
-            record = json.loads((self.config.run_root / SUPERVISOR_FILE).read_text())
+            record = parse_json((self.config.run_root / SUPERVISOR_FILE).read_text())
         except (FileNotFoundError, ValueError):
             return False
         found = node_supervisor.process_start_ticks(int(record["pid"]))
@@ -501,7 +508,8 @@ class Runtime:
 
     def instance_ids(self) -> list[str]:
         root = self.config.state_root / "instances"
-        return sorted(p.name for p in root.iterdir() if (p / "status.json").exists()) if root.is_dir() else []
+        return sorted(p.name for p in root.iterdir()
+                      if is_instance_id(p.name) and (p / "status.json").exists()) if root.is_dir() else []
 
     def status(self, instance_id: str) -> InstanceStatus:
         """The instance's status, with CPU and RAM use sampled now when it runs."""
