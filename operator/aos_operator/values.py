@@ -11,6 +11,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+# A quota's largest value: the OCI runtime spec's limits are int64, and runc refuses more at start.
+LARGEST_LIMIT = 2**63 - 1
+
 # The sysctls Kubernetes calls safe (namespaced and isolated per pod; kubelet's allow-list as of
 # 1.32), plus net.core.somaxconn: per network namespace since Linux 4.x, it changes only the
 # listen backlog of the service's own sockets, and AosEdge's own service-config example sets it.

@@ -18,12 +18,14 @@ WHERE = "service config sha256:abc"
 @pytest.mark.parametrize("text, seconds", [
     ("PT1S", 1.0), ("PT0.5S", 0.5), ("PT1M30S", 90.0), ("PT10S", 10.0), ("P1D", 86400.0), ("P1DT3H", 97200.0),
     ("PT0,25S", 0.25), ("1m30s", 90.0), ("500ms", 0.5), (5, 5.0), (2.5, 2.5),
+    ("P30D", 30 * 86400.0), ("P290Y", 290 * 365 * 86400.0),
 ])
 def test_durations(text: object, seconds: float) -> None:
     assert parse_duration(text, "x") == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("text", ["P", "PT", "P1DT", "10", "abc", "", "-PT1S", True, None, [1]])
+@pytest.mark.parametrize("text", ["P", "PT", "P1DT", "10", "abc", "", "-PT1S", True, None, [1],
+                                  float("nan"), float("inf"), 1e300, "P300Y", "2562048h"])
 def test_bad_durations_name_the_field(text: object) -> None:
     with pytest.raises(PackageError, match=r"runParameters\.startInterval"):
         parse_duration(text, "runParameters.startInterval")
@@ -55,6 +57,7 @@ def test_service_config_defaults_are_aosedge_defaults() -> None:
     ({"quotas": {"ramLimit": "64M"}}, "quotas.ramLimit"),
     ({"quotas": {"pidsLimit": -1}}, "quotas.pidsLimit"),
     ({"quotas": {"noFileLimit": True}}, "quotas.noFileLimit"),
+    ({"quotas": {"ramLimit": 10**30}}, "quotas.ramLimit"),
     ({"quotas": []}, "quotas"),
     ({"runParameters": {"startBurst": "3"}}, "runParameters.startBurst"),
     ({"runParameters": {"restartInterval": "soon"}}, "runParameters.restartInterval"),

@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 from aos_operator.runtime.status import Reason
-from aos_operator.runtime.supervisor import NodeSupervisor, _termination, catches_signal
+from aos_operator.runtime.supervisor import NodeSupervisor, _termination, catches_signal, select_timeout
 
 
 def wait_status(code: int | None = None, signum: int | None = None) -> int:
@@ -56,3 +56,12 @@ def test_requests(tmp_path: Path) -> None:
     assert node.handle({"op": "stop", "id": "nothing", "grace": 1}) == {"ok": True, "managed": False}
     assert node.handle({"op": "start", "id": "../escape"}) == {"ok": False, "error": "no instance ../escape to start"}
     assert node.handle({"op": "reboot"}) == {"ok": False, "error": "unknown op 'reboot'"}
+
+
+def test_a_deadline_years_away_is_waited_for_an_hour_at_a_time() -> None:
+    """epoll refuses a wait of more than about 24 days; an offlineTTL of a year must not crash the
+    node supervisor, it wakes up hourly instead."""
+    assert select_timeout([100.0 + 365 * 86400.0], 100.0) == 3600.0
+    assert select_timeout([105.0, 100.0 + 30 * 86400.0], 100.0) == 5.0
+    assert select_timeout([90.0], 100.0) == 0.0
+    assert select_timeout([], 100.0) is None

@@ -69,6 +69,16 @@ def test_speeds(text: str | int, dialect: int, bits: int) -> None:
     assert units.parse_speed(text, dialect=dialect) == bits
 
 
+@pytest.mark.parametrize("parse, text", [
+    (units.parse_size, "9223372036854775808"), (units.parse_size, "10000000T"), (units.parse_size, 2**63),
+    (units.parse_speed, "2000000TB"), (units.parse_speed, 2**63),
+])
+def test_quantities_beyond_int64_are_refused_as_the_device_would(parse: object, text: str | int) -> None:
+    with pytest.raises(ValueError, match=r"beyond the largest limit a device takes \(2\^63 - 1\)"):
+        parse(text, dialect=2)  # type: ignore[operator]
+    assert units.parse_size(2**63 - 1) == 2**63 - 1
+
+
 def test_kbits_round_up_so_a_limit_never_vanishes() -> None:
     assert units.bits_to_kbits(1) == 1
     assert units.bits_to_kbits(32_000) == 32

@@ -8,6 +8,7 @@ Keys are matched case-insensitively, as AosEdge's Go and C++ readers do (`cpuDmi
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,7 @@ from aos_operator.runtime.permissions import parse_permissions
 DEFAULT_START_INTERVAL = 5.0
 DEFAULT_START_BURST = 3
 DEFAULT_RESTART_INTERVAL = 1.0
+MAX_DURATION_SECONDS = (2**63 - 1) / 1e9  # a Go time.Duration, what AosEdge parses durations into
 
 _NUMBER = r"(\d+(?:[.,]\d+)?)"
 _ISO_DURATION_RE = re.compile(
@@ -140,6 +142,10 @@ def parse_duration(value: Any, where: str) -> float:
             seconds = _go_duration_seconds(text)
     if seconds is None:
         raise PackageError(f"{where}: {value!r} is not a duration", hint="use ISO 8601, e.g. PT1S, PT10S, PT1M")
+    if not math.isfinite(seconds):
+        raise PackageError(f"{where}: {value!r} is not a finite duration", hint="use ISO 8601, e.g. PT1S, PT10S, PT1M")
+    if seconds > MAX_DURATION_SECONDS:
+        raise PackageError(f"{where}: {value!r} is beyond the longest duration AosEdge takes (Go's, about 292 years)")
     if seconds < 0:
         raise PackageError(f"{where}: a duration cannot be negative, got {value!r}")
     return seconds
@@ -186,7 +192,9 @@ class _Fields:
             return None
         value = found[1]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise PackageError(f"{self.path(key)}: expected an integer >= 0, got {value!r}")
+            raise PackageError(f"{self.path(key)}: expected an integer >= 0, got {value!r:.40}")
+        if value > values.LARGEST_LIMIT:
+            raise PackageError(f"{self.path(key)}: {value:.3g} is beyond the largest limit Linux takes (2^63 - 1)")
         return value
 
     def limit(self, key: str) -> int | None:

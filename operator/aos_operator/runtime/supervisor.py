@@ -58,6 +58,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from aos_operator.bounded import parse_json
 from aos_operator.errors import AosError
 from aos_operator.runtime import rootfs as rootfs_module
 from aos_operator.runtime import volumes
@@ -80,6 +81,7 @@ STARTS_FILE = "starts.json"
 _PR_SET_CHILD_SUBREAPER = 36
 _DRAIN_SECONDS = 2.0
 _MAX_REQUEST = 64 << 10
+_LONGEST_WAIT = 3600.0
 _UNKNOWN = "exit status unknown: the container was adopted after a supervisor restart"
 
 
@@ -134,7 +136,7 @@ def prepare_bundle(plan: SupervisorPlan) -> None:
     write_atomically(bundle / SPEC_FILE, spec_text, mode=0o600)  # it may hold AOS_SECRET
     for volume in plan.volumes:
         volumes.mount_volume(volume)
-    rootfs_module.assemble(plan.rootfs, json.loads(spec_text))
+    rootfs_module.assemble(plan.rootfs, parse_json(spec_text))
 
 
 class Instance:
@@ -201,7 +203,7 @@ class Instance:
 
     def _recent_starts(self) -> list[float]:
         try:
-            return [float(t) for t in json.loads((Path(self.plan.data_dir) / STARTS_FILE).read_text())]
+            return [float(t) for t in parse_json((Path(self.plan.data_dir) / STARTS_FILE).read_text())]
         except (FileNotFoundError, ValueError, TypeError):
             return []
 
@@ -463,6 +465,12 @@ class Instance:
         self.after_end(termination)
 
 
+def select_timeout(moments: list[float], now: float) -> float | None:
+    """Until the first moment, but an hour at most: epoll takes about 24 days at most, and a deadline
+    can be years away (an offlineTTL, a restartInterval)."""
+    return min(max(0.0, min(moments) - now), _LONGEST_WAIT) if moments else None
+
+
 class NodeSupervisor:
     def __init__(self, state_root: Path, run_root: Path, linger: float) -> None:
         self.state_root = state_root
@@ -624,7 +632,7 @@ class NodeSupervisor:
         begin: Instance | None = None
         deferred = False
         try:
-            request = json.loads(bytes(buffer).split(b"\n", 1)[0])
+            request = parse_json(bytes(buffer).split(b"\n", 1)[0])
             reply = self.handle(request)
             begin = reply.pop("begin", None)
             deferred = bool(reply.pop("deferred", False))
@@ -680,8 +688,7 @@ class NodeSupervisor:
                 moments.append(idle_since + self.linger)
             else:
                 idle_since = None
-            timeout = max(0.0, min(moments) - now) if moments else None
-            for key, _ in self.selector.select(timeout):
+            for key, _ in self.selector.select(select_timeout(moments, now)):
                 if self.selector.get_map().get(key.fd) is not key:
                     continue  # unregistered (and maybe closed) by an earlier callback of this round
                 callback = key.data[0]
@@ -708,7 +715,7 @@ class NodeSupervisor:
             self._socket.close()
         record = self.run_root / RECORD_FILE
         try:
-            if json.loads(record.read_text()).get("pid") == os.getpid():
+            if parse_json(record.read_text()).get("pid") == os.getpid():
                 record.unlink()
         except (OSError, ValueError):
             pass
@@ -745,7 +752,7 @@ def request(run_root: Path, message: dict[str, Any], timeout: float = 60.0) -> d
             if not chunk:
                 raise ConnectionResetError(errno.ECONNRESET, "the supervisor closed the connection")
             reply += chunk
-    return dict(json.loads(reply))
+    return dict(parse_json(reply))
 
 
 def main(argv: list[str]) -> int:

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 
+from aos_operator import values
+
 # --- sizes -------------------------------------------------------------------------------------
 
 # aos-signer's schema for schema-version-1 sizes: digits, an optional decimal part, one
@@ -57,9 +59,15 @@ def _multiplier(prefix: str | None) -> int:
 def _scaled(number: str, multiplier: int) -> int:
     try:
         # Truncate like the reference converter does; exact decimal, so "4.35k" is 4350.
-        return int(Decimal(number) * multiplier)
+        return _bounded(int(Decimal(number) * multiplier))
     except InvalidOperation as error:  # pragma: no cover - the regex admits only numbers
         raise ValueError(f"{number!r} is not a number") from error
+
+
+def _bounded(count: int) -> int:
+    if count > values.LARGEST_LIMIT:  # the device would refuse the package at install
+        raise ValueError(f"{count:.3g} is beyond the largest limit a device takes (2^63 - 1)")
+    return count
 
 
 def parse_size(value: int | str, *, dialect: int = 2) -> int:
@@ -69,7 +77,7 @@ def parse_size(value: int | str, *, dialect: int = 2) -> int:
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"{value} is negative; sizes are counts of bytes")
-        return value
+        return _bounded(value)
     if not isinstance(value, str):
         raise ValueError(f"expected a size, got {type(value).__name__}")
     text = value.strip()
@@ -97,7 +105,7 @@ def parse_speed(value: int | str, *, dialect: int = 2) -> int:
     if isinstance(value, int):
         if value < 0:
             raise ValueError(f"{value} is negative")
-        return value
+        return _bounded(value)
     if not isinstance(value, str):
         raise ValueError(f"expected a speed, got {type(value).__name__}")
     if dialect == 1 and not _V1_SPEED_RE.fullmatch(value):
@@ -113,7 +121,7 @@ def parse_speed(value: int | str, *, dialect: int = 2) -> int:
         raise ValueError(f"{value!r} is not a speed; use {SPEED_HELP}")
     bits = _scaled(match["number"], _multiplier(match["prefix"]))
     unit = match["unit"] or ""
-    return bits * 8 if unit in ("B", "Bps") else bits
+    return _bounded(bits * 8) if unit in ("B", "Bps") else bits
 
 
 def bits_to_kbits(bits_per_second: int) -> int:
