@@ -25,6 +25,8 @@ from aos_operator.registry.transport import Transport
         ("https://other host/x", "a space"),
         ("gopher://host/x", "the scheme 'gopher'"),
         ("https:///x", "no host"),
+        ("http://[::1/v2/x", "an unparsable address"),
+        ("https://a]b/x", "an unparsable address"),
     ],
 )
 def test_location_that_is_no_url_is_refused(value: str, problem: str) -> None:

@@ -41,6 +41,11 @@ def test_basic_challenge_and_missing_header() -> None:
 def test_token_response_forms_and_lifetime() -> None:
     assert parse_token_response(b'{"token": "t1", "expires_in": 300}', 100.0) == Token("t1", 400.0)
     assert parse_token_response(b'{"access_token": "t2"}', 100.0) == Token("t2", 160.0)  # default 60 s
+    # a hostile lifetime neither escapes as an error nor outlives a day; NaN is no lifetime
+    assert parse_token_response(b'{"token": "t", "expires_in": 1' + b"0" * 400 + b"}", 100.0) == Token("t", 86500.0)
+    assert parse_token_response(b'{"token": "t", "expires_in": 1e999}', 100.0) == Token("t", 86500.0)
+    assert parse_token_response(b'{"token": "t", "expires_in": NaN}', 100.0) == Token("t", 160.0)
+    assert parse_token_response(b'{"token": "t", "expires_in": true}', 100.0) == Token("t", 160.0)
     assert parse_token_response(b'{"nothing": 1}', 0.0) is None
     assert parse_token_response(b"<html>", 0.0) is None
 

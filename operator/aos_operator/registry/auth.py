@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from aos_operator.bounded import parse_json
 from aos_operator.registry.credentials import Credentials
 
 _PARAM_RE = re.compile(r'\s*([A-Za-z][\w-]*)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]*)\s*,?')
@@ -20,6 +21,7 @@ _PARAM_RE = re.compile(r'\s*([A-Za-z][\w-]*)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]*)\s
 _EXPIRY_MARGIN = 10.0
 # The distribution token spec: a token without expires_in lives 60 seconds.
 _DEFAULT_TOKEN_LIFETIME = 60.0
+_LONGEST_TOKEN_LIFETIME = 86400.0
 
 
 @dataclass(frozen=True)
@@ -75,7 +77,7 @@ class Token:
 def parse_token_response(body: bytes, requested_at: float) -> Token | None:
     """The `token` (or OAuth2 `access_token`) of a token server's JSON answer; None if absent."""
     try:
-        document = json.loads(body)
+        document = parse_json(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
         return None
     if not isinstance(document, dict):
@@ -84,9 +86,10 @@ def parse_token_response(body: bytes, requested_at: float) -> Token | None:
     if not isinstance(value, str) or not value:
         return None
     lifetime = document.get("expires_in")
-    if not isinstance(lifetime, (int, float)) or lifetime <= 0:
+    if isinstance(lifetime, bool) or not isinstance(lifetime, (int, float)) or not lifetime > 0:  # NaN too
         lifetime = _DEFAULT_TOKEN_LIFETIME
-    return Token(value, requested_at + float(lifetime))
+    # a day at most: 1e999 or a 400-digit integer is not a float we can add to
+    return Token(value, requested_at + min(lifetime, _LONGEST_TOKEN_LIFETIME))
 
 
 TokenKey = tuple[str, str, frozenset[str]]

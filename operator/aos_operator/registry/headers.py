@@ -48,7 +48,10 @@ def check_token(value: str, realm: str, what: str) -> str:
 def check_url(value: str, what: str, source: str) -> str:
     """An absolute http(s) URL (or a path, for a Location) without spaces or control characters."""
     problem = bad_character(value)
-    parts = urlsplit(value) if problem is None else None
+    try:
+        parts = urlsplit(value) if problem is None else None
+    except ValueError as error:  # e.g. "Invalid IPv6 URL": an unbalanced bracket
+        problem, parts = f"an unparsable address ({error})", None
     if parts is not None and parts.scheme and parts.scheme.lower() not in ("http", "https"):
         problem = f"the scheme {parts.scheme!r} (only http and https are followed)"
     elif parts is not None and parts.scheme and not parts.hostname:
