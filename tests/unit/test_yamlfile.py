@@ -89,6 +89,21 @@ def test_alias_bomb_is_refused() -> None:
         load_yaml_text("\n".join(lines), "bomb.yaml")
 
 
+def test_an_alias_inside_its_own_anchor_is_refused() -> None:
+    for text in ("a: &a {x: *a}\n", "a: &a [1, *a]\n", "a: &a {<<: *a}\n"):
+        with pytest.raises(InputError, match=r"loop\.yaml:1: an alias refers to a list or mapping that contains it"):
+            load_yaml_text(text, "loop.yaml")
+
+
+def test_merge_key_bomb_is_refused() -> None:
+    """Empty mappings merged ten at a time: no value to count, but every merge builds its source again."""
+    lines = ["m0: &m0 {}"]
+    for level in range(1, 9):
+        lines.append(f"m{level}: &m{level} {{<<: [{', '.join([f'*m{level - 1}'] * 10)}]}}")
+    with pytest.raises(InputError, match="expands to more than"):
+        load_yaml_text("\n".join(lines), "merge-bomb.yaml")
+
+
 def test_deep_nesting_is_refused_before_recursion() -> None:
     with pytest.raises(InputError, match="nest deeper"):
         load_yaml_text("[" * 5000 + "]" * 5000, "deep.yaml")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -116,11 +118,12 @@ class _Builder:
         self.lines: dict[Path, int] = {}
         self.nodes = 0
         self.issues: list[Issue] = []
+        self.open: set[int] = set()  # the lists and mappings being built: an alias back to one is a loop
 
     def fail(self, node: Node, message: str, path: Path = ()) -> None:
         self.issues.append(Issue(self.file, _mark_line(node.start_mark), render_path(path), message))
 
-    def build(self, node: Node, path: Path) -> Any:
+    def count(self) -> None:
         self.nodes += 1
         if self.nodes > MAX_NODES:
             raise InputError(
@@ -128,15 +131,31 @@ class _Builder:
                 "(anchors and aliases that multiply, a 'billion laughs' pattern?)",
                 hint="write the values out; config.yaml needs no more than a few hundred",
             )
+
+    @contextmanager
+    def opened(self, node: Node) -> Iterator[None]:
+        if id(node) in self.open:
+            raise InputError(f"{self.file}:{_mark_line(node.start_mark)}: an alias refers to a list or mapping "
+                             "that contains it, so the value never ends", hint="write the value out instead of the alias")
+        self.open.add(id(node))
+        try:
+            yield
+        finally:
+            self.open.discard(id(node))
+
+    def build(self, node: Node, path: Path) -> Any:
+        self.count()
         self.lines.setdefault(path, _mark_line(node.start_mark))
         if isinstance(node, ScalarNode):
             return self.scalar(node)
         if isinstance(node, SequenceNode):
             if node.tag not in (_TAG + "seq",):
                 self.fail(node, f"unsupported tag {node.tag!r} on a list")
-            return [self.build(item, path + (index,)) for index, item in enumerate(node.value)]
+            with self.opened(node):
+                return [self.build(item, path + (index,)) for index, item in enumerate(node.value)]
         if isinstance(node, MappingNode):
-            return self.mapping(node, path)
+            with self.opened(node):
+                return self.mapping(node, path)
         raise AssertionError(f"unknown node {node!r}")  # pragma: no cover
 
     def mapping(self, node: MappingNode, path: Path) -> dict[Any, Any]:
@@ -176,7 +195,9 @@ class _Builder:
             if not isinstance(source, MappingNode):
                 self.fail(source, "a merge key '<<' must refer to a mapping or a list of mappings")
                 continue
-            pairs.extend(self.mapping(source, path).items())
+            self.count()  # a merged mapping is built again at each use: it counts as a value each time
+            with self.opened(source):
+                pairs.extend(self.mapping(source, path).items())
         return pairs
 
     def scalar(self, node: ScalarNode) -> Any:
@@ -276,6 +297,9 @@ def load_yaml_text(text: str, file: str) -> tuple[LoadedYaml, list[Issue]]:
     except RecursionError:
         raise InputError(f"{file}: lists and mappings nest too deeply to be a service config") from None
     builder = _Builder(file)
-    data = None if node is None else builder.build(node, ())
+    try:
+        data = None if node is None else builder.build(node, ())
+    except RecursionError:  # aliases inside aliases: each adds its depth to where it is used
+        raise InputError(f"{file}: aliases nest lists and mappings too deeply to be a service config") from None
     builder.lines.setdefault((), 1)  # issues about the document as a whole point at its start
     return LoadedYaml(data, file, builder.lines), builder.issues
