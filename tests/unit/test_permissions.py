@@ -50,6 +50,7 @@ def test_access_letters_are_compared_case_insensitively_and_all_must_be_granted(
     assert allowed(functions, "Signal.Speed", "R")
     assert not allowed(functions, "Signal.Speed", "rw")
     assert not allowed(functions, "Signal.Engine", "r")
+    assert parse_service_config({"permissions": {"vis": {"a": "RW", "b": "wr", "c": "W"}}}, "x").permissions
 
 
 @pytest.mark.parametrize(("value", "expected"), [
@@ -57,6 +58,8 @@ def test_access_letters_are_compared_case_insensitively_and_all_must_be_granted(
     ({"vis": "rw"}, "expected an object {function"),
     ({"vis": {"a": "x"}}, "expected r, w or rw"),
     ({"vis": {"a": 1}}, "expected r, w or rw"),
+    ({"vis": {"a": "ww"}}, "expected r, w or rw"),
+    ({"vis": {"a": "rr"}}, "expected r, w or rw"),
     ({"v is": {"a": "r"}}, "printable"),
     ({"vis": {"a\nb": "r"}}, "printable"),
     ({"vis": {"x" * 300: "r"}}, "1 to 256"),

@@ -10,12 +10,12 @@ makes, offered so that every function server need not write it again.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from aos_operator.bounded import parse_json
 from aos_operator.errors import PackageError
 
 # Bounds on what a package may declare (the runtime runs as root; the config is hostile).
@@ -28,7 +28,7 @@ REQUEST_SECONDS = 2.0  # the whole request line must arrive within this
 PROTOCOL_VERSION = 1
 
 _NAME_RE = re.compile(r"[^\x00-\x20\x7f]+")  # printable, no whitespace
-_ACCESS_RE = re.compile(r"[rwRW]{1,2}")
+_ACCESS_RE = re.compile(r"rw?|wr?", re.IGNORECASE)  # the letters once each, in any case, as VIS compares them
 _SECRET_RE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 
 Permissions = Mapping[str, Mapping[str, str]]
@@ -120,7 +120,7 @@ def parse_request(line: bytes) -> PermissionRequest:
     if len(line) > MAX_REQUEST_BYTES:
         raise BadRequest(f"request longer than {MAX_REQUEST_BYTES} bytes")
     try:
-        data = json.loads(line.decode("utf-8"))
+        data = parse_json(line.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
         raise BadRequest("request is not one line of JSON") from None
     if not isinstance(data, dict):
