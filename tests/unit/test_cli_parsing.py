@@ -152,6 +152,24 @@ def test_documents_have_one_key_style_and_a_schema_version(capsys: pytest.Captur
     assert all("_" not in key for key in top)
 
 
+def test_a_body_field_never_hides_the_documents_kind_or_version(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    directory = tmp_path / "svc"
+    code, out, err = run(capsys, "init", "--schema", "2", "-o", "json", str(directory))
+    document = json.loads(out)
+    assert code == 0, err
+    assert (document["schemaVersion"], document["kind"], document["configSchemaVersion"]) == (1, "InitResult", 2)
+    code, out, err = run(capsys, "inspect", "--no-cache", "-o", "json", str(directory))
+    document = json.loads(out)
+    assert code == 0, err
+    assert (document["schemaVersion"], document["kind"], document["sourceKind"]) == (1, "PackageInfo", "service")
+    from aos_operator.cli.output import document as make_document
+
+    with pytest.raises(ValueError, match="may not have"):
+        make_document("Thing", {"kind": "other"})
+
+
 def test_validate_json_for_unreadable_input(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code, out, err = run(capsys, "validate", "--json", str(tmp_path / "missing"))
     assert code == 2

@@ -55,7 +55,7 @@ def _from_registry(args: argparse.Namespace) -> dict[str, Any]:
             path = Path(scratch) / field
             client.pull_blob(reference, descriptor["digest"], size, path)
             configs[field] = parse_json(path.read_bytes())
-        return {"source": args.target, "kind": "registry", "manifestDigest": manifest.digest,
+        return {"source": args.target, "sourceKind": "registry", "manifestDigest": manifest.digest,
                 "manifest": document, "imageConfig": configs.get("config", {}),
                 "serviceConfig": configs.get("aosService", {})}
 
@@ -69,7 +69,7 @@ def describe(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="aosctl-inspect-") as scratch:
         package = packages.open_input(args, path, Path(scratch))
         manifest = parse_json(package.manifest_bytes)
-        return {"source": str(path), "kind": "service" if packages.is_service_dir(path) else package.kind,
+        return {"source": str(path), "sourceKind": "service" if packages.is_service_dir(path) else package.kind,
                 "manifestDigest": sha256_digest(package.manifest_bytes), "manifest": manifest,
                 "imageConfig": package.image_config(), "serviceConfig": package.service_config()}
 
@@ -85,7 +85,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     layers = info["manifest"].get("layers") or []
     command = shlex.join([*(settings.get("Entrypoint") or []), *(settings.get("Cmd") or [])]) or "(none)"
     lines = [
-        f"package    {info['manifestDigest']}  ({info['kind']}: {info['source']})",
+        f"package    {info['manifestDigest']}  ({info['sourceKind']}: {info['source']})",
         f"platform   {image.get('os', '?')}/{image.get('architecture', '?')}"
         + (f"/{image['variant']}" if image.get("variant") else ""),
         f"author     {image.get('author') or info['serviceConfig'].get('author') or '-'}",

@@ -36,6 +36,8 @@ def structured(args: argparse.Namespace) -> bool:
 
 
 def document(kind: str, body: dict[str, Any]) -> dict[str, Any]:
+    if clash := {"schemaVersion", "kind"} & body.keys():  # a body's own field would hide the document's
+        raise ValueError(f"a {kind} document's body may not have {sorted(clash)}")
     return {"schemaVersion": SCHEMA_VERSION, "kind": kind, **body}
 
 

@@ -24,7 +24,8 @@ def cmd_permissions(args: argparse.Namespace) -> int:
     answer = query_permissions(Path(args.run_dir), secret, args.server, args.function, args.access)
     granted = bool(answer.get("ok")) and answer.get("allowed", True) is True
     if structured(args):
-        emit(args, "Permissions", {key: value for key, value in answer.items() if key != "version"})
+        emit(args, "Permissions", {key: value for key, value in answer.items()
+                                   if key not in ("version", "kind", "schemaVersion")})
     elif not answer.get("ok"):
         print(f"aosctl: refused ({answer.get('code', 'Refused')}): {str(answer.get('error', ''))[:300]}",
               file=sys.stderr)

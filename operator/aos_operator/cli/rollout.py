@@ -19,7 +19,8 @@ def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type
     rollout = commands.add_parser(
         "rollout", help="status, history, undo, pause and resume of an AosService's rollout",
         description="Manage the rollout of an AosService through the Kubernetes API (kubeconfig as kubectl finds it). "
-        "Exit 0 done, 2 bad input or no kubeconfig, 3 the API failed or (status --watch) the rollout was rolled back.")
+        "Exit 0 done, 1 no such service or revision, 2 bad input or no kubeconfig, 3 the API failed or "
+        "(status --watch) the rollout was rolled back.")
     actions = rollout.add_subparsers(dest="rollout_action", metavar="ACTION", required=True,
                                     help="status, history, undo, pause or resume")
 

@@ -132,7 +132,7 @@ def cmd_init(args: argparse.Namespace) -> int:
     except OSError as error:
         raise InputError(f"{directory}: cannot write the skeleton: {error.strerror or error}") from None
     if structured(args):
-        emit(args, "InitResult", {"directory": str(directory), "schemaVersion": args.schema, "serviceId": service_id,
+        emit(args, "InitResult", {"directory": str(directory), "configSchemaVersion": args.schema, "serviceId": service_id,
                                   "files": [str(p) for p in written]})
         args._document_written = True
         return EXIT_OK
