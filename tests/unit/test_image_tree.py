@@ -172,3 +172,14 @@ def test_source_must_be_a_directory(tmp_path: Path) -> None:
 def test_unknown_policy_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="follow"):
         scan_tree(tmp_path, "follow")  # type: ignore[arg-type]
+
+
+def test_a_tree_deeper_than_a_device_takes_is_refused_at_build(tmp_path: Path) -> None:
+    from aos_operator.bounded import MAX_PATH_DEPTH
+
+    deepest = tmp_path.joinpath(*["d"] * MAX_PATH_DEPTH)
+    deepest.mkdir(parents=True)
+    assert len(scan_tree(tmp_path).entries) == MAX_PATH_DEPTH
+    (deepest / "f").write_text("x")
+    with pytest.raises(BuildError, match=f"more than {MAX_PATH_DEPTH} levels deep"):
+        scan_tree(tmp_path)

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from aos_operator.bounded import MAX_PATH_DEPTH
 from aos_operator.errors import BuildError, InputError
 
 SymlinkPolicy = Literal["raise", "copy", "delete"]
@@ -134,6 +135,9 @@ def scan_tree(
         for name, child_stat in children:
             path = f"{relative_dir}/{name}" if relative_dir else name
             _check_name(root, path)
+            if path.count("/") >= MAX_PATH_DEPTH:  # the device would refuse the layer
+                raise BuildError(f"{display_path(root)}/{display_path(path[:100])}...: more than {MAX_PATH_DEPTH} "
+                                 "levels deep; a device refuses such a layer", hint="flatten the tree")
             mode = child_stat.st_mode
             if stat.S_ISDIR(mode):
                 pending.append(path)
