@@ -2,14 +2,17 @@
 layer paths of any depth.
 
 The size is checked with fstat on the open file before anything is read, and at most
-limit + 1 bytes are read, so a sparse multi-gigabyte file (or one that grows while it is read,
-or a FIFO) costs no more memory than the limit.
+limit + 1 bytes are read, so a sparse multi-gigabyte file (or one that grows while it is read)
+costs no more memory than the limit; anything but a regular file (a FIFO would block the open) is
+refused.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
 from collections.abc import Callable
 from typing import Any
 from pathlib import Path
@@ -36,10 +39,22 @@ def parse_json(data: str | bytes | bytearray) -> Any:
         raise json.JSONDecodeError(str(error).split(";")[0], text[:64], 0) from None
 
 
+def open_regular(path: str | os.PathLike[str], *, follow: bool = True) -> int:
+    """A read-only descriptor of `path`, which must be a regular file (with `follow=False`, not a
+    symlink either). Opened without blocking: open() of a FIFO waits for a writer for ever.
+    OSError (EINVAL for a FIFO, device or directory; ELOOP for a refused link) for the caller to name."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (0 if follow else os.O_NOFOLLOW)
+    fd = os.open(path, flags)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(errno.EINVAL, "not a regular file", str(path))
+    return fd
+
+
 def read_limited(path: str | os.PathLike[str], limit: int, too_large: Callable[[int], AosError]) -> bytes:
-    """The bytes of `path`; `too_large(size)` is raised when it holds more than `limit`.
-    OSError passes through for the caller to name."""
-    with open(path, "rb") as file:
+    """The bytes of `path`, a regular file; `too_large(size)` is raised when it holds more than
+    `limit`. OSError passes through for the caller to name."""
+    with os.fdopen(open_regular(path), "rb") as file:
         size = os.fstat(file.fileno()).st_size
         if size > limit:
             raise too_large(size)

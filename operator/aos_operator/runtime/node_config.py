@@ -26,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from aos_operator import values
+from aos_operator.bounded import open_regular
 from aos_operator.errors import ConfigError, InputError, Issue
 from aos_operator.service.yamlfile import LoadedYaml, decode, load_yaml_text, render_path
 
@@ -298,7 +299,7 @@ def load_node_config(path: str | Path, *, dev_root: str = DEV_ROOT, group_file: 
     """Read and check a node config file (YAML or JSON)."""
     file = str(path)
     try:
-        with open(path, "rb") as handle:
+        with os.fdopen(open_regular(path), "rb") as handle:
             raw = handle.read(MAX_FILE_BYTES + 1)
     except OSError as error:
         raise InputError(f"{file}: cannot read the node config: {error.strerror}",

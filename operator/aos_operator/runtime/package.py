@@ -27,7 +27,6 @@ import hashlib
 import os
 import re
 import shutil
-import stat
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from aos_operator import values
-from aos_operator.bounded import MAX_JSON_BYTES, parse_json
+from aos_operator.bounded import MAX_JSON_BYTES, open_regular, parse_json
 from aos_operator.digests import digest_hex, is_digest, sha256_digest
 from aos_operator.errors import InputError, PackageError
 from aos_operator.runtime.aos_layers import check_aos_layers, check_diff_ids, check_layer_count
@@ -97,11 +96,12 @@ def _descriptor(value: Any, where: str) -> Descriptor:
 
 def _open_regular(path: Path) -> int:
     """A file descriptor of `path`, which must be a regular file and not a symlink."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise PackageError(f"{path}: not a regular file", hint="a package holds regular files only")
-    return fd
+    try:
+        return open_regular(path, follow=False)
+    except OSError as error:
+        if error.errno != errno.EINVAL:
+            raise
+        raise PackageError(f"{path}: not a regular file", hint="a package holds regular files only") from None
 
 
 def _read_bounded(path: Path, limit: int, what: str) -> bytes:
