@@ -1,14 +1,20 @@
-"""Two file habits of the runtime: replace a file atomically (unless it holds those bytes already),
-and hold an exclusive lock file."""
+"""Three file habits of the runtime: replace a file atomically (unless it holds those bytes already),
+hold an exclusive lock file, and read one of its own state files, which may be damaged."""
 
 from __future__ import annotations
 
 import fcntl
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, TypeVar
+
+from aos_operator.bounded import parse_json
+from aos_operator.errors import RuntimeFailure
+
+T = TypeVar("T")
 
 
 def write_atomically(path: Path, data: bytes | str, mode: int | None = None) -> None:
@@ -51,3 +57,15 @@ def file_lock(path: Path) -> Iterator[None]:
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         yield
+
+
+def read_state(path: Path, build: Callable[[Any], T]) -> T | None:
+    """`build` of the JSON in `path`, one of the runtime's own files; None when it is missing. A file
+    that is not what we write (a crash, an edit) is a RuntimeFailure naming it, not a KeyError."""
+    try:
+        return build(parse_json(path.read_text()))
+    except FileNotFoundError:
+        return None
+    except (ValueError, KeyError, TypeError, AttributeError) as error:
+        raise RuntimeFailure(f"{path}: a damaged state file ({type(error).__name__}: {str(error)[:200]})",
+                             hint="remove the file, or the instance it belongs to (aosctl rm -f)") from None

@@ -5,14 +5,14 @@ a later runtime process that must tidy up after a supervisor that died.
 
 from __future__ import annotations
 
+import errno
 import json
 import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from aos_operator.bounded import parse_json
-from aos_operator.runtime.files import write_if_changed
+from aos_operator.runtime.files import read_state, write_if_changed
 from aos_operator.runtime.identity import InstanceIdentity
 from aos_operator.runtime.rootfs import RootfsPlan
 from aos_operator.runtime.service_config import RunParameters
@@ -93,4 +93,7 @@ class SupervisorPlan:
 
     @classmethod
     def load(cls, path: Path) -> SupervisorPlan:
-        return cls.from_json(parse_json(path.read_text()))
+        plan = read_state(path, cls.from_json)
+        if plan is None:
+            raise FileNotFoundError(errno.ENOENT, "no plan", str(path))
+        return plan

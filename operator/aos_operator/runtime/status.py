@@ -14,8 +14,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from aos_operator.bounded import parse_json
-from aos_operator.runtime.files import write_atomically
+from aos_operator.runtime.files import read_state, write_atomically
 from aos_operator.runtime.identity import InstanceIdentity
 
 
@@ -111,7 +110,4 @@ def write_status(path: Path, status: InstanceStatus) -> None:
 
 
 def read_status(path: Path) -> InstanceStatus | None:
-    try:
-        return InstanceStatus.from_json(parse_json(path.read_text()))
-    except FileNotFoundError:
-        return None
+    return read_state(path, InstanceStatus.from_json)

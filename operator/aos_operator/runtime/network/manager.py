@@ -30,7 +30,7 @@ from typing import Any
 
 from aos_operator.bounded import parse_json
 from aos_operator.errors import RuntimeFailure
-from aos_operator.runtime.files import file_lock, write_atomically
+from aos_operator.runtime.files import file_lock, read_state, write_atomically
 from aos_operator.runtime.network import cni
 from aos_operator.runtime.network.model import (
     Network,
@@ -115,10 +115,7 @@ class NetworkManager:
         return self.state_dir / "instances" / f"{instance_id}.json"
 
     def record(self, instance_id: str) -> InstanceNetwork | None:
-        try:
-            return InstanceNetwork.from_json(parse_json(self._record_path(instance_id).read_text()))
-        except FileNotFoundError:
-            return None
+        return read_state(self._record_path(instance_id), InstanceNetwork.from_json)
 
     def records(self) -> list[InstanceNetwork]:
         directory = self.state_dir / "instances"
@@ -134,11 +131,9 @@ class NetworkManager:
         return found
 
     def _networks(self) -> dict[str, Network]:
-        try:
-            data = parse_json((self.state_dir / "networks.json").read_text())
-        except FileNotFoundError:
-            return {}
-        return {provider: Network(**value) for provider, value in data.items()}
+        found = read_state(self.state_dir / "networks.json",
+                           lambda data: {provider: Network(**value) for provider, value in data.items()})
+        return found or {}
 
     def _save_networks(self, networks: dict[str, Network]) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
