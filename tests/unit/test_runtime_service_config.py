@@ -58,6 +58,9 @@ def test_service_config_defaults_are_aosedge_defaults() -> None:
     ({"quotas": {"pidsLimit": -1}}, "quotas.pidsLimit"),
     ({"quotas": {"noFileLimit": True}}, "quotas.noFileLimit"),
     ({"quotas": {"ramLimit": 10**30}}, "quotas.ramLimit"),
+    ({"quotas": {"pidsLimit": 5_000_000}}, "quotas.pidsLimit"),
+    ({"quotas": {"uploadSpeed": 2**62}}, "quotas.uploadSpeed"),
+    ({"quotas": {"downloadSpeed": 2**62}}, "quotas.downloadSpeed"),
     ({"quotas": []}, "quotas"),
     ({"runParameters": {"startBurst": "3"}}, "runParameters.startBurst"),
     ({"runParameters": {"restartInterval": "soon"}}, "runParameters.restartInterval"),
@@ -93,6 +96,8 @@ def test_image_config_reads_what_aosedge_uses() -> None:
     ({"os": "linux", "config": {"Cmd": "x"}}, "Cmd: expected a list of strings"),
     ({"os": "linux", "config": {"Cmd": ["x"], "WorkingDir": "app"}}, "WorkingDir: 'app' is not an absolute path"),
     ({"os": "linux", "config": {"Cmd": ["x"], "Env": ["NOEQUALS"]}}, "is not NAME=value"),
+    ({"os": "linux", "config": {"Cmd": ["/bin/sh", "-c", "a\0b"]}}, r"Cmd\[2\]: holds a NUL byte"),
+    ({"os": "linux", "config": {"Entrypoint": ["x\0"]}}, r"Entrypoint\[0\]: holds a NUL byte"),
 ])
 def test_bad_image_config(data: dict, message: str) -> None:
     with pytest.raises(PackageError, match=message):

@@ -114,6 +114,7 @@ def test_hostname_and_sysctl() -> None:
     (2, 20000, 20000, 200000),  # two whole cores
     (2, 20000, 50, 1000),  # never below the 1000 us floor
     (3, 10000, 3333, 99990),  # integer (truncating) arithmetic
+    (2, 20000, 2**62, 200000),  # never above every core: beyond, runc refuses the number (int64)
 ])
 def test_cpu_quota_formula(cores: int, node_dmips: int, limit: int, expected: int) -> None:
     node = NodeFacts(cores=cores, dmips=node_dmips)

@@ -23,6 +23,8 @@ DEFAULT_START_INTERVAL = 5.0
 DEFAULT_START_BURST = 3
 DEFAULT_RESTART_INTERVAL = 1.0
 MAX_DURATION_SECONDS = (2**63 - 1) / 1e9  # a Go time.Duration, what AosEdge parses durations into
+PID_MAX_LIMIT = 1 << 22  # the kernel's PID_MAX_LIMIT on 64-bit: pids.max refuses more
+_LARGEST_SPEED = (2**63 - 1) // 1000  # kbit/s: the CNI bandwidth plugin takes bit/s as an integer
 
 _NUMBER = r"(\d+(?:[.,]\d+)?)"
 _ISO_DURATION_RE = re.compile(
@@ -183,23 +185,28 @@ class _Fields:
         if found is None:
             return ()
         if not isinstance(found[1], list) or not all(isinstance(item, str) for item in found[1]):
-            raise PackageError(f"{self.path(key)}: expected a list of strings, got {found[1]!r}")
+            raise PackageError(f"{self.path(key)}: expected a list of strings, got {found[1]!r:.80}")
+        nul = next((index for index, item in enumerate(found[1]) if "\0" in item), None)
+        if nul is not None:  # exec refuses it, after the container is made
+            raise PackageError(f"{self.path(key)}[{nul}]: holds a NUL byte")
         return tuple(found[1])
 
-    def unsigned(self, key: str) -> int | None:
+    def unsigned(self, key: str, *, most: int = values.LARGEST_LIMIT,
+                 most_is: str = "the largest limit Linux takes") -> int | None:
         found = self.raw(key)
         if found is None:
             return None
         value = found[1]
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise PackageError(f"{self.path(key)}: expected an integer >= 0, got {value!r:.40}")
-        if value > values.LARGEST_LIMIT:
-            raise PackageError(f"{self.path(key)}: {value:.3g} is beyond the largest limit Linux takes (2^63 - 1)")
+        if value > most:
+            shown = f"{value}" if value < 10**15 else f"{value:.4g}"
+            raise PackageError(f"{self.path(key)}: {shown} is beyond {most_is} ({most})")
         return value
 
-    def limit(self, key: str) -> int | None:
+    def limit(self, key: str, **bound: Any) -> int | None:
         """A quota whose 0 would be a limit of nothing (or, to some readers, no limit): refused."""
-        value = self.unsigned(key)
+        value = self.unsigned(key, **bound)
         if value == 0:
             raise PackageError(f"{self.path(key)}: 0 is not a usable limit; remove the key for no limit")
         return value
@@ -364,13 +371,13 @@ def parse_service_config(data: Any, where: str) -> ServiceConfig:
             cpu_dmips_limit=quotas.limit("cpuDmipsLimit"),
             cpu_percent_limit=quotas.limit("cpuLimit"),
             ram_limit=quotas.limit("ramLimit"),
-            pids_limit=quotas.limit("pidsLimit"),
+            pids_limit=quotas.limit("pidsLimit", most=PID_MAX_LIMIT, most_is="the kernel's most PIDs"),
             no_file_limit=quotas.limit("noFileLimit"),
             tmp_limit=quotas.limit("tmpLimit"),
             state_limit=quotas.unsigned("stateLimit"),
             storage_limit=quotas.unsigned("storageLimit"),
-            upload_speed=quotas.unsigned("uploadSpeed"),
-            download_speed=quotas.unsigned("downloadSpeed"),
+            upload_speed=quotas.unsigned("uploadSpeed", most=_LARGEST_SPEED, most_is="the largest rate tc takes"),
+            download_speed=quotas.unsigned("downloadSpeed", most=_LARGEST_SPEED, most_is="the largest rate tc takes"),
             upload_limit=quotas.unsigned("uploadLimit"),
             download_limit=quotas.unsigned("downloadLimit"),
         ),

@@ -152,10 +152,13 @@ def cpu_quota_us(service: ServiceConfig, node: NodeFacts) -> int | None:
     """CFS quota per 100 ms period (reference §3.4), or None when the service sets no CPU limit."""
     quotas = service.quotas
     if quotas.cpu_dmips_limit:
-        return max(MIN_CPU_QUOTA_US, quotas.cpu_dmips_limit * CPU_PERIOD_US * node.cores // node.dmips)
-    if quotas.cpu_percent_limit:  # the legacy percent form of AosEdge's Go SM (2023)
-        return max(MIN_CPU_QUOTA_US, CPU_PERIOD_US * quotas.cpu_percent_limit * node.cores // 100)
-    return None
+        quota = quotas.cpu_dmips_limit * CPU_PERIOD_US * node.cores // node.dmips
+    elif quotas.cpu_percent_limit:  # the legacy percent form of AosEdge's Go SM (2023)
+        quota = CPU_PERIOD_US * quotas.cpu_percent_limit * node.cores // 100
+    else:
+        return None
+    # more than every core of the node limits nothing; beyond, the kernel and runc refuse the number
+    return min(max(MIN_CPU_QUOTA_US, quota), CPU_PERIOD_US * node.cores)
 
 
 def _set_rlimit(process: dict[str, Any], kind: str, value: int) -> None:
