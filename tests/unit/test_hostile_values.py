@@ -285,3 +285,47 @@ def test_instance_ids_from_the_api_name_no_path(tmp_path: Path) -> None:
                              lambda step: None)
     assert (outcome.phase, outcome.reason) == ("Failed", "InvalidSpec") and "service_id" in outcome.message
     assert not (tmp_path / "state").exists() and not (tmp_path / "cache").exists()
+
+
+def test_a_fifo_given_as_input_is_refused_not_waited_on(tmp_path: Path) -> None:
+    """open() of a FIFO blocks until a writer comes: an OCI layout's index.json or a node config
+    that is one hung `aosctl run` and `inspect` for ever."""
+    from aos_operator.bounded import read_limited
+    from aos_operator.image import open_package
+    from aos_operator.runtime.node_config import load_node_config
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError, match="not a regular file"):
+        read_limited(fifo, 1024, lambda size: InputError("too large"))
+    with pytest.raises(InputError, match="cannot read the node config: not a regular file"):
+        load_node_config(fifo)
+    layout = tmp_path / "layout"
+    layout.mkdir()
+    (layout / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    os.mkfifo(layout / "index.json")
+    with pytest.raises(PackageError, match="index.json: cannot read: not a regular file"):
+        open_package(layout)
+
+
+def test_a_damaged_state_file_is_a_runtime_failure_naming_it(tmp_path: Path) -> None:
+    """The runtime's own files after a crash or an edit: valid JSON of another shape was a KeyError,
+    TypeError or ValueError, and aosctl ps exited 70."""
+    from aos_operator.runtime.network.manager import NetworkManager
+    from aos_operator.runtime.network.model import NetworkConfig
+    from aos_operator.runtime.plan import SupervisorPlan
+    from aos_operator.runtime.status import read_status
+
+    path = tmp_path / "status.json"
+    for text in ('{"phase": "Bogus"}', "[]", '{"identity": 5}', "not json"):
+        path.write_text(text)
+        with pytest.raises(RuntimeFailure, match=r"status.json: a damaged state file"):
+            read_status(path)
+        with pytest.raises(RuntimeFailure, match=r"status.json: a damaged state file"):
+            SupervisorPlan.load(path)
+    assert read_status(tmp_path / "missing.json") is None
+    (tmp_path / "net").mkdir()
+    (tmp_path / "net" / "networks.json").write_text('{"default": {"subnet": "10.0.0.0/24"}}')
+    manager = NetworkManager(NetworkConfig(), tmp_path / "net", "scope")
+    with pytest.raises(RuntimeFailure, match=r"networks.json: a damaged state file"):
+        manager._networks()
