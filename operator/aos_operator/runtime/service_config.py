@@ -186,10 +186,15 @@ class _Fields:
             return ()
         if not isinstance(found[1], list) or not all(isinstance(item, str) for item in found[1]):
             raise PackageError(f"{self.path(key)}: expected a list of strings, got {found[1]!r:.80}")
-        nul = next((index for index, item in enumerate(found[1]) if "\0" in item), None)
-        if nul is not None:  # exec refuses it, after the container is made
-            raise PackageError(f"{self.path(key)}[{nul}]: holds a NUL byte")
         return tuple(found[1])
+
+    def arguments(self, key: str) -> tuple[str, ...]:
+        """`strings` for the process's argv: exec refuses a NUL, but only after the container is made."""
+        found = self.strings(key)
+        nul = next((index for index, item in enumerate(found) if "\0" in item), None)
+        if nul is not None:
+            raise PackageError(f"{self.path(key)}[{nul}]: holds a NUL byte")
+        return found
 
     def unsigned(self, key: str, *, most: int = values.LARGEST_LIMIT,
                  most_is: str = "the largest limit Linux takes") -> int | None:
@@ -327,8 +332,8 @@ def parse_image_config(data: Any, where: str) -> ImageConfig:
     image = ImageConfig(
         os=os_name,
         architecture=top.string("architecture") or "",
-        entrypoint=config.strings("Entrypoint"),
-        cmd=config.strings("Cmd"),
+        entrypoint=config.arguments("Entrypoint"),
+        cmd=config.arguments("Cmd"),
         working_dir=config.string("WorkingDir") or "",
         env=config.strings("Env"),
         exposed_ports=_keys(config, "ExposedPorts"),
