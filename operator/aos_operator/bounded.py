@@ -14,8 +14,8 @@ import json
 import os
 import stat
 from collections.abc import Callable
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from aos_operator.errors import AosError
 
