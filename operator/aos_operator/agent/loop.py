@@ -36,7 +36,6 @@ from aos_operator.api.models import AOS_DEVICE, AOS_SERVICE_INSTANCE, API_VERSIO
 from aos_operator.api.naming import label_value
 from aos_operator.api.selectors import equality_selector
 from aos_operator.runtime import InstanceStatus, NodeFacts, Reason
-from aos_operator.runtime.identity import is_instance_id
 from aos_operator.runtime.node_config import EMPTY as EMPTY_NODE_CONFIG
 from aos_operator.runtime.node_config import NodeConfig
 from aos_operator.runtime.usage import memory_total
@@ -319,8 +318,6 @@ class AgentLoop:
     def _accept(self, body: Mapping[str, Any]) -> None:
         key = self._key(body)
         instance_id = (body.get("spec") or {}).get("instanceId")
-        if not is_instance_id(instance_id):
-            instance_id = None  # converge refuses it (InvalidSpec); no path or container is named by it
         with self._lock:
             self._desired[key] = body
             holder = self._keys.get(instance_id) if instance_id else None
@@ -423,7 +420,7 @@ class AgentLoop:
             self._report(key, {"phase": "Stopped", "reason": "Deleted", "message": "stopped and removed"})
             self._done[key] = generation
             return
-        current = self.agent.status(spec["instanceId"]) if is_instance_id(spec.get("instanceId")) else None
+        current = self.agent.status(spec.get("instanceId", ""))  # the runtime names nothing by an ID not a UUID
         if current is not None and stays_failed(body, current):
             self._done[key] = generation  # offlineTTL: only a new desired state starts it again
             self._runtime_changed(current)  # stopped while this agent could not say so (perhaps before a restart)
