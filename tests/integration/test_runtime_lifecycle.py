@@ -90,6 +90,22 @@ def test_no_restart_mode_ends_with_the_exit(runtime: Runtime, make_package: Call
     assert_nothing_left(runtime)
 
 
+def test_a_start_request_without_status_leaves_an_ended_instance_ended(runtime: Runtime,
+                                                                      make_package: Callable[..., Path]) -> None:
+    # The runtime's retry after a lost reply carries no status: when the supervisor started now
+    # had already adopted the Pending instance and run it to its end, the retry must not run it again.
+    package = install(runtime, make_package, "print('bye', flush=True)\n")
+    identity = InstanceIdentity("svc-once-more", "subject", 0)
+    runtime.start(identity, package, restart=False)
+    ended = wait_for_status(runtime, identity.instance_id, lambda s: s.phase.terminal, what="the end")
+    reply = runtime._request({"op": "start", "id": identity.instance_id})
+    assert reply == {"ok": True, "ended": True}
+    status = runtime.status(identity.instance_id)
+    assert (status.phase, status.starts, status.generation) == (Phase.STOPPED, 1, ended.generation)
+    assert log_text(runtime, identity.instance_id).count("bye") == 1
+    assert_nothing_left(runtime)
+
+
 def test_stop_kills_and_removes_everything_but_the_data(runtime: Runtime, make_package: Callable[..., Path]) -> None:
     package = install(runtime, make_package, SLEEPER, quotas={"storageLimit": 1 << 20, "stateLimit": 4096,
                                                               "tmpLimit": 65536})

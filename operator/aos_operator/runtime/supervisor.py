@@ -601,6 +601,12 @@ class NodeSupervisor:
         instance = self._load(instance_id, initial)
         if instance is None:
             return {"ok": False, "error": f"no instance {instance_id} to start"}
+        if initial is None and instance.status.phase.terminal:
+            # Without a status the request means "supervise it if it should run" (the runtime's
+            # retry after a lost reply, or a look at an instance it found running): one that has
+            # ended meanwhile, e.g. a --no-restart run adopted from its Pending status, stays ended.
+            instance.log.close()
+            return {"ok": True, "ended": True}
         self.instances[instance_id] = instance
         return {"ok": True, "begin": instance, "deferred": initial is not None}
 
