@@ -322,10 +322,159 @@ def test_a_damaged_state_file_is_a_runtime_failure_naming_it(tmp_path: Path) -> 
         with pytest.raises(RuntimeFailure, match=r"status.json: a damaged state file"):
             read_status(path)
         with pytest.raises(RuntimeFailure, match=r"status.json: a damaged state file"):
-            SupervisorPlan.load(path)
+            SupervisorPlan.load(path, tmp_path / "run")
     assert read_status(tmp_path / "missing.json") is None
     (tmp_path / "net").mkdir()
     (tmp_path / "net" / "networks.json").write_text('{"default": {"subnet": "10.0.0.0/24"}}')
     manager = NetworkManager(NetworkConfig(), tmp_path / "net", "scope")
     with pytest.raises(RuntimeFailure, match=r"networks.json: a damaged state file"):
         manager._networks()
+
+
+def _own_plan(state: Path, run: Path):
+    """A plan as the runtime writes it for one instance (storage volume, one Aos layer)."""
+    from aos_operator.runtime.plan import SupervisorPlan
+    from aos_operator.runtime.rootfs import RootfsPlan
+    from aos_operator.runtime.service_config import RunParameters
+    from aos_operator.runtime.volumes import Volume
+
+    identity = InstanceIdentity("svc", "subject", 0)
+    instance_id = identity.instance_id
+    data_dir, run_dir = state / "instances" / instance_id, run / "instances" / instance_id
+    data_dir.mkdir(parents=True)
+    return SupervisorPlan(
+        identity=identity, package="sha256:" + "0" * 64, run_dir=str(run_dir), data_dir=str(data_dir),
+        runc_binary="/usr/sbin/runc", runc_root=str(run / "runc"), cgroups_path=f"/aos/{instance_id}",
+        cgroup_lock=str(run / "cgroups.lock"),
+        rootfs=RootfsPlan(str(run_dir), str(state / "layers" / ("a" * 64 + ".g1000")),
+                          aos_layers=(str(state / "layers" / ("b" * 64)),), templates=str(run / "rootfs-templates")),
+        volumes=(Volume("storage", str(data_dir / "storage.img"), 1 << 20, str(run_dir / "volumes" / "storage"),
+                        1000, 1000),),
+        run_parameters=RunParameters(), restart=True, log_max_bytes=1 << 20)
+
+
+def test_a_plan_that_names_other_places_than_its_instance_is_refused(tmp_path: Path) -> None:
+    """Teardown kills, unmounts, detaches and removes what plan.json names, as root: each place it
+    names must be the one the runtime derives from its roots and the instance ID."""
+    from dataclasses import replace
+
+    from aos_operator.runtime.plan import PLAN_FILE, SupervisorPlan
+    from aos_operator.runtime.volumes import Volume
+
+    state, run = tmp_path / "state", tmp_path / "run"
+    plan = _own_plan(state, run)
+    path = plan.save()
+    assert path == Path(plan.data_dir) / PLAN_FILE
+    assert SupervisorPlan.load(path, run) == plan
+    volume = plan.volumes[0]
+    other = InstanceIdentity("other", "subject", 0)
+    for changed, named in [
+        (replace(plan, run_dir="/"), "run_dir '/'"),
+        (replace(plan, rootfs=replace(plan.rootfs, run_dir="/etc")), "rootfs.run_dir '/etc'"),
+        (replace(plan, identity=other), f"instance ID {other.instance_id!r}"),
+        (replace(plan, data_dir=str(tmp_path)), "data_dir"),
+        (replace(plan, runc_root="/run/runc"), "runc_root '/run/runc'"),
+        (replace(plan, cgroup_lock="/etc/passwd"), "cgroup_lock '/etc/passwd'"),
+        (replace(plan, cgroups_path="/system.slice"), "cgroups_path '/system.slice'"),
+        (replace(plan, cgroups_path=f"/aos/../{plan.instance_id}"), "cgroups_path"),
+        (replace(plan, volumes=(replace(volume, image="/dev/sda"),)), "storage volume image '/dev/sda'"),
+        (replace(plan, volumes=(replace(volume, mountpoint="/home"),)), "storage volume mount point '/home'"),
+        (replace(plan, volumes=(Volume("swap", volume.image, 1, volume.mountpoint, 0, 0),)), "another kind"),
+        (replace(plan, rootfs=replace(plan.rootfs, service_layer="/")), "layer '/'"),
+        (replace(plan, rootfs=replace(plan.rootfs, aos_layers=(str(state / "layers" / ".."),))), "layer"),
+        (replace(plan, rootfs=replace(plan.rootfs, templates="/usr")), "rootfs.templates '/usr'"),
+    ]:
+        path.write_text(json.dumps(changed.to_json()))
+        with pytest.raises(RuntimeFailure, match="names places that are not this instance's") as caught:
+            SupervisorPlan.load(path, run)
+        assert named in str(caught.value)
+        assert str(path) in str(caught.value)
+    path.write_text(json.dumps(plan.to_json()))
+    with pytest.raises(RuntimeFailure, match="run_dir"):
+        SupervisorPlan.load(path, tmp_path / "another-run-root")
+
+
+def test_the_supervisor_answers_a_start_of_a_misplaced_plan_with_an_error(tmp_path: Path) -> None:
+    """Before, a damaged plan.json raised out of the request handler and ended the supervisor."""
+    from dataclasses import replace
+
+    from aos_operator.runtime.status import InstanceStatus, write_status
+    from aos_operator.runtime.supervisor import NodeSupervisor
+
+    state, run = tmp_path / "state", tmp_path / "run"
+    plan = _own_plan(state, run)
+    replace(plan, run_dir="/").save()
+    node = NodeSupervisor(state, run, linger=0)
+    status_path = Path(plan.data_dir) / "status.json"
+    status_path.write_text("{}")  # damaged as well: also raised out of the handler before
+    reply = node.handle({"op": "start", "id": plan.instance_id})
+    assert reply["ok"] is False and "status.json: a damaged state file" in reply["error"]
+    write_status(status_path, InstanceStatus(plan.instance_id, plan.identity, plan.package))
+    reply = node.handle({"op": "start", "id": plan.instance_id})
+    assert reply["ok"] is False and "names places that are not this instance's: run_dir '/'" in reply["error"]
+    assert node.instances == {}
+
+
+def test_network_records_that_name_what_is_not_their_instances_are_not_acted_on(tmp_path: Path) -> None:
+    """Teardown deletes the netns and bridge a record names and runs CNI DEL with its plugins; the
+    sweep deleted the link of every directory name in the DNS directory."""
+    from dataclasses import replace
+
+    from aos_operator.runtime.network.manager import NetworkManager
+    from aos_operator.runtime.network.model import (
+        InstanceNetwork,
+        Network,
+        NetworkConfig,
+        bridge_name,
+        cni_chain,
+        netns_name,
+        short_hash,
+    )
+
+    config = NetworkConfig(netns_dir=str(tmp_path / "netns"), dns_dir=str(tmp_path / "dns"))
+    manager = NetworkManager(config, tmp_path / "net", "scope")
+    instance_id = InstanceIdentity("svc", "subject", 0).instance_id
+    network = Network("default", bridge_name("scope", "default"), "172.30.0.0/24")
+    record = InstanceNetwork(
+        instance_id=instance_id, service_id="svc", provider="default", bridge=network.bridge,
+        subnet=network.subnet, gateway=network.gateway, ip="172.30.0.2",
+        netns=str(tmp_path / "netns" / netns_name("scope", instance_id)), hostname="", names=(),
+        upload_speed=100, plugins=tuple(cni_chain(network, "172.30.0.2", str(manager.ipam_dir), 100, 0)),
+        tag=short_hash("scope", instance_id, length=12))
+    path = manager._record_path(instance_id)
+    manager._save_record(record)
+    assert manager.record(instance_id) == record and manager.records() == [record]
+    eth0 = {"type": "bridge", "bridge": "eth0"}
+    for changed, named in [
+        (replace(record, bridge="eth0"), "bridge 'eth0'"),
+        (replace(record, netns="/run/netns/other"), "netns '/run/netns/other'"),
+        (replace(record, instance_id="x"), "instance_id 'x'"),
+        (replace(record, tag="t"), "tag 't'"),
+        (replace(record, ip="10.9.9.9"), "outside 172.30.0.0/24"),
+        (replace(record, subnet="not a subnet"), "does not appear to be an IPv4 or IPv6 network"),
+        (replace(record, provider="Bad Provider"), "is not a DNS label"),
+        (replace(record, plugins=(eth0,)), "CNI plugins other than"),
+        (replace(record, upload_speed=5), "CNI plugins other than"),  # the chain's rate is another
+    ]:
+        path.write_text(json.dumps(changed.to_json()))
+        with pytest.raises(RuntimeFailure, match="names what is not this instance's") as caught:
+            manager.record(instance_id)
+        assert named in str(caught.value) and str(path) in str(caught.value)
+        assert manager.records() == [] and not path.exists()  # removed, not acted on
+    networks = tmp_path / "net" / "networks.json"
+    manager._save_networks({"default": network})
+    assert manager._networks() == {"default": network}
+    manager._save_networks({"default": replace(network, bridge="eth0")})
+    with pytest.raises(RuntimeFailure, match=r"networks.json: names what is not provider 'default'.s network: "
+                                             r"bridge 'eth0'"):
+        manager._networks()
+    networks.write_text(json.dumps({"default": {"provider": "other", "bridge": network.bridge,
+                                                "subnet": network.subnet}}))
+    with pytest.raises(RuntimeFailure, match="provider 'other'"):
+        manager._networks()
+    networks.unlink()
+    dns = tmp_path / "dns" / "scope"
+    (dns / "not-a-bridge-of-ours").mkdir(parents=True)
+    (dns / bridge_name("scope", "gone")).mkdir()
+    manager._sweep([])
+    assert [entry.name for entry in dns.iterdir()] == ["not-a-bridge-of-ours"]

@@ -12,11 +12,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aos_operator.errors import RuntimeFailure
 from aos_operator.runtime.files import read_state, write_if_changed
 from aos_operator.runtime.identity import InstanceIdentity
-from aos_operator.runtime.rootfs import RootfsPlan
+from aos_operator.runtime.rootfs import TEMPLATES_DIR, RootfsPlan
 from aos_operator.runtime.service_config import RunParameters
-from aos_operator.runtime.volumes import Volume
+from aos_operator.runtime.volumes import STATE, STORAGE, Volume
 
 PLAN_FILE = "plan.json"
 SPEC_FILE = "config.json"  # the OCI runtime spec, in the data dir and in the bundle
@@ -92,8 +93,43 @@ class SupervisorPlan:
         return path
 
     @classmethod
-    def load(cls, path: Path) -> SupervisorPlan:
+    def load(cls, path: Path, run_root: Path) -> SupervisorPlan:
+        """The plan in `path` (an instance's data directory), refused when it names places that are
+        not that instance's under this runtime's roots: the supervisor and teardown kill, unmount,
+        detach and remove what a plan names, as root."""
         plan = read_state(path, cls.from_json)
         if plan is None:
             raise FileNotFoundError(errno.ENOENT, "no plan", str(path))
+        wrong = plan.misplaced(path.parent, run_root)
+        if wrong:
+            raise RuntimeFailure(f"{path}: names places that are not this instance's: {'; '.join(wrong)}",
+                                 hint="remove the file, or the instance it belongs to (aosctl rm -f)")
         return plan
+
+    def misplaced(self, data_dir: Path, run_root: Path) -> list[str]:
+        """What this plan names otherwise than the runtime does for the instance of `data_dir`. The
+        runc binary and the cgroup parent are the runtime config's, which the supervisor does not
+        have: a runtime tidying up uses its own, and the cgroups path must end in the instance ID."""
+        run_dir = run_root / "instances" / data_dir.name
+        layers = data_dir.parent.parent / "layers"
+        expected: list[tuple[str, object, object]] = [
+            ("instance ID", self.instance_id, data_dir.name), ("data_dir", self.data_dir, str(data_dir)),
+            ("run_dir", self.run_dir, str(run_dir)), ("rootfs.run_dir", self.rootfs.run_dir, str(run_dir)),
+            ("runc_root", self.runc_root, str(run_root / "runc")),
+            ("cgroup_lock", self.cgroup_lock, str(run_root / "cgroups.lock")),
+        ]
+        if self.rootfs.templates is not None:
+            expected.append(("rootfs.templates", self.rootfs.templates, str(run_root / TEMPLATES_DIR)))
+        for volume in self.volumes:
+            expected += [(f"{volume.kind} volume image", volume.image, str(data_dir / f"{volume.kind}.img")),
+                         (f"{volume.kind} volume mount point", volume.mountpoint, str(run_dir / "volumes" / volume.kind))]
+        wrong = [f"{field} {value!r}, not {want!r}" for field, value, want in expected if value != want]
+        parts = self.cgroups_path.split("/")
+        if not self.cgroups_path.startswith("/") or parts[-1] != data_dir.name or ".." in parts or "" in parts[1:]:
+            wrong.append(f"cgroups_path {self.cgroups_path!r}, not <cgroup parent>/{data_dir.name}")
+        if any(volume.kind not in (STORAGE, STATE) for volume in self.volumes):
+            wrong.append("a volume of another kind than storage or state")
+        for lower in (self.rootfs.service_layer, *self.rootfs.aos_layers):
+            if Path(lower).parent != layers or Path(lower).name in ("", ".", ".."):
+                wrong.append(f"layer {lower!r}, not in {str(layers)!r}")
+        return wrong

@@ -451,7 +451,10 @@ class Runtime:
         plan_path = self.data_dir(instance_id) / PLAN_FILE
         # runc keeps a container's state in <root>/<id>: a look at it, not a `runc state` process.
         if plan_path.exists() and (self.run_dir(instance_id).exists() or (self.runc.root / instance_id).exists()):
-            teardown_instance(SupervisorPlan.load(plan_path))
+            plan = SupervisorPlan.load(plan_path, self.config.run_root)
+            # what only the config knows comes from the config, not from the file
+            teardown_instance(replace(plan, runc_binary=self.config.runc_binary,
+                                      cgroups_path=self.cgroups_path(instance_id)))
 
     # --- stop, remove ------------------------------------------------------------------------------
 

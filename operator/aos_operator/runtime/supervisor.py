@@ -572,7 +572,7 @@ class NodeSupervisor:
         status = initial if initial is not None else read_status(data_dir / "status.json")
         if status is None:
             return None
-        return Instance(self, SupervisorPlan.load(data_dir / PLAN_FILE), status)
+        return Instance(self, SupervisorPlan.load(data_dir / PLAN_FILE, self.run_root), status)
 
     def adopt_all(self) -> None:
         root = self.state_root / "instances"
@@ -598,7 +598,10 @@ class NodeSupervisor:
             return {"ok": True, "already": True}
         if initial is not None and initial.instance_id != instance_id:
             return {"ok": False, "error": f"start {instance_id}: the status sent is {initial.instance_id}'s"}
-        instance = self._load(instance_id, initial)
+        try:
+            instance = self._load(instance_id, initial)
+        except AosError as error:  # a damaged or misplaced plan: this request fails, not the supervisor
+            return {"ok": False, "error": str(error)}
         if instance is None:
             return {"ok": False, "error": f"no instance {instance_id} to start"}
         if initial is None and instance.status.phase.terminal:

@@ -19,6 +19,7 @@ import ipaddress
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import time
@@ -60,6 +61,7 @@ from aos_operator.runtime.network.model import (
 from aos_operator.runtime.service_config import ImageConfig, ServiceConfig
 
 log = logging.getLogger("aos_operator.runtime.network")
+_BRIDGE_RE = re.compile(r"aosb[0-9a-f]{10}")  # bridge_name's form: the sweep deletes no other link
 _SBIN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _TRAFFIC_CACHE_SECONDS = 1.0
 
@@ -115,7 +117,13 @@ class NetworkManager:
         return self.state_dir / "instances" / f"{instance_id}.json"
 
     def record(self, instance_id: str) -> InstanceNetwork | None:
-        return read_state(self._record_path(instance_id), InstanceNetwork.from_json)
+        path = self._record_path(instance_id)
+        record = read_state(path, InstanceNetwork.from_json)
+        wrong = [] if record is None else self._misplaced(record, instance_id)
+        if wrong:
+            raise RuntimeFailure(f"{path}: names what is not this instance's: {'; '.join(wrong)}",
+                                 hint="remove the file, or the instance it belongs to (aosctl rm -f)")
+        return record
 
     def records(self) -> list[InstanceNetwork]:
         directory = self.state_dir / "instances"
@@ -124,16 +132,57 @@ class NetworkManager:
         found = []
         for path in sorted(directory.glob("*.json")):
             try:
-                found.append(InstanceNetwork.from_json(parse_json(path.read_text())))
-            except (ValueError, KeyError, TypeError):
-                log.warning("%s: unreadable network record; removed", path)
+                record = InstanceNetwork.from_json(parse_json(path.read_text()))
+                wrong = self._misplaced(record, path.stem)
+            except (ValueError, KeyError, TypeError, AttributeError):
+                wrong = ["unreadable"]
+            if wrong:
+                log.warning("%s: network record removed, not acted on: %s", path, "; ".join(wrong))
                 path.unlink(missing_ok=True)
+                continue
+            found.append(record)
         return found
 
+    def _misplaced(self, record: InstanceNetwork, instance_id: str) -> list[str]:
+        """What a record names otherwise than this manager derives for the instance: its teardown
+        deletes the netns and bridge it names and runs CNI DEL with its plugins, as root."""
+        try:
+            network = self._network_named(record.provider, record.subnet)
+            in_subnet = ipaddress.ip_address(record.ip) in ipaddress.ip_network(record.subnet)
+        except (ValueError, TypeError, RuntimeFailure) as error:
+            return [str(error)]
+        expected = [
+            ("instance_id", record.instance_id, instance_id), ("bridge", record.bridge, network.bridge),
+            ("gateway", record.gateway, network.gateway),
+            ("netns", record.netns, str(Path(self.config.netns_dir) / netns_name(self.scope, instance_id))),
+            ("tag", record.tag, short_hash(self.scope, instance_id, length=12)),
+        ]
+        wrong = [f"{field} {value!r}, not {want!r}" for field, value, want in expected if value != want]
+        if not in_subnet:
+            wrong.append(f"ip {record.ip!r} outside {record.subnet}")
+        if list(record.plugins) != cni_chain(network, record.ip, str(self.ipam_dir), record.upload_speed,
+                                             record.download_speed):
+            wrong.append("CNI plugins other than the instance's bridge and bandwidth")
+        return wrong
+
+    def _network_named(self, provider: str, subnet: str) -> Network:
+        """The network of `provider` as this manager names it (ValueError for a subnet that is none)."""
+        ipaddress.ip_network(subnet)
+        return Network(check_provider(provider), bridge_name(self.scope, provider), subnet)
+
     def _networks(self) -> dict[str, Network]:
-        found = read_state(self.state_dir / "networks.json",
-                           lambda data: {provider: Network(**value) for provider, value in data.items()})
-        return found or {}
+        path = self.state_dir / "networks.json"
+        found = read_state(path, lambda data: {provider: Network(**value) for provider, value in data.items()}) or {}
+        for provider, network in found.items():
+            try:
+                own = self._network_named(provider, network.subnet) == network
+                problem = "" if own else f"bridge {network.bridge!r} for provider {network.provider!r}"
+            except (ValueError, TypeError, RuntimeFailure) as error:
+                problem = str(error)
+            if problem:
+                raise RuntimeFailure(f"{path}: names what is not provider {provider!r}'s network: {problem}",
+                                     hint="remove the file once no instance uses the network")
+        return found
 
     def _save_networks(self, networks: dict[str, Network]) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
@@ -466,7 +515,7 @@ class NetworkManager:
         dns_root = Path(self.config.dns_dir) / self.scope
         if dns_root.is_dir():
             for directory in dns_root.iterdir():
-                if directory.name not in in_use:
+                if directory.name not in in_use and _BRIDGE_RE.fullmatch(directory.name):
                     self._stop_dns(directory.name)
                     if Path(f"/sys/class/net/{directory.name}").exists():
                         _run(["ip", "link", "delete", directory.name], check=False)
