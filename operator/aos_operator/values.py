@@ -33,6 +33,19 @@ ALLOWED_SYSCTLS = frozenset({
     "net.core.somaxconn",
 })
 
+# The form of each allowed sysctl's value: every one is a number, or a fixed count of them
+# separated by spaces or tabs, or (the reserved ports) a list of ports and ranges. runc writes the
+# value into /proc/sys at start, where any other form fails the start; here it fails validation.
+_NUMBER = r"-?[0-9]{1,20}"
+_SYSCTL_FORMS = {
+    **{key: (1, "a number") for key in ALLOWED_SYSCTLS},
+    "net.ipv4.ip_local_port_range": (2, "two numbers, e.g. '32768 60999'"),
+    "net.ipv4.ping_group_range": (2, "two numbers, e.g. '0 2147483647'"),
+    "net.ipv4.tcp_rmem": (3, "three numbers, e.g. '4096 131072 6291456'"),
+    "net.ipv4.tcp_wmem": (3, "three numbers, e.g. '4096 16384 4194304'"),
+}
+_RESERVED_PORTS_RE = re.compile(r"[0-9]{1,5}(?:-[0-9]{1,5})?(?:,[0-9]{1,5}(?:-[0-9]{1,5})?)*")
+
 # Variables the runtime sets itself; a service may not set or shadow them.
 RESERVED_ENV_PREFIX = "AOS_"
 
@@ -86,13 +99,21 @@ def env_entry_problem(entry: str, *, from_service: bool = True) -> str | None:
 
 
 def sysctl_problem(key: str, value: object) -> str | None:
-    """Only the namespaced sysctls in ALLOWED_SYSCTLS, with a printable one-line string value."""
+    """Only the namespaced sysctls in ALLOWED_SYSCTLS, each with a value of its form."""
     if key not in ALLOWED_SYSCTLS:
         return (f"sysctl {key!r} is not allowed for a service; allowed: {', '.join(sorted(ALLOWED_SYSCTLS))}")
     if not isinstance(value, str):
         return f"sysctl {key}: the value must be a string, got {value!r}"
     if not _SYSCTL_VALUE_RE.fullmatch(value) or not value.strip():
         return f"sysctl {key}: {value!r} is not a one-line printable value"
+    if key == "net.ipv4.ip_local_reserved_ports":
+        if not _RESERVED_PORTS_RE.fullmatch(value.strip()):
+            return f"sysctl {key}: {value[:80]!r} is not a list of ports and ranges, e.g. '8080,9148-9150'"
+        return None
+    count, form = _SYSCTL_FORMS[key]
+    numbers = value.split()
+    if len(numbers) != count or not all(re.fullmatch(_NUMBER, number) for number in numbers):
+        return f"sysctl {key}: {value[:80]!r} is not {form}"
     return None
 
 

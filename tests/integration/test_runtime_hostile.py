@@ -31,6 +31,7 @@ from aos_operator.errors import InputError, PackageError, RuntimeFailure
 from aos_operator.runtime import InstanceIdentity, Phase, Runtime, RuntimeConfig
 from aos_operator.runtime.layers import UNCOMPRESSED_SIZE_ANNOTATION
 from aos_operator.runtime.rootfs import _make_top_layer, hosts_file, mount_points
+from tests.unit.test_hostile_values import SYSCTL_VALUES_OF_FORM
 
 pytestmark = pytest.mark.root  # runc, mounts, loop devices, cgroups
 
@@ -419,6 +420,7 @@ def test_zero_quota_is_refused_at_install(key: str, runtime: Runtime, canary: Pa
     ((), {"sysctl": {"net.ipv4.ip_forward": "1"}}, "sysctl 'net.ipv4.ip_forward' is not allowed"),
     ((), {"sysctl": {"kernel.core_pattern": "|/tmp/x"}}, "sysctl 'kernel.core_pattern' is not allowed"),
     ((), {"sysctl": {"net.core.somaxconn": "1\nkernel.x=1"}}, "is not a one-line printable value"),
+    ((), {"sysctl": {"net.core.somaxconn": "abc"}}, "sysctl net.core.somaxconn: 'abc' is not a number"),
 ])
 def test_injection_is_refused_at_install(image_env: tuple[str, ...], service: dict, message: str, runtime: Runtime,
                                          canary: Path, tmp_path: Path) -> None:
@@ -438,6 +440,22 @@ def test_allowed_sysctl_and_env_reach_the_container(runtime: Runtime, tmp_path: 
     status = runtime.start(InstanceIdentity("svc-env", "subject", 0), installed, restart=False)
     text = wait_for_log(runtime, status.instance_id, "SEEN ")
     assert "SEEN svc-env hello\tthere 321" in text, log_text(runtime, status.instance_id)
+    runtime.stop(status.instance_id)
+
+
+def test_a_value_of_each_allowed_sysctls_form_is_taken_by_runc_and_the_kernel(runtime: Runtime,
+                                                                              tmp_path: Path) -> None:
+    """The forms the validator accepts are ones the kernel takes: runc writes each at start."""
+    script = ("import json; print('SEEN', json.dumps({key: open('/proc/sys/' + key.replace('.', '/')).read() "
+              f"for key in {sorted(SYSCTL_VALUES_OF_FORM)!r}}}), flush=True)")
+    installed = runtime.install(write_package(tmp_path / "package", APP_LAYER, cmd=(PYTHON, "-c", script),
+                                              service={"sysctl": SYSCTL_VALUES_OF_FORM}))
+    status = runtime.start(InstanceIdentity("svc-sysctl", "subject", 0), installed, restart=False)
+    assert status.phase != Phase.FAILED, status.message
+    text = wait_for_log(runtime, status.instance_id, "SEEN ")
+    seen = json.loads(text.split("SEEN ", 1)[1].splitlines()[0])
+    assert {key: value.split() for key, value in seen.items()} == \
+        {key: value.split() for key, value in SYSCTL_VALUES_OF_FORM.items()}
     runtime.stop(status.instance_id)
 
 

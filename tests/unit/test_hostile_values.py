@@ -70,6 +70,34 @@ def test_sysctl_allow_list_is_the_kubernetes_safe_set_plus_somaxconn() -> None:
     assert "one-line" in (values.sysctl_problem("net.core.somaxconn", "") or "")
 
 
+# Values of each allowed sysctl's form; tests/integration/test_runtime_limits.py has the kernel take them.
+SYSCTL_VALUES_OF_FORM = {
+    "kernel.shm_rmid_forced": "1", "net.core.somaxconn": " 4096 ", "net.ipv4.tcp_syncookies": "1",
+    "net.ipv4.ip_unprivileged_port_start": "1024", "net.ipv4.tcp_keepalive_time": "600",
+    "net.ipv4.tcp_fin_timeout": "30", "net.ipv4.tcp_keepalive_intvl": "60", "net.ipv4.tcp_keepalive_probes": "5",
+    "net.ipv4.ip_local_port_range": "32768\t60999", "net.ipv4.ping_group_range": "0 2147483647",
+    "net.ipv4.tcp_rmem": "4096 131072 6291456", "net.ipv4.tcp_wmem": "4096  16384 4194304",
+    "net.ipv4.ip_local_reserved_ports": "8080,9148-9150",
+}
+
+
+def test_each_allowed_sysctl_takes_only_a_value_of_its_form() -> None:
+    """runc writes the value into /proc/sys at start: `somaxconn: abc` failed only there."""
+    assert set(SYSCTL_VALUES_OF_FORM) == values.ALLOWED_SYSCTLS
+    for key, value in SYSCTL_VALUES_OF_FORM.items():
+        assert values.sysctl_problem(key, value) is None, key
+    for key, value, form in [
+        ("net.core.somaxconn", "abc", "is not a number"), ("net.core.somaxconn", "1 2", "is not a number"),
+        ("net.core.somaxconn", "0x10", "is not a number"), ("net.core.somaxconn", "1" * 21, "is not a number"),
+        ("net.ipv4.ip_local_port_range", "32768", "is not two numbers"),
+        ("net.ipv4.ip_local_port_range", "32768-60999", "is not two numbers"),
+        ("net.ipv4.tcp_rmem", "4096 131072", "is not three numbers"),
+        ("net.ipv4.ip_local_reserved_ports", "8080, 9148", "is not a list of ports and ranges"),
+        ("net.ipv4.ip_local_reserved_ports", "http", "is not a list of ports and ranges"),
+    ]:
+        assert f"sysctl {key}: {value!r} {form}" in (values.sysctl_problem(key, value) or ""), (key, value)
+
+
 @pytest.mark.parametrize("hostname, good", [
     ("svc", True), ("my-svc.local", True), ("a" * 63, True), ("evil\n", False), ("-x", False), ("a_b", False),
     ("a" * 65, False), ("a..b", False), ("", False),
