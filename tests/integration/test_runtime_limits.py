@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -18,9 +20,10 @@ from runtime_helpers import (
     wait_until,
 )
 
-from aos_operator.errors import RuntimeFailure
+from aos_operator.errors import PackageError, RuntimeFailure
 from aos_operator.runtime import InstanceIdentity, Phase, Reason, Runtime
 from aos_operator.runtime.cgroups import InstanceCgroup, detect_cgroups
+from aos_operator.runtime.service_config import PID_MAX_LIMIT
 
 pytestmark = pytest.mark.root  # runc, mounts, loop devices, cgroups
 
@@ -133,6 +136,33 @@ time.sleep(3600)
     status = start_script(runtime, make_package, script, {"noFileLimit": 64})
     text = wait_for_log(runtime, status.instance_id, "open")
     assert "open failed after 61: Too many open files" in text  # 64 minus stdin, stdout, stderr
+
+
+def test_open_files_and_processes_up_to_what_runc_can_set(runtime: Runtime,
+                                                          make_package: Callable[..., Path]) -> None:
+    """runc's init raises its hard limits to the quotas, and fails past the node's ceiling ("error
+    setting rlimit type 7: operation not permitted"): refused before runc runs, naming the quota; at
+    the ceiling itself the container runs with it."""
+    files, processes = runtime.node.open_files_max, runtime.node.processes_max
+    assert files <= int(Path("/proc/sys/fs/nr_open").read_text())
+    # The ceiling is the kernel's, not ours: a child of this process can take it and nothing above.
+    probe = ("import resource, sys; n = int(sys.argv[1]); "
+             "resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))")
+    assert subprocess.run([sys.executable, "-c", probe, str(files)], capture_output=True).returncode == 0
+    assert subprocess.run([sys.executable, "-c", probe, str(files + 1)], capture_output=True).returncode != 0
+    script = ("import resource, time\nprint('limits', *resource.getrlimit(resource.RLIMIT_NOFILE), "
+              "*resource.getrlimit(resource.RLIMIT_NPROC), flush=True)\n")
+    with pytest.raises(PackageError, match=rf"quotas.noFileLimit {files + 1} is above the most open files"):
+        start_script(runtime, make_package, script, {"noFileLimit": files + 1})
+    pids = min(processes, PID_MAX_LIMIT)
+    if processes < PID_MAX_LIMIT:  # without CAP_SYS_RESOURCE: the runtime's own hard RLIMIT_NPROC
+        with pytest.raises(PackageError, match=rf"quotas.pidsLimit {processes + 1} is above the most processes"):
+            start_script(runtime, make_package, script, {"pidsLimit": processes + 1})
+    status = start_script(runtime, make_package, script, {"noFileLimit": files, "pidsLimit": pids}, index=1)
+    assert status.phase != Phase.FAILED and status.last_exit is None, status
+    assert f"limits {files} {files} {pids} {pids}" in wait_for_log(runtime, status.instance_id, "limits")
+    runtime.stop(status.instance_id)
+    assert_nothing_left(runtime)
 
 
 def test_writing_beyond_tmp_fails_with_enospc(runtime: Runtime, make_package: Callable[..., Path]) -> None:

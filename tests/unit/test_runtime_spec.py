@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 import aos_operator.runtime.spec as spec_module
+from aos_operator.errors import PackageError
 from aos_operator.runtime.identity import InstanceIdentity
 from aos_operator.runtime.service_config import ImageConfig, Quotas, ServiceConfig
 from aos_operator.runtime.spec import (
@@ -147,6 +148,14 @@ def test_pids_limit_sets_cgroup_and_rlimit_nproc() -> None:
 def test_nofile_replaces_the_default() -> None:
     assert rlimit(build(), "RLIMIT_NOFILE") == (1024, 1024)
     assert rlimit(build(ServiceConfig(quotas=Quotas(no_file_limit=200))), "RLIMIT_NOFILE") == (200, 200)
+    small = NodeFacts(cores=2, dmips=20000, open_files_max=4096)
+    assert rlimit(build(ServiceConfig(quotas=Quotas(no_file_limit=4096)), small), "RLIMIT_NOFILE") == (4096, 4096)
+    with pytest.raises(PackageError, match=r"quotas.noFileLimit 4097 is above the most open files runc can allow a container on this node \(4096:"):
+        build(ServiceConfig(quotas=Quotas(no_file_limit=4097)), small)
+    few = NodeFacts(cores=2, dmips=20000, processes_max=500)
+    assert rlimit(build(ServiceConfig(quotas=Quotas(pids_limit=500)), few), "RLIMIT_NPROC") == (500, 500)
+    with pytest.raises(PackageError, match=r"quotas.pidsLimit 501 is above the most processes runc can allow"):
+        build(ServiceConfig(quotas=Quotas(pids_limit=501)), few)
 
 
 def test_tmp_is_a_tmpfs_of_tmp_limit_with_aosedge_options() -> None:

@@ -48,6 +48,8 @@ class NodeFacts:
     architecture: str = "amd64"
     cgroup_version: int = 1
     swap_accounting: bool = True  # memory+swap can be limited (v1 memory.memsw.*, v2 memory.swap.max)
+    open_files_max: int = 1 << 20  # the largest RLIMIT_NOFILE runc can set (fs.nr_open; the kernel's default)
+    processes_max: int = values.LARGEST_LIMIT  # the largest RLIMIT_NPROC runc can set (none with CAP_SYS_RESOURCE)
 
     def __post_init__(self) -> None:
         if self.cores < 1:
@@ -213,6 +215,18 @@ def check_inputs(image: ImageConfig, service: ServiceConfig, setup: InstanceSetu
         raise PackageError(f"runtime spec of instance {setup.identity.instance_id}: {problem}")
 
 
+def check_fits_node(service: ServiceConfig, setup: InstanceSetup, node: NodeFacts) -> None:
+    """Limits the parsers cannot judge without the node, refused before runc fails on them."""
+    quotas = service.quotas
+    for field, value, most, what in (("noFileLimit", quotas.no_file_limit, node.open_files_max, "open files"),
+                                     ("pidsLimit", quotas.pids_limit, node.processes_max, "processes")):
+        if value and value > most:
+            raise PackageError(
+                f"runtime spec of instance {setup.identity.instance_id}: quotas.{field} {value} is above the most "
+                f"{what} runc can allow a container on this node ({most}: fs.nr_open for open files, and without "
+                "CAP_SYS_RESOURCE the runtime's own hard limit); lower it, or raise the node's limit")
+
+
 def join_network_namespace(spec: dict[str, Any], path: str) -> None:
     """Make the spec's container join the named network namespace at `path` instead of a new one."""
     for namespace in spec["linux"]["namespaces"]:
@@ -224,6 +238,7 @@ def build_runtime_spec(image: ImageConfig, service: ServiceConfig, setup: Instan
                        node: NodeFacts) -> dict[str, Any]:
     """The `config.json` runc runs for this instance."""
     check_inputs(image, service, setup)
+    check_fits_node(service, setup, node)
     spec = runc_example_spec()
     spec["ociVersion"] = OCI_VERSION
     process = spec["process"]
