@@ -154,6 +154,8 @@ def test_open_files_and_processes_up_to_what_runc_can_set(runtime: Runtime,
               "*resource.getrlimit(resource.RLIMIT_NPROC), flush=True)\n")
     with pytest.raises(PackageError, match=rf"quotas.noFileLimit {files + 1} is above the most open files"):
         start_script(runtime, make_package, script, {"noFileLimit": files + 1})
+    refused = InstanceIdentity("svc-limits", "subject", 0).instance_id
+    assert not runtime.data_dir(refused).exists()  # refused before anything of the instance is written
     pids = min(processes, PID_MAX_LIMIT)
     if processes < PID_MAX_LIMIT:  # without CAP_SYS_RESOURCE: the runtime's own hard RLIMIT_NPROC
         with pytest.raises(PackageError, match=rf"quotas.pidsLimit {processes + 1} is above the most processes"):

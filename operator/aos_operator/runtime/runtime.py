@@ -62,7 +62,7 @@ from aos_operator.runtime.permission_server import PermissionRegistry
 from aos_operator.runtime.plan import PLAN_FILE, SPEC_FILE, SupervisorPlan
 from aos_operator.runtime.rootfs import DEFAULT_BASE_VISIBLE, TEMPLATES_DIR, RootfsPlan, hosts_file
 from aos_operator.runtime.runc import Runc
-from aos_operator.runtime.spec import InstanceSetup, NodeFacts, applied_limits, build_runtime_spec
+from aos_operator.runtime.spec import InstanceSetup, NodeFacts, applied_limits, build_runtime_spec, check_fits_node
 from aos_operator.runtime.status import InstanceStatus, Phase, Reason, read_status, write_status
 from aos_operator.runtime.teardown import teardown_instance
 from aos_operator.runtime.volumes import STATE, STORAGE, Volume, check_backing, prepare_image
@@ -299,9 +299,10 @@ class Runtime:
     def _prepare(self, identity: InstanceIdentity, package: InstalledPackage, env_overrides: Sequence[str],
                  restart: bool, provider: str = DEFAULT_PROVIDER) -> SupervisorPlan:
         instance_id = identity.instance_id
-        # Hostile-input checks before anything is written: the layer must contain the cwd, and the
-        # node's disk must be able to hold the storage and state quotas.
+        # Hostile-input checks before anything is written: the layer must contain the cwd, the node's
+        # disk must be able to hold the storage and state quotas, runc must be able to set the rlimits.
         check_package_working_dir(package)
+        check_fits_node(package.service_config, instance_id, self.node)
         check_backing(self._volumes(package, instance_id, 0, 0), self.config.state_root)
         grants = self.grants(package)  # [devices] refused before anything of the instance is written
         data_dir = self.data_dir(instance_id)

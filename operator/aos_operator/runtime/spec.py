@@ -215,14 +215,14 @@ def check_inputs(image: ImageConfig, service: ServiceConfig, setup: InstanceSetu
         raise PackageError(f"runtime spec of instance {setup.identity.instance_id}: {problem}")
 
 
-def check_fits_node(service: ServiceConfig, setup: InstanceSetup, node: NodeFacts) -> None:
+def check_fits_node(service: ServiceConfig, instance_id: str, node: NodeFacts) -> None:
     """Limits the parsers cannot judge without the node, refused before runc fails on them."""
     quotas = service.quotas
     for field, value, most, what in (("noFileLimit", quotas.no_file_limit, node.open_files_max, "open files"),
                                      ("pidsLimit", quotas.pids_limit, node.processes_max, "processes")):
         if value and value > most:
             raise PackageError(
-                f"runtime spec of instance {setup.identity.instance_id}: quotas.{field} {value} is above the most "
+                f"runtime spec of instance {instance_id}: quotas.{field} {value} is above the most "
                 f"{what} runc can allow a container on this node ({most}: fs.nr_open for open files, and without "
                 "CAP_SYS_RESOURCE the runtime's own hard limit); lower it, or raise the node's limit")
 
@@ -238,7 +238,7 @@ def build_runtime_spec(image: ImageConfig, service: ServiceConfig, setup: Instan
                        node: NodeFacts) -> dict[str, Any]:
     """The `config.json` runc runs for this instance."""
     check_inputs(image, service, setup)
-    check_fits_node(service, setup, node)
+    check_fits_node(service, setup.identity.instance_id, node)
     spec = runc_example_spec()
     spec["ociVersion"] = OCI_VERSION
     process = spec["process"]
